@@ -1,0 +1,89 @@
+"""OpenPack operation classes: the one source of truth for IDs, names and accepted aliases.
+
+The class set comes from openpack-toolkit's ``OPENPACK_OPERATIONS`` (10 operations) plus OpenPack's Null class
+(8100). Everything else in the package imports names from here.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from openpack_toolkit import OPENPACK_OPERATIONS
+
+NULL_ID = 8100
+NULL_NAME = "Null"
+
+
+@dataclass(frozen=True)
+class Operation:
+    id: int
+    name: str
+
+
+def _build() -> tuple[Operation, ...]:
+    ops = [Operation(int(lab.id), str(lab.name)) for lab in OPENPACK_OPERATIONS]
+    if not any(o.id == NULL_ID for o in ops):
+        ops.append(Operation(NULL_ID, NULL_NAME))
+    return tuple(ops)
+
+
+#: The 10 OpenPack operations + Null, in ID order.
+OPERATIONS: tuple[Operation, ...] = _build()
+OPERATION_IDS: tuple[int, ...] = tuple(o.id for o in OPERATIONS)
+OPERATION_NAMES: tuple[str, ...] = tuple(o.name for o in OPERATIONS)
+ID_TO_NAME: dict[int, str] = {o.id: o.name for o in OPERATIONS}
+NAME_TO_ID: dict[str, int] = {o.name: o.id for o in OPERATIONS}
+#: Class index (0..10) used by confusion matrices and metrics.
+ID_TO_INDEX: dict[int, int] = {o.id: i for i, o in enumerate(OPERATIONS)}
+NUM_CLASSES = len(OPERATIONS)
+
+# The original assignment named classes that OpenPack does not have. Each maps to the nearest OpenPack class where
+# one exists (None = no counterpart; such a name is rejected as input). Used by the docs and as input aliases.
+ASSIGNMENT_CROSSWALK: dict[str, str | None] = {
+    "Box Setup": "Assemble Box",  # folding/erecting the empty box
+    "Inner Packing": "Insert Items",  # items go into the box
+    "Put Items": "Insert Items",
+    "Pack": "Insert Items",
+    "Tape": "Close Box",  # OpenPack's Close Box includes taping the lid
+    "Wrap": None,  # OpenPack workers do not wrap items
+    "Label": "Attach Shipping Label",  # the shipping label is the label in the assignment's sense
+    "Final Check": "Scan Label",  # the closing check is scanning the label with the handheld terminal
+    "Idle": NULL_NAME,
+    "Unknown": NULL_NAME,
+}
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+_ALIASES: dict[str, int] = {}
+for _op in OPERATIONS:
+    _ALIASES[_norm(_op.name)] = _op.id
+    _ALIASES[str(_op.id)] = _op.id
+for _alias, _target in ASSIGNMENT_CROSSWALK.items():
+    if _target is not None:
+        _ALIASES.setdefault(_norm(_alias), NAME_TO_ID[_target])
+
+
+class UnknownOperationError(ValueError):
+    pass
+
+
+def to_id(value: int | str) -> int:
+    """Operation ID from an ID, an OpenPack name (any case/spacing) or an assignment alias."""
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        if value in ID_TO_NAME:
+            return int(value)
+        raise UnknownOperationError(f"unknown OpenPack operation id {value!r}; known: {list(OPERATION_IDS)}")
+    key = _norm(str(value))
+    if key in _ALIASES:
+        return _ALIASES[key]
+    if str(value) in ASSIGNMENT_CROSSWALK:
+        raise UnknownOperationError(f"operation {value!r} has no OpenPack counterpart")
+    raise UnknownOperationError(f"unknown operation {value!r}; known: {list(OPERATION_NAMES)}")
+
+
+def to_name(value: int | str) -> str:
+    """Canonical OpenPack name for an ID, a name or an alias."""
+    return ID_TO_NAME[to_id(value)]
