@@ -1,0 +1,419 @@
+"""Evaluation: base vs fine-tuned (vs fine-tuned + grammar) on the held-out test split → results.json and friends.
+
+Clips: the test split's manifest (U0108 by default), sorted by clip_id, the first ``n_clips`` (30) unless ``all``.
+Systems (one model load: the base model is the fine-tuned model with its LoRA disabled, i.e. exactly the base):
+  base_model         base Qwen2-VL, no grammar
+  finetuned_model    base + LoRA adapter, the model's own next-operation answer
+  finetuned_grammar  the same answers with the next operation fused with the procedural grammar; the fusion weight
+                     is tuned on the val split's first ``val_clips`` clips (or given)
+Baselines (no model): majority class of the train split (dominant and next op, whole-clip span), grammar-only next op
+given the fine-tuned model's dominant op and given the TRUE dominant op, whole-clip span [0, 124].
+Outputs in ``out``: results.json (the assignment's shape + extras), predictions.jsonl (per clip: truth, each system's
+prediction, confidence, raw model text and its repair), confusion.json / confusion.png, failure_modes.json.
+Provenance says whether the data are real OpenPack or synthetic and whether the model is the tiny random one;
+synthetic/tiny numbers are flagged and never OpenPack results.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import subprocess
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .grammar import Grammar, GrammarError, argmax_id, fuse, tune_fuse_weight
+from .labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, to_id
+from .metrics import (
+    confusion_dict,
+    confusion_matrix,
+    evaluate_predictions,
+    majority_class,
+    most_confused_pair,
+)
+from .schema import CLIP_FRAMES
+
+HEADLINE = ("OCA", "tIoU@0.5", "AA@1")
+SYSTEMS = ("base_model", "finetuned_model", "finetuned_grammar")
+
+
+class EvalError(RuntimeError):
+    """Evaluation cannot run as asked (one-line message)."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings. Defaults = the real run (Qwen2-VL-2B + QLoRA adapter on U0108)."""
+
+    data: str  # data_pipeline.py output dir D (D/test, D/val, D/summary.json)
+    out: str  # output dir E
+    adapter: str  # LoRA adapter dir (R/adapter) or run dir R
+    model_id: str = "Qwen/Qwen2-VL-2B-Instruct"  # hub id, local dir or "tiny"
+    quantization: str = "4bit"  # as trained (QLoRA); "none" on CPU
+    device: str = "auto"
+    split: str = "test"  # held-out user U0108
+    n_clips: int = 30  # first N test clips by clip_id (~3 min per system for 2B on a T4)
+    all_clips: bool = False  # every test clip instead
+    val_split: str = "val"
+    val_clips: int = 30  # val clips used to tune the grammar fusion weight
+    grammar: str | None = None  # grammar JSON; None → the run's grammar.json, else D/grammar.json
+    fuse_weight: float | None = None  # None → tuned on val
+    fuse_mode: str = "linear"
+    free_text: bool = True  # also record each model's free (greedy) answer
+    n_boot: int = 1000  # bootstrap resamples for the 95 % intervals
+    seed: int = 0
+
+
+# -------------------------------------------------------------------------------------------------------- data
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise EvalError(f"{path}: line {n} is not JSON ({e.msg})") from None
+    return rows
+
+
+def select_clips(data: Path, split: str, n: int | None) -> list[dict]:
+    """Manifest rows of a split sorted by clip_id; the first ``n`` (all when n is None)."""
+    path = data / split / "manifest.jsonl"
+    if not path.is_file():
+        raise EvalError(f"no manifest for split {split!r}: {path} (run data_pipeline.py --out {data})")
+    rows = sorted(_read_jsonl(path), key=lambda r: r["clip_id"])
+    if not rows:
+        raise EvalError(f"split {split!r} has no clips ({path} is empty)")
+    return rows if n is None else rows[:n]
+
+
+def load_clips(data: Path, split: str, rows: list[dict]):
+    """(record, PIL frames) for the chosen clips, in the order of ``rows``, streamed from the split's shards."""
+    from .shards import iter_samples, shard_paths
+
+    want = {r["clip_id"] for r in rows}
+    try:
+        paths = shard_paths(data / split)
+    except FileNotFoundError as e:
+        raise EvalError(str(e)) from None
+    got = {}
+    for rec, frames in iter_samples(paths):
+        if rec.clip_id in want:
+            got[rec.clip_id] = (rec, frames)
+            if len(got) == len(want):
+                break
+    missing = sorted(want - set(got))
+    if missing:
+        raise EvalError(f"{len(missing)} manifest clips not found in {data / split} shards, e.g. {missing[0]}")
+    return [got[r["clip_id"]] for r in rows]
+
+
+def _truth(rec) -> dict:
+    t = rec.truth
+    seg = t["temporal_segment"]
+    return {"op": to_id(t["dominant_operation"]), "span": (int(seg["start_frame"]), int(seg["end_frame"])),
+            "next": to_id(t["anticipated_next_operation"])}
+
+
+def data_provenance(data: Path) -> dict:
+    """Where the data came from: D/summary.json's root; synthetic if that root carries synthetic_config.json."""
+    summary_path = data / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    root = summary.get("root")
+    kind = "unknown"
+    if root and Path(root).is_dir():
+        kind = "synthetic" if (Path(root) / "synthetic_config.json").is_file() else "real"
+    return {"data": kind, "data_dir": str(data), "openpack_root": root, "summary": bool(summary),
+            "data_settings": summary.get("settings")}
+
+
+def _git() -> dict:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def _majority_from_train(data: Path) -> tuple[int, int, str]:
+    """Majority dominant op and majority next op of the train split (ties → lower id)."""
+    path = data / "train" / "manifest.jsonl"
+    if not path.is_file():
+        raise EvalError(f"majority baseline needs the train manifest: {path} not found")
+    rows = _read_jsonl(path)
+    if not rows:
+        raise EvalError(f"train manifest {path} is empty")
+    return (majority_class([r["truth"]["dominant_operation"] for r in rows]),
+            majority_class([r["truth"]["anticipated_next_operation"] for r in rows]), str(path))
+
+
+def _find_grammar(cfg: EvalConfig) -> Path | None:
+    from .predict import find_grammar
+
+    if cfg.grammar:
+        return Path(cfg.grammar)
+    return find_grammar(cfg.adapter) or ((Path(cfg.data) / "grammar.json") if (Path(cfg.data) / "grammar.json").is_file()
+                                         else None)
+
+
+# ------------------------------------------------------------------------------------------------------ running
+def _run_model(predictor, clips, desc: str) -> list[dict]:
+    out = []
+    for rec, frames in tqdm(clips, desc=desc, unit="clip"):
+        r = predictor.predict(frames, rec.frame_indices, rec.clip_id)
+        out.append({"clip_id": rec.clip_id, "result": r})
+    return out
+
+
+def _ids_dist(names_to_p: dict) -> dict[int, float]:
+    return {NAME_TO_ID[k]: float(v) for k, v in names_to_p.items()}
+
+
+def _record(truth: dict, pred_op: int, span, pred_next: int) -> dict:
+    return {"true_op": truth["op"], "pred_op": pred_op, "true_span": truth["span"], "pred_span": span,
+            "true_next": truth["next"], "pred_next": pred_next}
+
+
+def _headline(m: dict) -> dict:
+    return {k: m[k] for k in HEADLINE}
+
+
+def _plot_confusions(path: Path, cms: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [ID_TO_NAME[i] for i in OPERATION_IDS]
+    fig, axes = plt.subplots(1, len(cms), figsize=(7.5 * len(cms), 7), squeeze=False)
+    for ax, (title, cm) in zip(axes[0], cms.items()):
+        ax.imshow(cm, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(cfg: EvalConfig, predictor=None) -> dict:
+    """Run the evaluation; writes the files in cfg.out and returns results.json's content.
+
+    ``predictor``: an already loaded fine-tuned ``Predictor`` (a PeftModel inside) to use instead of loading one."""
+    from .predict import PredictConfig, Predictor
+
+    data, out = Path(cfg.data), Path(cfg.out)
+    if not data.is_dir():
+        raise EvalError(f"data dir not found: {data}")
+    if not 0 < cfg.n_clips and not cfg.all_clips:
+        raise EvalError(f"n_clips must be > 0, got {cfg.n_clips}")
+    rows = select_clips(data, cfg.split, None if cfg.all_clips else cfg.n_clips)
+    maj_op, maj_next, maj_src = _majority_from_train(data)
+    grammar_path = _find_grammar(cfg)
+    grammar = Grammar.load(grammar_path) if grammar_path else None
+    if grammar is None and cfg.fuse_weight is not None:
+        raise EvalError("--fuse-weight given but no grammar found (pass --grammar)")
+    clips = load_clips(data, cfg.split, rows)
+    truths = [_truth(rec) for rec, _ in clips]
+    out.mkdir(parents=True, exist_ok=True)
+
+    pcfg = PredictConfig(free_text=cfg.free_text, fuse_mode=cfg.fuse_mode)
+    if predictor is None:
+        predictor = Predictor.from_pretrained(cfg.model_id, adapter=cfg.adapter, quantization=cfg.quantization,
+                                              device=cfg.device, grammar=None, config=pcfg)
+    if not hasattr(predictor.model, "disable_adapter"):
+        raise EvalError("the fine-tuned model has no LoRA adapter attached (need a PeftModel)")
+    # base = the same weights with the LoRA switched off: one load, and exactly the base model
+    base = Predictor(predictor.model, predictor.processor, grammar=None, config=pcfg)
+    with predictor.model.disable_adapter():
+        base_runs = _run_model(base, clips, "base model")
+    ft_runs = _run_model(predictor, clips, "fine-tuned model")
+
+    # grammar fusion weight: given, or tuned on val clips with the fine-tuned model
+    tuning: dict = {"grammar": str(grammar_path) if grammar_path else None}
+    weight = None
+    if grammar is not None:
+        if cfg.fuse_weight is not None:
+            weight = float(cfg.fuse_weight)
+            tuning.update(fuse_weight=weight, tuned_on=None)
+        else:
+            vrows = select_clips(data, cfg.val_split, cfg.val_clips)
+            vclips = load_clips(data, cfg.val_split, vrows)
+            vruns = _run_model(Predictor(predictor.model, predictor.processor, grammar=None,
+                                         config=PredictConfig(free_text=False)), vclips, "fine-tuned on val")
+            md = [_ids_dist(v["result"].scores["next_model"]) for v in vruns]
+            gd = [grammar.next_distribution(NAME_TO_ID[v["result"].prediction.dominant_operation]) for v in vruns]
+            vt = [_truth(rec)["next"] for rec, _ in vclips]
+            weight, acc = tune_fuse_weight(md, gd, vt, mode=cfg.fuse_mode)
+            tuning.update(fuse_weight=weight, tuned_on=cfg.val_split, val_clips=len(vclips),
+                          val_AA1_by_weight={str(k): v for k, v in acc.items()}, mode=cfg.fuse_mode)
+
+    # per-system records
+    systems: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
+    per_clip = []
+    for t, b, f in zip(truths, base_runs, ft_runs):
+        row = {"clip_id": b["clip_id"], "truth": {"dominant_operation": ID_TO_NAME[t["op"]],
+                                                   "temporal_segment": list(t["span"]),
+                                                   "anticipated_next_operation": ID_TO_NAME[t["next"]]}}
+        for name, run in (("base_model", b), ("finetuned_model", f)):
+            p = run["result"].prediction
+            span = (p.temporal_segment.start_frame, p.temporal_segment.end_frame)
+            systems[name].append(_record(t, NAME_TO_ID[p.dominant_operation], span,
+                                         NAME_TO_ID[p.anticipated_next_operation]))
+            row[name] = {"prediction": p.model_dump(), "raw_text": run["result"].raw_text,
+                         "repair": run["result"].repair, "seconds": run["result"].scores["seconds"]}
+        p = f["result"].prediction
+        span = (p.temporal_segment.start_frame, p.temporal_segment.end_frame)
+        if grammar is not None:
+            fused = fuse(_ids_dist(f["result"].scores["next_model"]),
+                         grammar.next_distribution(NAME_TO_ID[p.dominant_operation]), weight, cfg.fuse_mode)
+            g_next = argmax_id(fused)
+            systems["finetuned_grammar"].append(_record(t, NAME_TO_ID[p.dominant_operation], span, g_next))
+            row["finetuned_grammar"] = {"anticipated_next_operation": ID_TO_NAME[g_next], "fuse_weight": weight}
+        per_clip.append(row)
+    if grammar is None:
+        del systems["finetuned_grammar"]
+
+    metrics = {name: evaluate_predictions(recs, n_boot=cfg.n_boot, seed=cfg.seed) for name, recs in systems.items()}
+    for name in ("base_model", "finetuned_model"):
+        runs = base_runs if name == "base_model" else ft_runs
+        metrics[name]["free_text_valid_rate"] = (sum(r["result"].repair is None for r in runs) / len(runs)
+                                                 if cfg.free_text else None)
+        metrics[name]["mean_confidence"] = sum(r["result"].prediction.confidence for r in runs) / len(runs)
+        metrics[name]["seconds_per_clip"] = sum(r["result"].scores["seconds"] for r in runs) / len(runs)
+
+    # baselines
+    whole = (0, CLIP_FRAMES - 1)
+    baselines = {
+        "majority_class": _headline(evaluate_predictions(
+            [_record(t, maj_op, whole, maj_next) for t in truths], n_boot=0)) | {
+            "dominant_operation": ID_TO_NAME[maj_op], "anticipated_next_operation": ID_TO_NAME[maj_next],
+            "temporal_segment": list(whole), "fitted_on": maj_src},
+        "whole_clip_span": {k: v for k, v in evaluate_predictions(
+            [_record(t, t["op"], whole, t["next"]) for t in truths], n_boot=0).items()
+            if k in ("tIoU@0.5", "mean_tIoU")},
+    }
+    if grammar is not None:
+        ft_ops = [r["pred_op"] for r in systems["finetuned_model"]]
+        baselines["grammar_given_predicted_op"] = {"AA@1": sum(
+            grammar.predict_next(o) == t["next"] for o, t in zip(ft_ops, truths)) / len(truths)}
+        baselines["grammar_given_true_op"] = {"AA@1": sum(
+            grammar.predict_next(t["op"]) == t["next"] for t in truths) / len(truths)}
+
+    # confusion + failure modes
+    cms = {name: confusion_matrix([r["true_op"] for r in systems[name]], [r["pred_op"] for r in systems[name]])
+           for name in ("base_model", "finetuned_model")}
+    _write_json(out / "confusion.json", {name: confusion_dict(cm) for name, cm in cms.items()})
+    _plot_confusions(out / "confusion.png", cms)
+    failure = _failure_modes(cms["finetuned_model"], systems["finetuned_model"], per_clip)
+    _write_json(out / "failure_modes.json", failure)
+
+    prov = data_provenance(data)
+    from .model import is_tiny
+
+    tiny = is_tiny(cfg.model_id)
+    frame_sources = dict(Counter(rec.source for rec, _ in clips))
+    synthetic = prov["data"] != "real" or tiny
+    provenance = prov | {"frame_sources": frame_sources, "model_id": cfg.model_id, "tiny_random_model": tiny,
+                         "adapter": str(cfg.adapter), "quantization": cfg.quantization,
+                         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")} | _git()
+    note = ("SYNTHETIC / TINY-MODEL RESULT: " + ("synthetic data" if prov["data"] == "synthetic" else
+                                                  f"data provenance {prov['data']!r}") +
+            (", tiny randomly initialised model" if tiny else "") +
+            ". Checks the pipeline end to end; these are NOT OpenPack results.") if synthetic else (
+        f"Real OpenPack data ({', '.join(f'{k}: {v}' for k, v in frame_sources.items())} frames), "
+        f"held-out {cfg.split} split, {len(clips)} clips.")
+    results = {
+        "base_model": _headline(metrics["base_model"]),
+        "finetuned_model": _headline(metrics["finetuned_model"]),
+        "variants": metrics,
+        "baselines": baselines,
+        "intervals": {name: m["intervals"] for name, m in metrics.items()},
+        "n_clips": len(clips),
+        "selection": {"split": cfg.split, "users": sorted({rec.user for rec, _ in clips}),
+                      "rule": "all clips" if cfg.all_clips else f"first {cfg.n_clips} clips sorted by clip_id"},
+        "grammar_fusion": tuning,
+        "synthetic": synthetic,
+        "note": note,
+        "definitions": {
+            "OCA": "share of clips whose dominant operation is right",
+            "tIoU@0.5": "share of ALL clips whose predicted inclusive frame span has IoU >= 0.5 with the truth "
+                        "(missing/invalid spans count as misses); *_valid_only: over valid spans only",
+            "AA@1": "share of clips whose anticipated next operation is right",
+            "intervals": f"95% percentile bootstrap over clips, {cfg.n_boot} resamples, seed {cfg.seed}",
+            "finetuned_model": "base + LoRA adapter, next operation from the model alone; finetuned_grammar "
+                               "fuses it with the procedural grammar (weight in grammar_fusion)",
+        },
+        "provenance": provenance,
+        "config": asdict(cfg),
+    }
+    tmp = out / "predictions.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in per_clip))
+    os.replace(tmp, out / "predictions.jsonl")
+    _write_json(out / "results.json", results)
+    gc.collect()
+    return results
+
+
+def _failure_modes(cm, recs: list[dict], per_clip: list[dict]) -> dict:
+    """Most confused class pair of the fine-tuned model with its clip ids, plus the clips whose span missed worst."""
+    from .metrics import span_iou
+
+    pair = most_confused_pair(cm)
+    out: dict = {"system": "finetuned_model", "most_confused_pair": None}
+    if pair is not None:
+        t, p, n = pair
+        ids = [row["clip_id"] for row, r in zip(per_clip, recs) if r["true_op"] == t and r["pred_op"] == p]
+        back = [row["clip_id"] for row, r in zip(per_clip, recs) if r["true_op"] == p and r["pred_op"] == t]
+        out["most_confused_pair"] = {"true": ID_TO_NAME[t], "predicted": ID_TO_NAME[p], "count": n, "clip_ids": ids,
+                                     "reverse_count": len(back), "reverse_clip_ids": back}
+    off = [(int(cm[i, j]), ID_TO_NAME[OPERATION_IDS[i]], ID_TO_NAME[OPERATION_IDS[j]])
+           for i in range(cm.shape[0]) for j in range(cm.shape[1]) if i != j and cm[i, j]]
+    out["confusions"] = [{"true": t, "predicted": p, "count": n} for n, t, p in sorted(off, key=lambda x: -x[0])]
+    ious = [(span_iou(r["pred_span"], r["true_span"]) or 0.0, row["clip_id"]) for row, r in zip(per_clip, recs)]
+    out["worst_spans"] = [{"clip_id": c, "tIoU": v} for v, c in sorted(ious)[:5]]
+    out["next_op_misses"] = [row["clip_id"] for row, r in zip(per_clip, recs) if r["pred_next"] != r["true_next"]]
+    return out
+
+
+def format_table(results: dict) -> str:
+    """Base vs fine-tuned (and + grammar) table with 95 % intervals, plus the baselines."""
+    lines = [f"{'system':<22}" + "".join(f"{k:>22}" for k in HEADLINE)]
+    for name, m in results["variants"].items():
+        cells = []
+        for k in HEADLINE:
+            lo, hi = m["intervals"][k]
+            cells.append(f"{m[k]:.3f} [{lo:.2f},{hi:.2f}]".rjust(22))
+        lines.append(f"{name:<22}" + "".join(cells))
+    for name, m in results["baselines"].items():
+        lines.append(f"{name:<22}" + "".join(f"{m[k]:.3f}".rjust(22) if k in m else " " * 22 for k in HEADLINE))
+    lines.append(f"n_clips={results['n_clips']}  {results['note']}")
+    return "\n".join(lines)
+
+
+__all__ = ["EvalConfig", "EvalError", "evaluate", "format_table", "select_clips", "load_clips", "data_provenance",
+           "GrammarError"]

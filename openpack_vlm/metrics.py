@@ -1,0 +1,220 @@
+"""Evaluation metrics, pure functions (numpy only; no torch, no I/O).
+
+- OCA: operation classification accuracy = share of clips whose dominant operation is right.
+- tIoU: temporal IoU of two *inclusive* frame spans [start, end] of the 125-frame clip (frames 0..124), so
+  [10, 10] is one frame long and [0, 9] / [10, 19] touch without overlapping (IoU 0).
+- tIoU@0.5: share of clips with tIoU ≥ 0.5. Headline = over ALL clips, a missing or invalid predicted span counting
+  as a miss; also reported: the rate over clips with a valid span, and the valid rate.
+- AA@1: anticipation accuracy = share of clips whose (top-1) anticipated next operation is right.
+- 95 % bootstrap intervals (percentile, seeded, clips resampled with replacement).
+Operations may be given as class ids, names or aliases (normalised through labels.to_id).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .labels import ID_TO_NAME, OPERATION_IDS, to_id
+from .schema import CLIP_FRAMES
+
+Span = tuple[int, int]
+
+
+def _ids(values: Sequence) -> list[int]:
+    return [to_id(v) for v in values]
+
+
+def _same_length(*seqs: Sequence) -> int:
+    n = {len(s) for s in seqs}
+    if len(n) != 1:
+        raise ValueError(f"metric inputs differ in length: {[len(s) for s in seqs]}")
+    return n.pop()
+
+
+def accuracy(pred: Sequence, true: Sequence) -> float:
+    """Share of equal operations (ids/names normalised); nan for no clips."""
+    n = _same_length(pred, true)
+    if n == 0:
+        return float("nan")
+    return sum(p == t for p, t in zip(_ids(pred), _ids(true))) / n
+
+
+def oca(pred_ops: Sequence, true_ops: Sequence) -> float:
+    """Operation classification accuracy of the dominant operation."""
+    return accuracy(pred_ops, true_ops)
+
+
+def aa_at_1(pred_next: Sequence, true_next: Sequence) -> float:
+    """Anticipation accuracy @1 of the next operation."""
+    return accuracy(pred_next, true_next)
+
+
+def as_span(span: Any) -> Span | None:
+    """A valid inclusive span (start, end) with 0 ≤ start ≤ end ≤ 124, else None (missing, malformed, reversed,
+    out of range). Accepts (s, e) pairs and {"start_frame", "end_frame"} dicts."""
+    if span is None:
+        return None
+    try:
+        if isinstance(span, dict):
+            s, e = span["start_frame"], span["end_frame"]
+        else:
+            s, e = span
+    except (KeyError, TypeError, ValueError):
+        return None
+    if isinstance(s, bool) or isinstance(e, bool):
+        return None
+    try:
+        if int(s) != s or int(e) != e:
+            return None
+        s, e = int(s), int(e)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not 0 <= s <= e <= CLIP_FRAMES - 1:
+        return None
+    return s, e
+
+
+def span_iou(pred: Any, true: Any) -> float | None:
+    """IoU of two inclusive frame spans; None when the predicted span is missing or invalid.
+
+    A invalid *true* span is a data error (ValueError)."""
+    t = as_span(true)
+    if t is None:
+        raise ValueError(f"invalid ground-truth span {true!r} (need 0 <= start <= end <= {CLIP_FRAMES - 1})")
+    p = as_span(pred)
+    if p is None:
+        return None
+    inter = max(0, min(p[1], t[1]) - max(p[0], t[0]) + 1)
+    union = (p[1] - p[0] + 1) + (t[1] - t[0] + 1) - inter
+    return inter / union
+
+
+def tiou_at(pred_spans: Sequence, true_spans: Sequence, threshold: float = 0.5) -> dict:
+    """tIoU@threshold → {"all": hit rate over all clips (invalid = miss), "valid_only": over valid predictions,
+    "valid_rate", "mean_iou" (over all, invalid = 0), "n", "n_valid"}."""
+    n = _same_length(pred_spans, true_spans)
+    ious = [span_iou(p, t) for p, t in zip(pred_spans, true_spans)]
+    valid = [v for v in ious if v is not None]
+    hits = sum(v >= threshold for v in valid)
+    nan = float("nan")
+    return {
+        "all": hits / n if n else nan,
+        "valid_only": hits / len(valid) if valid else nan,
+        "valid_rate": len(valid) / n if n else nan,
+        "mean_iou": sum(valid) / n if n else nan,
+        "n": n,
+        "n_valid": len(valid),
+    }
+
+
+def confusion_matrix(true: Sequence, pred: Sequence, labels: Sequence[int] = OPERATION_IDS) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class, in ``labels`` order (default: the 11 class ids)."""
+    _same_length(true, pred)
+    index = {int(l): i for i, l in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(_ids(true), _ids(pred)):
+        if t not in index or p not in index:
+            raise ValueError(f"class {t if t not in index else p} not in confusion labels {list(labels)}")
+        cm[index[t], index[p]] += 1
+    return cm
+
+
+def most_confused_pair(cm: np.ndarray, labels: Sequence[int] = OPERATION_IDS) -> tuple[int, int, int] | None:
+    """(true id, predicted id, count) of the largest off-diagonal cell; ties → first in row-major label order;
+    None when nothing is confused."""
+    off = np.array(cm, dtype=np.int64).copy()
+    np.fill_diagonal(off, 0)
+    if off.max(initial=0) <= 0:
+        return None
+    i, j = np.unravel_index(int(np.argmax(off)), off.shape)  # argmax returns the first maximum: row-major ties
+    return int(labels[i]), int(labels[j]), int(off[i, j])
+
+
+def majority_class(values: Sequence) -> int:
+    """Most frequent class id; ties → the lower id (deterministic)."""
+    ids = _ids(values)
+    if not ids:
+        raise ValueError("majority_class of no values")
+    counts: dict[int, int] = {}
+    for v in ids:
+        counts[v] = counts.get(v, 0) + 1
+    return max(counts, key=lambda k: (counts[k], -k))
+
+
+def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(indices)`` over ``n`` clips resampled with replacement.
+
+    Deterministic for a given seed. Resamples where the statistic is nan (e.g. no valid span drawn) are dropped;
+    (nan, nan) when n == 0 or every resample is nan."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=np.float64)
+    vals = vals[~np.isnan(vals)]
+    if vals.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the mean of per-clip values (e.g. 0/1 hits)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return bootstrap_ci(lambda idx: float(arr[idx].mean()), len(arr), n_boot, seed, level)
+
+
+def evaluate_predictions(records: Sequence[dict], threshold: float = 0.5, n_boot: int = 1000,
+                         seed: int = 0) -> dict:
+    """All headline metrics with 95 % bootstrap intervals for one system.
+
+    Each record: ``true_op``, ``pred_op``, ``true_span``, ``pred_span`` (None/invalid allowed), ``true_next``,
+    ``pred_next``. Returns {"OCA", "tIoU@0.5", "AA@1", "tIoU@0.5_valid_only", "span_valid_rate", "mean_tIoU",
+    "n_clips", "intervals": {metric: [lo, hi]}}.
+    """
+    n = len(records)
+    op_hit = np.array([to_id(r["pred_op"]) == to_id(r["true_op"]) for r in records], dtype=np.float64)
+    nx_hit = np.array([to_id(r["pred_next"]) == to_id(r["true_next"]) for r in records], dtype=np.float64)
+    ious = [span_iou(r["pred_span"], r["true_span"]) for r in records]
+    valid = np.array([v is not None for v in ious], dtype=bool)
+    span_hit = np.array([v is not None and v >= threshold for v in ious], dtype=np.float64)
+    iou0 = np.array([0.0 if v is None else v for v in ious], dtype=np.float64)
+    tiou = tiou_at([r["pred_span"] for r in records], [r["true_span"] for r in records], threshold)
+
+    def valid_only(idx: np.ndarray) -> float:
+        m = valid[idx]
+        return float(span_hit[idx][m].mean()) if m.any() else float("nan")
+
+    key = f"tIoU@{threshold:g}"
+    out = {
+        "OCA": float(op_hit.mean()) if n else float("nan"),
+        key: tiou["all"],
+        "AA@1": float(nx_hit.mean()) if n else float("nan"),
+        f"{key}_valid_only": tiou["valid_only"],
+        "span_valid_rate": tiou["valid_rate"],
+        "mean_tIoU": tiou["mean_iou"],
+        "n_clips": n,
+    }
+    # different seeds per metric would decorrelate nothing useful; one seed, same resamples → paired intervals
+    out["intervals"] = {
+        "OCA": list(bootstrap_mean_ci(op_hit, n_boot, seed)),
+        key: list(bootstrap_mean_ci(span_hit, n_boot, seed)),
+        "AA@1": list(bootstrap_mean_ci(nx_hit, n_boot, seed)),
+        f"{key}_valid_only": list(bootstrap_ci(valid_only, n, n_boot, seed)),
+        "mean_tIoU": list(bootstrap_mean_ci(iou0, n_boot, seed)),
+    }
+    return out
+
+
+def confusion_dict(cm: np.ndarray, labels: Sequence[int] = OPERATION_IDS) -> dict:
+    """JSON form of a confusion matrix: labels (ids and names) and rows = true, columns = predicted."""
+    return {
+        "labels": [int(l) for l in labels],
+        "names": [ID_TO_NAME[int(l)] for l in labels],
+        "rows": "true",
+        "columns": "predicted",
+        "matrix": np.asarray(cm).astype(int).tolist(),
+    }

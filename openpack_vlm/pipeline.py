@@ -1,0 +1,510 @@
+"""The data pipeline: OpenPack root -> clips -> 25-fps 336x336 frames -> K sampled frames -> WebDataset shards.
+
+Per split, per session: timeline (openpack.load_timeline) -> clips (clips.make_clips) -> 125 frames
+(frames.open_source) -> K motion-adaptive indices (sampling.sample_clip) -> JPEGs -> shards (shards.ShardWriter).
+Outputs under ``out``:
+  {split}/shard-%06d.tar      WebDataset shards (see shards.py), finished shards only
+  {split}/progress.jsonl      one line per finished shard: its name and the ClipRecords in it (resume log)
+  {split}/manifest.jsonl      one ClipRecord per line (extra: shard name, label-change frames)
+  {split}/pairs.jsonl         chat-format training pairs; image items name their shard member
+  summary.json                counts, skipped items with reasons, sources used, timing of this run
+  grammar.json                Grammar fitted on the train split's timelines
+  run.json                    the settings that define the data (a rerun with other settings is refused)
+
+Resume: a shard is logged in progress.jsonl right after it is renamed from ``.tmp``; a rerun keeps the logged shards,
+deletes unlogged ``shard-*.tar``/``.tmp`` files, and processes only clips not yet in a logged shard. Sessions run in
+parallel worker processes (``workers``); one writer in the main process writes their results in a fixed order, so
+the output does not depend on the number of workers. Bad inputs (missing/corrupt frames, empty timeline, session
+shorter than a clip, no frame stream) skip the session or clip with a warning and are counted in summary.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import shutil
+import tarfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from . import clips as clipsmod
+from .frames import SOURCE_KINDS, FrameError, VideoDecodeError, open_source
+from .prompt import build_messages
+from .sampling import SamplingConfig, sample_clip
+from .shards import SHARD_PATTERN, ClipRecord, ShardWriter, encode_jpeg, frame_member
+
+log = logging.getLogger("openpack_vlm.pipeline")
+
+DEFAULT_SPLITS: dict[str, list[str]] = {
+    "train": ["U0101", "U0102", "U0103", "U0104", "U0105", "U0106"],
+    "val": ["U0107"],
+    "test": ["U0108"],
+}
+
+
+class PipelineError(RuntimeError):
+    """A problem that stops the whole run (message is one line)."""
+
+
+@dataclass
+class PipelineConfig:
+    root: str | None = None  # OpenPack root; None -> $OPENPACK_ROOT
+    out: str = "out/data"
+    source: str = "auto"  # auto | rgb | pose (frames.open_source)
+    workers: int = 1  # sessions processed in parallel (processes)
+    shard_mb: int = 256  # shard size target (MB): within WebDataset's recommended 100-500 MB
+    k: int = 8  # sampled frames per clip
+    seed: int = 0  # clip jitter and within-clip placement
+    splits: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SPLITS.items()})
+    sessions: list[str] | None = None  # restrict to these sessions (None = all)
+    within_share: float = 0.2  # share of clips inside one operation (clips.ClipConfig)
+    null_boundaries: bool = False  # clips at boundaries with Null on one side (clips.ClipConfig)
+    jpeg_quality: int = 90  # JPEG quality of the stored frames
+    max_clips_per_session: int | None = None  # cap (evenly spread over the session) for quick runs; None = all
+    samples_out: str | None = None  # also export n_samples examples (frames + pair JSON) here
+    n_samples: int = 20
+    overwrite: bool = False  # replace an existing output made with other settings
+
+    def data_settings(self) -> dict:
+        """The settings that define the data (a resumed run must match them)."""
+        d = asdict(self)
+        for k in ("out", "workers", "samples_out", "n_samples", "overwrite", "root"):
+            d.pop(k)
+        return d
+
+
+# ------------------------------------------------------------------------------------------------------- workers
+@dataclass
+class SessionTask:
+    split: str
+    root: str
+    user: str
+    session: str
+    specs: list  # list[clips.ClipSpec]
+    source: str
+    k: int
+    jpeg_quality: int
+
+
+@dataclass
+class SessionResult:
+    split: str
+    user: str
+    session: str
+    items: list  # list[(ClipRecord dict without shard, list[bytes])]
+    skipped: list
+    source: str | None
+    seconds: dict
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def process_session(task: SessionTask) -> SessionResult:
+    """Frames, sampling and JPEGs for the clips of one session (runs in a worker process)."""
+    from .openpack import OpenPackError
+
+    secs = {"open": 0.0, "frames": 0.0, "sampling": 0.0, "encode": 0.0}
+    skipped: list[dict] = []
+    items: list = []
+    t = time.perf_counter()
+    try:
+        src = open_source(task.root, task.user, task.session, task.source)
+    except (OpenPackError, FrameError, VideoDecodeError, OSError, ValueError) as e:
+        reason = f"no usable frame source ({_one_line(e)})"
+        skipped.append({"user": task.user, "session": task.session, "clips": len(task.specs), "reason": reason})
+        return SessionResult(task.split, task.user, task.session, items, skipped, None, secs)
+    secs["open"] += time.perf_counter() - t
+    scfg = SamplingConfig(k=task.k)
+    for spec in task.specs:
+        try:
+            t = time.perf_counter()
+            frames = src.clip(spec.t0_ms)
+            t1 = time.perf_counter()
+            idx = sample_clip(frames, scfg)
+            t2 = time.perf_counter()
+            jpegs = [encode_jpeg(Image.fromarray(frames[i]), task.jpeg_quality) for i in idx]
+            t3 = time.perf_counter()
+        except (FrameError, VideoDecodeError, OSError, ValueError) as e:
+            skipped.append({"user": task.user, "session": task.session, "clip_id": spec.clip_id,
+                            "reason": _one_line(e)})
+            continue
+        secs["frames"] += t1 - t
+        secs["sampling"] += t2 - t1
+        secs["encode"] += t3 - t2
+        rec = ClipRecord(
+            clip_id=spec.clip_id, user=spec.user, session=spec.session, t0_ms=int(spec.t0_ms), source=src.name,
+            frame_indices=[int(i) for i in idx], truth=spec.truth.model_dump(), kind=spec.kind,
+            boundary_frame=spec.boundary_frame, sampler="motion", split=task.split,
+            extra={"boundaries": spec.boundaries},
+        )
+        items.append((rec.to_json(), jpegs))
+    return SessionResult(task.split, task.user, task.session, items, skipped, src.name, secs)
+
+
+# --------------------------------------------------------------------------------------------------- writing
+class LoggedShardWriter(ShardWriter):
+    """ShardWriter that appends each finished shard (name + records) to progress.jsonl right after its rename."""
+
+    def __init__(self, out_dir: Path, max_bytes: int, start_index: int, progress: Path):
+        super().__init__(out_dir, max_bytes=max_bytes, start_index=start_index)
+        self.progress = progress
+        self.pending: list[dict] = []
+
+    def write_item(self, record: dict, jpegs: list[bytes]) -> dict:
+        record = dict(record)
+        record["extra"] = {**record.get("extra", {}), "shard": SHARD_PATTERN % self.index}
+        self.pending.append(record)  # before write(): write() may close the shard
+        self.write(ClipRecord.from_json(record), jpegs)
+        return record
+
+    def close_shard(self) -> None:
+        if self._tar is None:
+            return
+        name = SHARD_PATTERN % self.index
+        super().close_shard()
+        with open(self.progress, "a") as f:
+            f.write(json.dumps({"shard": name, "records": self.pending}, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.pending = []
+
+    def abort(self) -> None:
+        super().abort()
+        self.pending = []
+
+
+def read_progress(split_dir: Path) -> list[dict]:
+    """Logged shards whose .tar exists; unlogged shard files and temp files are deleted (they will be redone)."""
+    entries: list[dict] = []
+    prog = split_dir / "progress.jsonl"
+    if prog.exists():
+        for line in prog.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash: its shard is redone
+            if (split_dir / e["shard"]).is_file():
+                entries.append(e)
+    logged = {e["shard"] for e in entries}
+    for p in list(split_dir.glob("shard-*.tar")) + list(split_dir.glob("shard-*.tar.tmp")):
+        if p.name not in logged:
+            p.unlink()
+    _write_atomic(prog, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+    return entries
+
+
+def _write_atomic(path: Path, text: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def pair_for(record: dict) -> dict:
+    """Chat-format training pair of a clip; image items name their member in the record's shard."""
+    members = [f"{record['clip_id']}.{frame_member(i)}" for i in range(len(record["frame_indices"]))]
+    messages = build_messages(record["frame_indices"], record["truth"])
+    it = iter(members)
+    for msg in messages:
+        for item in msg["content"]:
+            if item["type"] == "image":
+                item["image"] = next(it)
+    return {"clip_id": record["clip_id"], "split": record["split"], "shard": record["extra"]["shard"],
+            "images": members, "messages": messages}
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+def _spread(specs: list, n: int | None) -> list:
+    if n is None or len(specs) <= n:
+        return specs
+    keep = sorted({int(round(x)) for x in np.linspace(0, len(specs) - 1, n)})
+    return [specs[i] for i in keep]
+
+
+def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[str, list], list[list[int]]]:
+    """Clip specs per split and session (cheap: timelines only) and the train split's op sequences."""
+    from . import openpack
+
+    users_in_root = set(openpack.list_users(root))
+    ccfg = clipsmod.ClipConfig(within_share=cfg.within_share, null_boundaries=cfg.null_boundaries, seed=cfg.seed)
+    plan: dict[str, list] = {}
+    train_sequences: list[list[int]] = []
+    for split, users in cfg.splits.items():
+        plan[split] = []
+        for user in users:
+            if user not in users_in_root:
+                skipped.append({"split": split, "user": user, "reason": f"user {user} not found under {root}"})
+                continue
+            sessions = openpack.list_sessions(root, user)
+            if cfg.sessions is not None:
+                sessions = [s for s in sessions if s in cfg.sessions]
+            for session in sessions:
+                where = {"split": split, "user": user, "session": session}
+                try:
+                    timeline = openpack.load_timeline(root, user, session)
+                except (openpack.OpenPackError, OSError, ValueError) as e:
+                    skipped.append({**where, "reason": f"no usable timeline ({_one_line(e)})"})
+                    continue
+                if not timeline:
+                    skipped.append({**where, "reason": "empty timeline"})
+                    continue
+                if timeline[-1].end_ms - timeline[0].start_ms < clipsmod.CLIP_MS:
+                    skipped.append({**where, "reason": "session shorter than one 5-s clip"})
+                    continue
+                if split == "train":
+                    train_sequences.append([int(s.op_id) for s in timeline])
+                clip_skips: list[dict] = []
+                specs = clipsmod.make_clips(timeline, user, session, ccfg, skipped=clip_skips)
+                skipped.extend({"split": split, **s} for s in clip_skips)
+                specs = _spread(specs, cfg.max_clips_per_session)
+                if not specs:
+                    skipped.append({**where, "reason": "no clip fits the timeline"})
+                    continue
+                plan[split].append((user, session, specs))
+    return plan, train_sequences
+
+
+def _check_settings(out: Path, cfg: PipelineConfig) -> None:
+    run_json = out / "run.json"
+    settings = cfg.data_settings()
+    if run_json.exists():
+        old = json.loads(run_json.read_text())
+        if old != settings:
+            if not cfg.overwrite:
+                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                raise PipelineError(f"{out} holds data made with other settings ({', '.join(diff)}); "
+                                    "use a new --out or pass --overwrite")
+            for split in old.get("splits", {}):
+                if (out / split).is_dir():
+                    shutil.rmtree(out / split)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_json, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+def run(cfg: PipelineConfig) -> dict:
+    """Run the pipeline; returns the summary (also written to out/summary.json)."""
+    from . import openpack
+    from .grammar import Grammar
+
+    t_start = time.perf_counter()
+    if cfg.source not in SOURCE_KINDS:
+        raise PipelineError(f"unknown --source {cfg.source!r}; choose one of {', '.join(SOURCE_KINDS)}")
+    if cfg.k < 1 or cfg.shard_mb < 1 or cfg.workers < 1:
+        raise PipelineError("--k, --shard-mb and --workers must be >= 1")
+    try:
+        root = openpack.resolve_root(cfg.root)
+    except openpack.OpenPackError as e:
+        raise PipelineError(str(e)) from None
+    out = Path(cfg.out)
+    _check_settings(out, cfg)
+
+    skipped: list[dict] = []
+    try:
+        plan, train_sequences = _plan(cfg, root, skipped)
+    except openpack.OpenPackError as e:
+        raise PipelineError(str(e)) from None
+    if not any(plan.values()):
+        raise PipelineError(f"no session under {root} yields clips for splits {sorted(cfg.splits)} "
+                            f"({len(skipped)} skipped; first: {skipped[0]['reason'] if skipped else 'none'})")
+
+    # resume: clips already in logged shards are not redone
+    done: dict[str, list[dict]] = {}
+    tasks: list[SessionTask] = []
+    for split, sessions in plan.items():
+        (out / split).mkdir(parents=True, exist_ok=True)
+        done[split] = read_progress(out / split)
+        done_ids = {r["clip_id"] for e in done[split] for r in e["records"]}
+        for user, session, specs in sessions:
+            todo = [s for s in specs if s.clip_id not in done_ids]
+            if todo:
+                tasks.append(SessionTask(split, str(root), user, session, todo, cfg.source, cfg.k, cfg.jpeg_quality))
+
+    seconds = Counter()
+    sources = Counter()
+    n_new = 0
+    writers: dict[str, LoggedShardWriter] = {}
+    total = sum(len(t.specs) for t in tasks)
+    pool = mp.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 and len(tasks) > 1 else None
+    try:
+        results = pool.imap(process_session, tasks) if pool else map(process_session, tasks)
+        with tqdm(total=total, desc="clips", unit="clip", disable=None) as bar:
+            for res in results:
+                for s in res.skipped:
+                    log.warning("skipped %s/%s %s: %s", res.user, res.session, s.get("clip_id", ""), s["reason"])
+                skipped.extend({"split": res.split, **s} for s in res.skipped)
+                seconds.update(res.seconds)
+                if res.items:
+                    w = writers.get(res.split)
+                    if w is None:
+                        start = max((int(re.findall(r"\d+", e["shard"])[0]) + 1 for e in done[res.split]), default=0)
+                        w = writers[res.split] = LoggedShardWriter(
+                            out / res.split, cfg.shard_mb * 1024**2, start, out / res.split / "progress.jsonl")
+                    for rec, jpegs in res.items:
+                        w.write_item(rec, jpegs)
+                    sources[res.source] += len(res.items)
+                    n_new += len(res.items)
+                bar.update(len(res.items) + sum(1 if "clip_id" in s else s.get("clips", 0) for s in res.skipped))
+                bar.set_postfix_str(f"{res.user}/{res.session}")
+        for w in writers.values():
+            w.close_shard()
+    except BaseException:
+        for w in writers.values():
+            w.abort()  # never leave a half-written shard
+        raise
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
+
+    # manifests, pairs, grammar, summary
+    counts: dict[str, dict] = {}
+    for split in plan:
+        entries = read_progress(out / split)
+        records = [r for e in entries for r in e["records"]]
+        _write_atomic(out / split / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        _write_atomic(out / split / "pairs.jsonl",
+                      "".join(json.dumps(pair_for(r), sort_keys=True) + "\n" for r in records))
+        counts[split] = {
+            "clips": len(records),
+            "shards": len(entries),
+            "sessions": len({(r["user"], r["session"]) for r in records}),
+            "kinds": dict(Counter(r["kind"] for r in records)),
+            "sources": dict(Counter(r["source"] for r in records)),
+            "dominant_operation": dict(sorted(Counter(r["truth"]["dominant_operation"] for r in records).items())),
+        }
+    if train_sequences:
+        grammar = Grammar.fit(train_sequences)
+        tmp = out / "grammar.json.tmp.json"
+        grammar.save(tmp)
+        os.replace(tmp, out / "grammar.json")
+    else:
+        log.warning("no train sessions: grammar.json not written")
+
+    wall = time.perf_counter() - t_start
+    work = sum(seconds[k] for k in ("frames", "sampling", "encode"))
+    summary = {
+        "root": str(root),
+        "settings": cfg.data_settings(),
+        "splits": counts,
+        "skipped": skipped,
+        "skipped_by_reason": dict(Counter(re.sub(r"\d{6,}", "N", s["reason"]) for s in skipped)),
+        "sources_used_this_run": dict(sources),
+        "grammar": "grammar.json" if train_sequences else None,
+        "timing": {
+            "wall_s": round(wall, 3),
+            "workers": cfg.workers,
+            "clips_this_run": n_new,
+            "clips_per_s": round(n_new / wall, 3) if wall > 0 else None,
+            "cpu_s": {k: round(v, 3) for k, v in sorted(seconds.items())},
+            "sampling_share": round(seconds["sampling"] / work, 4) if work > 0 else None,
+        },
+    }
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    if cfg.samples_out:
+        export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------- samples
+SAMPLES_README = """# Training data samples
+
+{n} examples exported by the data pipeline, frames exactly as stored in the shards (336x336 JPEG) plus the training
+pair. `{{clip_id}}.json` holds the clip's record (`record`: truth, sampled frame indices, source) and the chat
+messages (`messages`); `{{clip_id}}.fNN.jpg` are its K sampled frames in order (image items in `messages` name them).
+The examples are spread evenly over the train, val and test manifests.
+
+Input: {input}
+
+Made by (byte-identical on every run; tests/test_pipeline.py regenerates and compares them):
+
+{command}
+"""
+
+
+def _describe_input(root: Path) -> tuple[str, str]:
+    """What the samples were made from, and the commands that remake them (no machine paths, no times)."""
+    meta = root / "synthetic_config.json"
+    if meta.is_file():
+        c = json.loads(meta.read_text())["config"]
+        w, h = c["rgb_size"]
+        what = (f"synthetic OpenPack root (openpack_vlm.synthetic, seed {c['seed']}, users {' '.join(c['users'])}, "
+                f"sessions {' '.join(c['sessions'])}, {c['session_seconds']:g} s, RGB frames {w}x{h}); not real data.")
+        cmd = (f"    python -m openpack_vlm.synthetic --out /tmp/openpack-synth --seed {c['seed']} "
+               f"--users {' '.join(c['users'])} --sessions {' '.join(c['sessions'])} "
+               f"--seconds {c['session_seconds']:g} --rgb-size {w}x{h}" + ("" if c["rgb"] else " --no-rgb") + "\n"
+               "    python data_pipeline.py --root /tmp/openpack-synth --out /tmp/openpack-data "
+               "--samples-out training_data_samples --n-samples {n}")
+        return what, cmd
+    return ("an OpenPack root (real data).",
+            "    python data_pipeline.py --root $OPENPACK_ROOT --out <dir> --samples-out <dir> --n-samples {n}")
+
+
+def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path) -> list[str]:
+    """Copy n clips (spread evenly over all splits' manifests) as JPEG files + pair JSON into ``dest``."""
+    records = []
+    for split in splits:
+        man = out / split / "manifest.jsonl"
+        if man.exists():
+            records.extend(json.loads(line) for line in man.read_text().splitlines() if line)
+    chosen = _spread(records, n)
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted: set[str] = {"README.md"}
+    by_shard: dict[tuple[str, str], list[dict]] = {}
+    for r in chosen:
+        by_shard.setdefault((r["split"], r["extra"]["shard"]), []).append(r)
+    for (split, shard), recs in by_shard.items():
+        need = {f"{r['clip_id']}.{frame_member(i)}" for r in recs for i in range(len(r["frame_indices"]))}
+        with tarfile.open(out / split / shard) as tar:
+            for m in tar.getmembers():
+                if m.name in need:
+                    _write_atomic(dest / m.name, tar.extractfile(m).read())
+                    wanted.add(m.name)
+        for r in recs:
+            pair = pair_for(r)
+            body = {"record": r, "messages": pair["messages"]}
+            _write_atomic(dest / f"{r['clip_id']}.json", json.dumps(body, indent=1, sort_keys=True) + "\n")
+            wanted.add(f"{r['clip_id']}.json")
+    what, cmd = _describe_input(root)
+    _write_atomic(dest / "README.md", SAMPLES_README.format(n=len(chosen), input=what, command=cmd.format(n=n)))
+    for p in dest.iterdir():
+        if p.is_file() and p.name not in wanted and (p.suffix in (".jpg", ".json") or p.name.endswith(".tmp")):
+            p.unlink()  # stale files of an earlier export
+    return [r["clip_id"] for r in chosen]
+
+
+def parse_splits(items: list[str]) -> dict[str, list[str]]:
+    """``["train=U0101-U0106", "val=U0107", "test=U0108,U0109"]`` -> {split: [users]} (ranges by user number)."""
+    splits: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise PipelineError(f"bad --splits item {item!r}; expected NAME=USERS, e.g. train=U0101-U0106")
+        name, spec = item.split("=", 1)
+        users: list[str] = []
+        for part in filter(None, spec.split(",")):
+            m = re.fullmatch(r"U(\d{4})-U?(\d{4})", part)
+            if m:
+                a, b = int(m.group(1)), int(m.group(2))
+                if a > b:
+                    raise PipelineError(f"bad user range {part!r} in --splits")
+                users.extend(f"U{i:04d}" for i in range(a, b + 1))
+            elif re.fullmatch(r"U\d{4}", part):
+                users.append(part)
+            else:
+                raise PipelineError(f"bad user {part!r} in --splits; expected U0101 or U0101-U0106")
+        if not name or not users:
+            raise PipelineError(f"bad --splits item {item!r}")
+        splits[name] = users
+    return splits

@@ -1,0 +1,499 @@
+"""Write a synthetic OpenPack root in exactly the real file formats, for tests and CPU dry runs.
+
+    python -m openpack_vlm.synthetic --out /tmp/openpack_synth [--users U0101 U0102] [--sessions S0100] [--seed 0]
+                                     [--seconds 90] [--rgb-size 1280x720] [--no-rgb]
+
+Per user/session it writes (see ``openpack_vlm.openpack`` for the layouts, which read it back):
+
+* ``{user}/annotation/openpack-operations/{session}.csv`` — interval file (uuid, user, session, box, id, operation,
+  ISO start/end in JST, actions); Null gaps have no row, as in the real files;
+* ``{user}/annotation/openpack-operations-1hz/{session}.csv`` — second ``t`` is labelled with the segment that started
+  last at or before ``t`` (floor of its start), which is how the real U0209/S0500 1 Hz file relates to its interval
+  file; Null gaps are written as 8100 rows (the real U0209/S0500 file carries the previous operation over its short
+  gaps instead);
+* ``{user}/kinect/2d-kpt/mmpose-hrnet-w48-posetrack18-384x288-posewarper-stage2/single/{session}.json`` — 15 Hz
+  mmpose output, ``keypoints`` as 17 ``[x, y, score]`` triples in 1280x720 px (the shape openpack-toolkit reads);
+* ``{user}/kinect/color-masked/frames/{session}/YYYY/MM/DD/HH/MM/YYYYMMDD_HHMMSS_mmm.jpg`` — 15 Hz JPEGs named by
+  JST time, ``rgb_size`` px (real: 1280x720);
+* ``kinect-2d-kpt-with-operation-action-labels/{user}-{session}.csv`` — the preprocessed Zenodo CSV
+  (timestamp, operation, action, J00_D0..J16_D2), one row per keypoint frame.
+
+Kinect streams run from 1 s before the first annotation to 1 s after the last, as a camera started before the work.
+
+Timelines: boxes follow the procedural order of the real U0209/S0500 session (``BOX_CYCLE`` plus the repeats and the
+optional Put on Back Table seen there, ``REPEATS``/``P_BACK_TABLE``); each operation's duration is drawn from a
+log-normal with the real per-class mean/std (``REAL_DURATIONS_S``) times ``duration_scale`` so a 90 s session holds
+~3 boxes. Visual cues a tiny model can learn: every RGB frame shows a large workstation panel in the operation's
+colour (``OP_COLORS``) behind a masked worker; the skeleton stands at an operation-specific place (``OP_POSITIONS``)
+with an operation-specific arm pose and motion (``OP_ARM_POSES``, ``OP_MOTION``), walks there in ``WALK_S`` at a
+change, and carries noise; scores lie in [0.3, 1]. Everything is deterministic for (seed, user, session).
+
+Writing 8 users x 90 s at 1280x720 takes ~15-20 s on one core (JPEG encoding dominates); the test fixture uses a
+smaller ``rgb_size`` (documented in tests/conftest.py), which changes no other stream.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .labels import ID_TO_NAME, NULL_ID
+from .openpack import (
+    KINECT_FPS,
+    KINECT_SIZE,
+    KPT_COLUMNS,
+    PREPROCESSED_DIR,
+    Segment,
+    frame_name,
+    keypoints_json,
+    labels_at,
+    ms_to_iso,
+    normalize_timeline,
+    operations_1hz_csv,
+    operations_csv,
+    preprocessed_csv,
+    rgb_dir,
+)
+
+DEFAULT_USERS = ("U0101", "U0102", "U0103", "U0104", "U0105", "U0106", "U0107", "U0108")
+
+# ---- procedural order and durations, fitted on the real U0209/S0500 interval file (tests/data/openpack) ----------
+#: One box, in the order of the real session (Fill out Order comes before Attach Shipping Label there).
+BOX_CYCLE = (100, 200, 300, 400, 500, 600, 700, 1000, 800)
+#: Pairs the real session repeats right after themselves, with the fraction of its 20 boxes that do so.
+REPEATS: dict[tuple[int, int], float] = {(100, 200): 2 / 20, (300, 400): 1 / 20, (400, 500): 1 / 20}
+#: Fraction of the real boxes that end with Put on Back Table (900).
+P_BACK_TABLE = 5 / 20
+#: Per-class duration mean and sample std (s) in the real session.
+REAL_DURATIONS_S: dict[int, tuple[float, float]] = {
+    100: (6.898, 2.532), 200: (8.849, 6.255), 300: (10.542, 4.156), 400: (5.278, 2.362), 500: (8.930, 1.735),
+    600: (3.069, 0.899), 700: (9.892, 1.743), 800: (6.292, 1.242), 900: (3.991, 2.128), 1000: (5.785, 2.402),
+}
+
+# ---- visual cues (RGB colours; positions in the 1280x720 Kinect pixel space) ------------------------------------
+#: Workstation panel colour per operation (RGB): saturated hues far apart, so a 56x56 px view still separates them.
+OP_COLORS: dict[int, tuple[int, int, int]] = {
+    100: (220, 30, 30),  # red
+    200: (245, 140, 0),  # orange
+    300: (235, 225, 30),  # yellow
+    400: (30, 170, 50),  # green
+    500: (0, 210, 220),  # cyan
+    600: (30, 60, 230),  # blue
+    700: (140, 40, 210),  # violet
+    800: (240, 50, 190),  # magenta
+    900: (130, 75, 30),  # brown
+    1000: (0, 105, 105),  # dark teal
+    NULL_ID: (70, 70, 70),  # panel off
+}
+#: Pelvis centre (x, y) px of the worker per operation: where in the cell each operation is done.
+OP_POSITIONS: dict[int, tuple[float, float]] = {
+    100: (240.0, 420.0), 200: (400.0, 430.0), 300: (560.0, 440.0), 400: (660.0, 440.0), 500: (760.0, 440.0),
+    600: (880.0, 430.0), 700: (1000.0, 420.0), 800: (1100.0, 410.0), 900: (1180.0, 380.0), 1000: (320.0, 450.0),
+    NULL_ID: (640.0, 360.0),
+}
+#: Arm pose per operation: (right elbow, right wrist, left elbow, left wrist) offsets (dx, dy) px from the shoulder
+#: (elbows) or from the elbow (wrists). The worker faces the camera: their right side is the image's left.
+OP_ARM_POSES: dict[int, tuple[tuple[float, float], ...]] = {
+    100: ((-50, -70), (-40, -90), (40, -60), (30, -80)),  # reaching up to the shelf
+    200: ((-20, 70), (30, 40), (20, 70), (-30, 40)),  # hands together at the chest
+    300: ((-80, 10), (-80, 0), (80, 10), (80, 0)),  # arms wide, folding
+    400: ((-25, 80), (10, 75), (25, 80), (-10, 75)),  # hands down into the box
+    500: ((-40, 60), (20, 60), (40, 60), (-20, 60)),  # pressing the lid, taping
+    600: ((-70, 30), (-70, -20), (15, 85), (5, 80)),  # right arm out to the label
+    700: ((-50, -40), (-20, -80), (15, 85), (5, 80)),  # right hand up with the scanner
+    800: ((-40, 50), (40, 20), (40, 50), (-40, 20)),  # both hands across the box
+    900: ((-40, -50), (-10, -70), (40, -50), (10, -70)),  # box carried high
+    1000: ((-20, 80), (40, 20), (20, 85), (5, 80)),  # writing with the right hand
+    NULL_ID: ((-15, 85), (-5, 80), (15, 85), (5, 80)),  # arms hanging
+}
+#: Hand motion per operation: (frequency Hz, amplitude px) of the wrists' oscillation (elbows move half as much).
+OP_MOTION: dict[int, tuple[float, float]] = {
+    100: (0.8, 25.0), 200: (1.5, 10.0), 300: (1.0, 30.0), 400: (1.2, 20.0), 500: (2.0, 15.0), 600: (0.6, 8.0),
+    700: (2.5, 12.0), 800: (0.7, 10.0), 900: (0.3, 5.0), 1000: (3.0, 6.0), NULL_ID: (0.2, 3.0),
+}
+#: Action id written to the preprocessed CSV's ``action`` column (first action of each operation's family).
+OP_ACTION: dict[int, int] = {op: (op + 1 if op != NULL_ID else NULL_ID) for op in OP_COLORS}
+WALK_S = 0.6  # s the worker takes to walk to the next operation's place
+PANEL_BOX = (0.03, 0.03, 0.97, 0.62)  # panel rectangle (x0, y0, x1, y1) as fractions of the frame
+BENCH_BOX = (0.0, 0.70, 1.0, 0.82)  # workbench strip, same units
+BENCH_COLOR = (95, 85, 75)
+BACKGROUND = (40, 40, 40)
+WORKER_COLOR = (235, 235, 235)  # the masked worker
+
+# COCO-17 skeleton relative to the pelvis centre (px), facing the camera; arms come from OP_ARM_POSES.
+_BODY = np.array([
+    (0, -250), (10, -262), (-10, -262), (22, -255), (-22, -255),  # nose, left/right eye, left/right ear
+    (55, -195), (-55, -195), (0, 0), (0, 0), (0, 0), (0, 0),  # left/right shoulder, elbows & wrists (filled later)
+    (32, 0), (-32, 0), (35, 110), (-35, 110), (36, 215), (-36, 215),  # hips, knees, ankles
+], np.float64)
+_LIMBS = ((5, 7), (7, 9), (6, 8), (8, 10), (5, 6), (5, 11), (6, 12), (11, 12), (11, 13), (13, 15), (12, 14), (14, 16))
+_SCORE_RANGE = np.array([(0.75, 1.0)] * 11 + [(0.55, 0.9)] * 2 + [(0.3, 0.6)] * 4)  # legs hidden by the bench
+
+
+@dataclass
+class SyntheticConfig:
+    users: tuple[str, ...] = DEFAULT_USERS
+    sessions: tuple[str, ...] = ("S0100",)
+    seed: int = 0
+    session_seconds: float = 90.0  # annotated length of each session, s
+    duration_scale: float = 0.5  # real per-class durations x this (real boxes take ~66 s)
+    min_op_seconds: float = 1.2  # shortest operation/gap, s (> 1 s keeps every segment visible in the 1 Hz file)
+    null_gap_prob: float = 0.05  # chance of an unannotated (Null) gap after an operation (real: 5 of 192)
+    null_gap_seconds: tuple[float, float] = (1.2, 3.0)  # Null gap length range, s (real gaps: 2.0-3.7 s)
+    lead_seconds: float = 1.0  # Kinect streams start this long before the first annotation and end after the last
+    keypoint_noise_px: float = 4.0  # std of the Gaussian jitter on every joint, px
+    rgb: bool = True  # write color-masked JPEG frames
+    rgb_size: tuple[int, int] = KINECT_SIZE  # JPEG width, height (px); real frames are 1280x720
+    jpeg_quality: int = 70
+    write_interval: bool = True  # openpack-operations/{session}.csv
+    write_1hz: bool = True  # openpack-operations-1hz/{session}.csv
+    write_kpt_json: bool = True  # kinect 2d-kpt mmpose JSON
+    write_preprocessed: bool = True  # kinect-2d-kpt-with-operation-action-labels/{user}-{session}.csv
+    extra: dict = field(default_factory=dict)  # free-form notes stored in synthetic_config.json
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _rng(cfg: SyntheticConfig, *keys: str) -> np.random.Generator:
+    """A generator that depends only on (seed, keys), so a user's data does not change with the user list."""
+    return np.random.default_rng([int(cfg.seed)] + [zlib.crc32(k.encode()) for k in keys])
+
+
+def session_start_ms(user: str, session: str) -> int:
+    """A plausible JST session start: March/April 2022 working hours, one day per user, one slot per session."""
+    day = int(user[1:]) % 28
+    slot = (int(session[1:]) // 100) % 5
+    base = 1648429200000  # 2022-03-28 10:00:00+09:00
+    return base + day * 86_400_000 + slot * 5_400_000 + (zlib.crc32(f"{user}{session}".encode()) % 1000)
+
+
+def box_sequence(rng: np.random.Generator) -> list[int]:
+    """Operations of one box: BOX_CYCLE with the real session's repeats and optional Put on Back Table."""
+    seq: list[int] = []
+    for op in BOX_CYCLE:
+        seq.append(op)
+        for pair, p in REPEATS.items():
+            if op == pair[1] and seq[-2:] == list(pair) and rng.random() < p:
+                seq.extend(pair)
+    if rng.random() < P_BACK_TABLE:
+        seq.append(900)
+    return seq
+
+
+def _draw_duration(rng: np.random.Generator, op: int, cfg: SyntheticConfig) -> float:
+    m, s = REAL_DURATIONS_S[op]
+    m, s = m * cfg.duration_scale, s * cfg.duration_scale
+    sigma2 = np.log1p((s / m) ** 2)  # log-normal with this mean and std
+    d = float(rng.lognormal(np.log(m) - sigma2 / 2, np.sqrt(sigma2)))
+    return max(d, cfg.min_op_seconds)
+
+
+def make_rows(cfg: SyntheticConfig, user: str, session: str) -> list[tuple[int, int, int, int]]:
+    """Annotated operations of a session: (start_ms, end_ms, op_id, box); Null gaps are the holes between rows."""
+    rng = _rng(cfg, user, session, "timeline")
+    t0 = session_start_ms(user, session)
+    total = cfg.session_seconds
+    rows: list[tuple[float, float, int, int]] = []
+    t, box = 0.0, 1
+    while t < total:
+        for op in box_sequence(rng):
+            d = _draw_duration(rng, op, cfg)
+            rows.append((t, t + d, op, box))
+            t += d
+            if rng.random() < cfg.null_gap_prob:
+                t += float(rng.uniform(*cfg.null_gap_seconds))
+            if t >= total:
+                break
+        box += 1
+    a, b, op, bx = rows[-1]
+    if b > total:
+        rows[-1] = (a, total, op, bx)
+        if total - a < cfg.min_op_seconds:
+            rows.pop()
+    return [(t0 + round(a * 1000), t0 + round(b * 1000), op, bx) for a, b, op, bx in rows]
+
+
+def rows_to_timeline(rows) -> list[Segment]:
+    return normalize_timeline([Segment(a, b, op) for a, b, op, _ in rows])
+
+
+def kinect_timestamps(rows, cfg: SyntheticConfig) -> np.ndarray:
+    """15 Hz frame times from ``lead_seconds`` before the first row to ``lead_seconds`` after the last."""
+    t0 = rows[0][0] - round(cfg.lead_seconds * 1000)
+    t1 = rows[-1][1] + round(cfg.lead_seconds * 1000)
+    n = int((t1 - t0) * KINECT_FPS // 1000)
+    return t0 + np.round(np.arange(n) * 1000 / KINECT_FPS).astype(np.int64)
+
+
+def make_keypoints(cfg: SyntheticConfig, user: str, session: str, timeline: list[Segment], ts: np.ndarray) -> np.ndarray:
+    """Keypoints (N, 17, 3) for frames at ``ts``: per-operation place, arm pose and motion, walking, noise, scores."""
+    rng = _rng(cfg, user, session, "keypoints")
+    n = len(ts)
+    ops = labels_at(timeline, ts)
+    starts = np.array([s.start_ms for s in timeline], np.int64)
+    seg = np.clip(np.searchsorted(starts, ts, side="right") - 1, 0, len(timeline) - 1)
+    inside = (ts >= timeline[0].start_ms) & (ts < timeline[-1].end_ms)
+    prev_ops = np.array([timeline[i - 1].op_id if i > 0 else NULL_ID for i in range(len(timeline))])[seg]
+    prev_ops = np.where(inside, prev_ops, NULL_ID)
+    since = np.where(inside, (ts - starts[seg]) / 1000.0, 1e9)
+    pos = np.array([OP_POSITIONS[o] for o in ops])
+    prev_pos = np.array([OP_POSITIONS[o] for o in prev_ops])
+    w = np.clip(since / WALK_S, 0, 1)[:, None]
+    centre = prev_pos + (pos - prev_pos) * w  # walk from the previous place
+
+    k = np.repeat(_BODY[None], n, axis=0)
+    arms = np.array([OP_ARM_POSES[o] for o in ops], np.float64)  # (n, 4, 2)
+    r_el = k[:, 6] + arms[:, 0]
+    l_el = k[:, 5] + arms[:, 2]
+    freq_amp = np.array([OP_MOTION[o] for o in ops])
+    t_s = (ts - ts[0]) / 1000.0
+    phase = 2 * np.pi * freq_amp[:, 0] * t_s
+    wob = freq_amp[:, 1:2] * np.stack([np.sin(phase), 0.5 * np.cos(phase)], 1)
+    k[:, 8] = r_el + 0.5 * wob
+    k[:, 7] = l_el - 0.5 * wob
+    k[:, 10] = r_el + arms[:, 1] + wob
+    k[:, 9] = l_el + arms[:, 3] - wob
+    sway = 3.0 * np.stack([np.sin(2 * np.pi * 0.25 * t_s), np.zeros(n)], 1)
+    xy = k + (centre + sway)[:, None, :] + rng.normal(0, cfg.keypoint_noise_px, (n, 17, 2))
+    xy[..., 0] = np.clip(xy[..., 0], 0, KINECT_SIZE[0] - 1)
+    xy[..., 1] = np.clip(xy[..., 1], 0, KINECT_SIZE[1] - 1)
+    lo, hi = _SCORE_RANGE[:, 0], _SCORE_RANGE[:, 1]
+    score = np.clip(lo + (hi - lo) * rng.random((n, 17)), 0.3, 1.0)
+    return np.concatenate([xy, score[..., None]], axis=2).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------------ writers
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_write_csv(path: Path, df: pd.DataFrame, **kw) -> None:
+    _atomic_write_text(path, df.to_csv(index=False, lineterminator="\n", **kw))
+
+
+def write_interval_csv(path: Path, rows, user: str, session: str, rng: np.random.Generator) -> None:
+    ns = uuid.UUID(int=int(rng.integers(0, 2**63)))
+    recs = []
+    for i, (a, b, op, box) in enumerate(rows):
+        acts = ";".join(f"act:{uuid.uuid5(ns, f'act-{i}-{j}')}" for j in range(1 + int(rng.integers(0, 3))))
+        recs.append({"uuid": f"op:{uuid.uuid5(ns, f'op-{i}')}", "user": user, "session": session, "box": box,
+                     "id": op, "operation": ID_TO_NAME[op], "start": ms_to_iso(a), "end": ms_to_iso(b),
+                     "actions": acts})
+    _atomic_write_csv(path, pd.DataFrame(recs))
+
+
+def onehz_labels(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seconds, op ids and boxes of the 1 Hz file: second t takes the segment (Null gaps included) whose floored
+    start is the latest at or before t."""
+    segs = []
+    for i, (a, b, op, box) in enumerate(rows):
+        segs.append((a, op, box))
+        nxt = rows[i + 1][0] if i + 1 < len(rows) else b
+        if nxt > b:
+            segs.append((b, NULL_ID, box))
+    floors = np.array([a // 1000 * 1000 for a, _, _ in segs], np.int64)
+    secs = np.arange(rows[0][0] // 1000 * 1000, (rows[-1][1] - 1) // 1000 * 1000 + 1000, 1000, dtype=np.int64)
+    idx = np.searchsorted(floors, secs, side="right") - 1
+    ops = np.array([segs[i][1] for i in idx], np.int64)
+    boxes = np.array([segs[i][2] for i in idx], np.int64)
+    return secs, ops, boxes
+
+
+def write_1hz_csv(path: Path, rows, user: str, session: str) -> None:
+    secs, ops, boxes = onehz_labels(rows)
+    _atomic_write_csv(path, pd.DataFrame({"unixtime": secs, "user": user, "session": session, "box": boxes,
+                                          "id": ops}))
+
+
+def write_keypoint_json(path: Path, ts: np.ndarray, kpts: np.ndarray) -> None:
+    # Top-level keys as in the OpenPack docs' table for kinect-2d-kpt (info, licences, annotations, category).
+    anns = []
+    for i, (t, k) in enumerate(zip(ts.tolist(), np.round(kpts.astype(np.float64), 3).tolist())):
+        xs, ys = [p[0] for p in k], [p[1] for p in k]
+        x0, y0 = min(xs), min(ys)
+        w, h = max(xs) - x0, max(ys) - y0
+        anns.append({"id": i, "image_id": int(t), "category_id": 1, "area": round(w * h, 2),
+                     "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)], "iscrowd": 0,
+                     "keypoints": k, "num_keypoints": 17, "bbox_score": round(float(np.mean([p[2] for p in k])), 4),
+                     "track_id": 0})
+    data = {
+        "info": {"description": "openpack-vlm synthetic mmpose-hrnet-w48-posetrack18-384x288-posewarper-stage2",
+                 "frame_rate": KINECT_FPS},
+        "licences": [],
+        "annotations": anns,
+        "category": [{"id": 1, "name": "person", "skeleton": [list(l) for l in _LIMBS]}],
+    }
+    _atomic_write_text(path, json.dumps(data, separators=(",", ":")))
+
+
+def write_preprocessed_csv(path: Path, ts: np.ndarray, kpts: np.ndarray, timeline: list[Segment]) -> None:
+    ops = labels_at(timeline, ts)
+    df = pd.DataFrame(kpts.reshape(len(ts), -1).astype(np.float64).round(3), columns=list(KPT_COLUMNS))
+    df.insert(0, "action", [OP_ACTION[int(o)] for o in ops])
+    df.insert(0, "operation", ops)
+    df.insert(0, "timestamp", ts)
+    _atomic_write_csv(path, df)
+
+
+def _base_frames(size: tuple[int, int]) -> dict[int, np.ndarray]:
+    w, h = size
+    out = {}
+    for op, rgb in OP_COLORS.items():
+        img = np.empty((h, w, 3), np.uint8)
+        img[:] = BACKGROUND[::-1]  # OpenCV images are BGR
+        x0, y0, x1, y1 = PANEL_BOX
+        img[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)] = rgb[::-1]
+        x0, y0, x1, y1 = BENCH_BOX
+        img[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)] = BENCH_COLOR[::-1]
+        out[op] = img
+    return out
+
+
+def render_frame(base: np.ndarray, kpts: np.ndarray) -> np.ndarray:
+    """One masked color frame (BGR): the operation's base image plus the worker drawn from the keypoints."""
+    h, w = base.shape[:2]
+    s = np.array([w / KINECT_SIZE[0], h / KINECT_SIZE[1]])
+    p = np.round(kpts[:, :2] * s).astype(np.int32)
+    img = base.copy()
+    thick = max(2, int(round(14 * s[0])))
+    for a, b in _LIMBS:
+        cv2.line(img, tuple(map(int, p[a])), tuple(map(int, p[b])), WORKER_COLOR, thick, cv2.LINE_8)
+    cv2.circle(img, tuple(map(int, p[0])), max(3, int(round(30 * s[0]))), WORKER_COLOR, -1, cv2.LINE_8)
+    return img
+
+
+def write_rgb_frames(out_dir: Path, ts: np.ndarray, kpts: np.ndarray, timeline: list[Segment],
+                     cfg: SyntheticConfig) -> int:
+    """All frames of a session into a temp folder next to ``out_dir``, then renamed into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        bases = _base_frames(tuple(cfg.rgb_size))
+        ops = labels_at(timeline, ts)
+        made: set[Path] = set()
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)]
+        for t, op, k in zip(ts.tolist(), ops.tolist(), kpts):
+            rel = tmp / frame_name(t)
+            if rel.parent not in made:
+                rel.parent.mkdir(parents=True, exist_ok=True)
+                made.add(rel.parent)
+            ok, buf = cv2.imencode(".jpg", render_frame(bases[op], k), params)
+            if not ok:
+                raise RuntimeError(f"JPEG encoding failed for {rel}")
+            rel.write_bytes(buf.tobytes())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(ts)
+
+
+def write_session(root: Path, cfg: SyntheticConfig, user: str, session: str) -> dict:
+    """Write every enabled stream of one session; returns a small summary."""
+    rows = make_rows(cfg, user, session)
+    timeline = rows_to_timeline(rows)
+    ts = kinect_timestamps(rows, cfg)
+    kpts = make_keypoints(cfg, user, session, timeline, ts)
+    if cfg.write_interval:
+        write_interval_csv(operations_csv(root, user, session), rows, user, session, _rng(cfg, user, session, "ids"))
+    if cfg.write_1hz:
+        write_1hz_csv(operations_1hz_csv(root, user, session), rows, user, session)
+    if cfg.write_kpt_json:
+        write_keypoint_json(keypoints_json(root, user, session), ts, kpts)
+    if cfg.write_preprocessed:
+        write_preprocessed_csv(preprocessed_csv(root, user, session), ts, kpts, timeline)
+    n_rgb = write_rgb_frames(rgb_dir(root, user, session), ts, kpts, timeline, cfg) if cfg.rgb else 0
+    return {"user": user, "session": session, "operations": len(rows), "segments": len(timeline),
+            "kinect_frames": int(len(ts)), "rgb_frames": n_rgb}
+
+
+def _check_config(cfg: SyntheticConfig) -> None:
+    import re
+
+    for u in cfg.users:
+        if not re.fullmatch(r"U\d{4}", u):
+            raise ValueError(f"bad user id {u!r}: expected U followed by 4 digits, e.g. U0101")
+    for s in cfg.sessions:
+        if not re.fullmatch(r"S\d{4}", s):
+            raise ValueError(f"bad session id {s!r}: expected S followed by 4 digits, e.g. S0100")
+    if not cfg.users or not cfg.sessions:
+        raise ValueError("need at least one user and one session")
+    if cfg.session_seconds < 10:
+        raise ValueError(f"session_seconds={cfg.session_seconds} is too short: need >= 10 s for 5 s clips")
+    w, h = cfg.rgb_size
+    if w < 16 or h < 16:
+        raise ValueError(f"rgb_size {w}x{h} is too small (>= 16x16)")
+    if cfg.min_op_seconds <= 1.0 or cfg.null_gap_seconds[0] <= 1.0:
+        raise ValueError("min_op_seconds and null gaps must exceed 1 s (every segment must show in the 1 Hz file)")
+
+
+def write_synthetic_root(root: str | Path, cfg: SyntheticConfig | None = None) -> Path:
+    """Write a synthetic OpenPack root (all layouts enabled in ``cfg``) under ``root``; returns the root."""
+    cfg = cfg or SyntheticConfig()
+    _check_config(cfg)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    summary = []
+    pairs = [(u, s) for u in cfg.users for s in cfg.sessions]
+    for u, s in tqdm(pairs, desc="synthetic sessions", unit="session", disable=len(pairs) < 2, leave=False):
+        summary.append(write_session(root, cfg, u, s))
+    meta = {"config": asdict(cfg), "sessions": summary,
+            "note": "synthetic OpenPack root written by openpack_vlm.synthetic; not real data"}
+    _atomic_write_text(root / "synthetic_config.json", json.dumps(meta, indent=1))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1280x720, got {text!r}") from None
+    return w, h
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m openpack_vlm.synthetic", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="root folder to write")
+    ap.add_argument("--users", nargs="+", default=list(DEFAULT_USERS))
+    ap.add_argument("--sessions", nargs="+", default=["S0100"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=SyntheticConfig.session_seconds, help="annotated s per session")
+    ap.add_argument("--rgb-size", type=_size, default=KINECT_SIZE, help="JPEG WIDTHxHEIGHT (real: 1280x720)")
+    ap.add_argument("--no-rgb", action="store_true", help="skip the color-masked JPEG frames")
+    args = ap.parse_args(argv)
+    cfg = SyntheticConfig(users=tuple(args.users), sessions=tuple(args.sessions), seed=args.seed,
+                          session_seconds=args.seconds, rgb=not args.no_rgb, rgb_size=args.rgb_size)
+    t = time.time()
+    try:
+        root = write_synthetic_root(args.out, cfg)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = json.loads((root / "synthetic_config.json").read_text())
+    n = sum(s["rgb_frames"] for s in meta["sessions"])
+    print(f"wrote synthetic OpenPack root {root} ({len(cfg.users)} users x {len(cfg.sessions)} sessions, "
+          f"{n} RGB frames) in {time.time() - t:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,460 @@
+"""QLoRA fine-tuning of Qwen2-VL on the data pipeline's WebDataset shards.
+
+    python -m openpack_vlm.train --data D --out R [--model tiny] [--quantization none] [--max-steps N] ...
+
+Reads ``D/train/shard-*.tar`` as a stream (never the whole set in memory), builds each sample's chat with
+``prompt.build_messages(record.frame_indices, record.truth)`` exactly as the pipeline wrote it, collates through the
+processor with labels = -100 everywhere except the assistant's JSON answer and its ``<|im_end|>``, and trains LoRA
+with ``transformers.Trainer``. Writes::
+
+    R/checkpoint-*/    every save_steps (last save_total_limit kept); a rerun with the same R resumes from the last
+    R/adapter/         the LoRA adapter only (PEFT format)
+    R/grammar.json     copy of D/grammar.json (next-operation prior used by the predictor)
+    R/config.json      the run config (TrainConfig + ModelConfig + world size + versions)
+    R/train_summary.json  steps, losses, runtime and the measured peak memory
+    R/logs/            TensorBoard event files
+
+Two GPUs (Kaggle 2xT4)::
+
+    torchrun --nproc_per_node 2 -m openpack_vlm.train --data D --out R
+    # or: accelerate launch --num_processes 2 -m openpack_vlm.train --data D --out R
+
+Each process loads the 4-bit model on its own GPU (device_map = LOCAL_RANK), DDP runs with
+find_unused_parameters=False (every LoRA weight gets a gradient each step; non-reentrant checkpointing), and every
+(process, dataloader worker) pair reads its own subset of the shards, so no sample is read twice per pass.
+The effective batch is per_device_train_batch_size x gradient_accumulation_steps x processes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .model import REAL_MODEL_ID, ModelConfig, ModelLoadError
+from .prompt import build_messages
+from .shards import ClipRecord, iter_samples, shard_paths
+
+IGNORE_INDEX = -100  # label value the loss skips
+
+
+class TrainError(RuntimeError):
+    """A training run cannot start as asked (one-line message)."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults = the real QLoRA run of Qwen2-VL-2B on a 16 GB T4 (or A100)."""
+
+    data: str = "data"  # data_pipeline.py --out dir (reads data/train/shard-*.tar)
+    out: str = "runs/qlora"  # run dir R
+    model_id: str = REAL_MODEL_ID
+    quantization: str = "4bit"  # 4bit needs CUDA; "none" for CPU / tiny
+    dtype: str = "auto"  # bf16 where supported (A100), fp16 on T4, fp32 on CPU
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    modules_to_save: tuple[str, ...] = ()  # ("lm_head",) only for the tiny model (see TINY_RECIPE)
+    per_device_train_batch_size: int = 2  # 2 clips x 8 frames x 144 visual tokens ~ 2.8k tokens: fits T4 with 4-bit
+    gradient_accumulation_steps: int = 8  # effective batch 16 clips per GPU
+    learning_rate: float = 2e-4  # the QLoRA paper's LR for small models
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 20  # ~3% of max_steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3  # QLoRA paper value
+    max_steps: int = 600  # ~9.6k clips seen at batch 16: a few passes over the OpenPack train boundary clips
+    save_steps: int = 50  # Kaggle sessions end at 9-12 h: a checkpoint every ~15 min on T4
+    save_total_limit: int = 3
+    logging_steps: int = 10
+    seed: int = 42
+    shuffle_buffer: int = 256  # samples held for shuffling (~256 x 8 JPEG frames decoded: ~0.3 GB)
+    num_workers: int = 2  # dataloader processes decoding JPEGs and running the processor
+    gradient_checkpointing: bool = True  # ~5x less activation memory; required for batch 2 on T4
+    report_to: tuple[str, ...] = ("tensorboard",)
+    optim: str = "adamw_torch"  # LoRA params are few (~18M): plain AdamW states are ~0.15 GB
+    attn_implementation: str = "sdpa"
+    device: str = "auto"  # cuda:LOCAL_RANK when CUDA, else cpu; "cpu" + 4bit runs bitsandbytes' CPU backend (tests)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            model_id=self.model_id,
+            quantization=self.quantization,
+            dtype=self.dtype,
+            attn_implementation=self.attn_implementation,
+            device=self.device,
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            modules_to_save=tuple(self.modules_to_save),
+            gradient_checkpointing=self.gradient_checkpointing,
+        )
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["modules_to_save"] = list(self.modules_to_save)
+        d["report_to"] = list(self.report_to)
+        return d
+
+
+# The tiny random model (0.25M params, hidden 64) needs a different recipe than 2B to learn in ~100 CPU steps:
+# its random lm_head has tiny logits, and with LoRA alone the loss stalls at ~5.3 nats (measured: 0 % valid JSON after
+# 60 steps), so lm_head is trained in full (a 33k-param copy; for 2B it would be 233M params + Adam states: never);
+# a larger LR and the usual clip norm 1.0 instead of QLoRA's 0.3 (measured: 100 % valid JSON after 120 steps).
+TINY_RECIPE = {"learning_rate": 5e-3, "modules_to_save": ("lm_head",), "max_grad_norm": 1.0}
+
+
+# ----------------------------------------------------------------------------------------------------------------- data
+def reader_identity(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(index, count) of this reader among all (process, dataloader worker) pairs."""
+    import torch.utils.data as tud
+
+    if rank is None:
+        rank = int(os.environ.get("RANK", 0))
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+    info = tud.get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * nw + wid, world_size * nw
+
+
+class ShardStream:
+    """Infinite shuffled stream of (ClipRecord, frames) over a split's shards (a torch IterableDataset).
+
+    Split across readers (processes x workers): by shard when there are at least as many shards as readers, else by
+    sample (every reader walks all shards and keeps every n-th sample). Each pass reshuffles the shard order and
+    uses a shuffle buffer of ``buffer`` samples; a pass that yields nothing raises instead of spinning.
+    """
+
+    def __init__(self, paths: list[Path], buffer: int = 256, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None, passes: int | None = None):
+        self.paths = [Path(p) for p in paths]
+        self.buffer = max(1, buffer)
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.passes = passes  # None = forever (training is bounded by max_steps)
+
+    def _one_pass(self, epoch: int, reader: int, readers: int) -> Iterator[tuple[ClipRecord, list]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        paths = list(self.paths)
+        rng.shuffle(paths)
+        by_shard = len(paths) >= readers
+        mine = paths[reader::readers] if by_shard else paths
+        for j, sample in enumerate(iter_samples(mine)):
+            if by_shard or j % readers == reader:
+                yield sample
+
+    def __iter__(self):
+        reader, readers = reader_identity(self.rank, self.world_size)
+        rng = random.Random(self.seed * 7919 + reader)
+        buf: list = []
+        epoch = 0
+        while self.passes is None or epoch < self.passes:
+            n = 0
+            for sample in self._one_pass(epoch, reader, readers):
+                n += 1
+                if len(buf) < self.buffer:
+                    buf.append(sample)
+                    continue
+                k = rng.randrange(len(buf))
+                buf[k], sample = sample, buf[k]
+                yield sample
+            if n == 0:
+                raise TrainError(f"reader {reader}/{readers} got no samples from {len(self.paths)} shard(s)")
+            epoch += 1
+        rng.shuffle(buf)
+        yield from buf
+
+
+def make_stream(paths: list[Path], **kw):
+    """``ShardStream`` as a ``torch.utils.data.IterableDataset`` (kept importable without torch for the class)."""
+    import torch.utils.data as tud
+
+    class _TorchShardStream(ShardStream, tud.IterableDataset):
+        pass
+
+    return _TorchShardStream(paths, **kw)
+
+
+class Collator:
+    """(record, frames) list -> model batch. Labels: only the assistant's JSON answer and its ``<|im_end|>``."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        tok = processor.tokenizer
+        self.im_start = tok.convert_tokens_to_ids("<|im_start|>")
+        self.im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        self.header = [self.im_start] + tok("assistant\n", add_special_tokens=False)["input_ids"]
+
+    def texts(self, records: list[ClipRecord]) -> list[str]:
+        return [
+            self.processor.apply_chat_template(build_messages(r.frame_indices, r.truth), tokenize=False)
+            for r in records
+        ]
+
+    def __call__(self, examples: list[tuple[ClipRecord, list]]) -> dict:
+        records = [r for r, _ in examples]
+        images = [im for _, frames in examples for im in frames]
+        batch = self.processor(text=self.texts(records), images=images, padding=True, return_tensors="pt")
+        batch["labels"] = self.labels(batch["input_ids"], batch["attention_mask"], [r.clip_id for r in records])
+        return dict(batch)
+
+    def labels(self, input_ids, attention_mask, clip_ids: list[str]):
+        labels = input_ids.clone().fill_(IGNORE_INDEX)
+        h = len(self.header)
+        for row, ids in enumerate(input_ids.tolist()):
+            start = None
+            for i in range(len(ids) - h, -1, -1):  # the LAST assistant header (the answer being trained)
+                if ids[i : i + h] == self.header:
+                    start = i + h
+                    break
+            if start is None:
+                raise TrainError(f"{clip_ids[row]}: no assistant turn in the templated text")
+            try:
+                end = ids.index(self.im_end, start)
+            except ValueError:
+                raise TrainError(f"{clip_ids[row]}: assistant answer has no <|im_end|> (truncated?)") from None
+            labels[row, start : end + 1] = input_ids[row, start : end + 1]
+        labels[attention_mask == 0] = IGNORE_INDEX
+        return labels
+
+
+# ------------------------------------------------------------------------------------------------------------- training
+def _peak_memory() -> dict:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated()),
+                "reserved_bytes": int(torch.cuda.max_memory_reserved())}
+    # Linux ru_maxrss is KiB: the process's peak resident set (model + data + Python), not accelerator memory
+    return {"kind": "cpu_peak_rss", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def training_arguments(cfg: TrainConfig, use_cuda: bool, compute_dtype):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=cfg.out,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        max_steps=cfg.max_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=use_cuda and compute_dtype == torch.bfloat16,
+        fp16=use_cuda and compute_dtype == torch.float16,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient every step
+        remove_unused_columns=False,  # the collator's pixel_values / image_grid_thw must reach the model
+        dataloader_num_workers=cfg.num_workers,
+        dataloader_pin_memory=use_cuda,
+        ignore_data_skip=True,  # the stream is reseeded from the resumed step instead of replaying batches
+        optim=cfg.optim,
+        use_cpu=not use_cuda,
+        report_to=list(cfg.report_to),
+        disable_tqdm=False,
+    )
+
+
+def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
+    """Run (or resume) one training run; returns the run dir R."""
+    import torch
+    from transformers import Trainer, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    data, out = Path(cfg.data), Path(cfg.out)
+    try:
+        paths = shard_paths(data / "train")
+    except FileNotFoundError:
+        raise TrainError(f"no training shards: expected {data / 'train' / 'shard-*.tar'} (run data_pipeline.py)") from None
+    if cfg.max_steps <= 0:
+        raise TrainError(f"max_steps must be > 0 (got {cfg.max_steps})")
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")  # transformers 5 reads the TB dir from here
+
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    resumed_step = 0
+    if last is not None:
+        resumed_step = json.loads((Path(last) / "trainer_state.json").read_text()).get("global_step", 0)
+        if resumed_step >= cfg.max_steps:
+            raise TrainError(f"{last} is already at step {resumed_step} >= max_steps {cfg.max_steps}; "
+                             "raise --max-steps or use a new --out")
+
+    set_seed(cfg.seed)
+    mcfg = cfg.model_config()
+    model, processor = _load(mcfg)
+    use_cuda = next(model.parameters()).is_cuda
+    from .model import pick_dtype
+
+    compute_dtype = pick_dtype(cfg.dtype, "cuda" if use_cuda else "cpu")
+    args = training_arguments(cfg, use_cuda, compute_dtype)
+    # a resumed run draws a fresh shuffle of the (infinite) stream instead of replaying the consumed batches
+    stream = make_stream(paths, buffer=cfg.shuffle_buffer, seed=cfg.seed + resumed_step,
+                         rank=args.process_index, world_size=args.world_size)
+    collator = Collator(processor)
+
+    class StreamTrainer(Trainer):
+        def get_train_dataloader(self):
+            # our stream splits itself across processes and workers; accelerate's IterableDatasetShard on top
+            # would drop (n-1)/n of each reader's samples, and batch dispatching cannot split pixel_values.
+            from torch.utils.data import DataLoader
+
+            return DataLoader(
+                stream,
+                batch_size=self.args.per_device_train_batch_size,
+                collate_fn=collator,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+                persistent_workers=self.args.dataloader_num_workers > 0,
+            )
+
+    trainer = StreamTrainer(model=model, args=args, train_dataset=stream, data_collator=collator,
+                            callbacks=callbacks)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=last)
+    runtime = time.time() - t0
+
+    if trainer.is_world_process_zero():
+        tmp = out / "adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(tmp)
+        shutil.rmtree(out / "adapter", ignore_errors=True)
+        os.replace(tmp, out / "adapter")
+        if (data / "grammar.json").is_file():
+            shutil.copyfile(data / "grammar.json", out / "grammar.json.tmp")
+            os.replace(out / "grammar.json.tmp", out / "grammar.json")
+        _write_json(out / "config.json", {
+            "train": cfg.to_json(),
+            "model": mcfg.to_json(),
+            "world_size": args.world_size,
+            "compute_dtype": str(compute_dtype).replace("torch.", ""),
+            "versions": _versions(),
+        })
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        from .model import trainable_summary
+
+        _write_json(out / "train_summary.json", {
+            "global_step": trainer.state.global_step,
+            "resumed_from": str(last) if last else None,
+            "train_loss": result.training_loss,
+            "first_logged_loss": losses[0] if losses else None,
+            "last_logged_loss": losses[-1] if losses else None,
+            "runtime_s": round(runtime, 2),
+            "peak_memory": _peak_memory(),
+            "params": trainable_summary(trainer.model),
+            "shards": [p.name for p in paths],
+        })
+    return out
+
+
+def _load(mcfg: ModelConfig):
+    from .model import load_model
+
+    try:
+        return load_model(mcfg, for_training=True)
+    except ModelLoadError as e:
+        raise TrainError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------------------------------------------ CLI
+def parse_args(argv=None) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m openpack_vlm.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="data_pipeline.py output dir (uses DATA/train/shard-*.tar)")
+    p.add_argument("--out", required=True, help="run dir; rerunning with the same dir resumes from its last checkpoint")
+    p.add_argument("--model", default=d.model_id, help='hub id, local dir, or "tiny"')
+    p.add_argument("--quantization", default=d.quantization, choices=["4bit", "none"])
+    p.add_argument("--dtype", default=d.dtype, choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--modules-to-save", nargs="*", default=None,
+                   help=f"modules trained in full besides LoRA (default none; {list(TINY_RECIPE['modules_to_save'])} "
+                   "for --model tiny)")
+    p.add_argument("--batch-size", type=int, default=d.per_device_train_batch_size)
+    p.add_argument("--grad-accum", type=int, default=d.gradient_accumulation_steps)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default {d.learning_rate}; {TINY_RECIPE['learning_rate']} for --model tiny)")
+    p.add_argument("--max-grad-norm", type=float, default=None,
+                   help=f"default {d.max_grad_norm}; {TINY_RECIPE['max_grad_norm']} for --model tiny")
+    p.add_argument("--scheduler", default=d.lr_scheduler_type)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--save-steps", type=int, default=d.save_steps)
+    p.add_argument("--save-total-limit", type=int, default=d.save_total_limit)
+    p.add_argument("--logging-steps", type=int, default=d.logging_steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
+    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--device", default=d.device, help='"auto" (cuda:LOCAL_RANK when CUDA, else cpu), "cpu", "cuda"')
+    p.add_argument("--no-gradient-checkpointing", action="store_true")
+    p.add_argument("--report-to", nargs="*", default=list(d.report_to), help='e.g. "tensorboard" or "none"')
+    a = p.parse_args(argv)
+    recipe = dict(TINY_RECIPE) if a.model == "tiny" else {}  # explicit flags win over the tiny recipe
+    lr = a.lr if a.lr is not None else recipe.get("learning_rate", d.learning_rate)
+    mts = a.modules_to_save if a.modules_to_save is not None else recipe.get("modules_to_save", d.modules_to_save)
+    mgn = a.max_grad_norm if a.max_grad_norm is not None else recipe.get("max_grad_norm", d.max_grad_norm)
+    return TrainConfig(
+        data=a.data, out=a.out, model_id=a.model, quantization=a.quantization, dtype=a.dtype, lora_r=a.lora_r,
+        lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, modules_to_save=tuple(mts), max_grad_norm=mgn,
+        per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum, learning_rate=lr,
+        lr_scheduler_type=a.scheduler, warmup_steps=a.warmup_steps, max_steps=a.max_steps, save_steps=a.save_steps,
+        save_total_limit=a.save_total_limit, logging_steps=a.logging_steps, seed=a.seed,
+        shuffle_buffer=a.shuffle_buffer, num_workers=a.num_workers,
+        gradient_checkpointing=not a.no_gradient_checkpointing, device=a.device,
+        report_to=tuple(x for x in a.report_to if x != "none") or ("none",),
+    )
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    try:
+        out = train(cfg)
+    except (TrainError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").is_file() else {}
+    print(f"wrote {out / 'adapter'}  (step {summary.get('global_step')}, train loss {summary.get('train_loss')}, "
+          f"peak memory {summary.get('peak_memory', {}).get('bytes', 0) / 2**30:.2f} GiB "
+          f"[{summary.get('peak_memory', {}).get('kind')}])")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,300 @@
+"""GPU memory budget of the QLoRA run, from config arithmetic (no weights needed) and the real visual-token count.
+
+    python -m openpack_vlm.vram [--config path/to/config.json] [--batch 2] [--frames 8]
+
+Counts every parameter group of Qwen2-VL from ``config.json`` values (checked against the real module tree of the
+tiny model in tests), then prices what ``model.load_model(..., for_training=True)`` keeps on the GPU:
+
+* language-model linear weights in 4-bit NF4 with double quantisation: 0.5 B/param + 8-bit absmax per 64 weights
+  + one fp32 second-level constant per 256 blocks;
+* token embedding (tied with lm_head in 2B) and norms/biases upcast to fp32 by ``prepare_model_for_kbit_training``;
+* vision tower + merger frozen in the compute dtype (2 B/param; model.py casts it back after the upcast);
+* LoRA weights fp32 + grads fp32 + AdamW m and v fp32 = 16 B per LoRA param;
+* activations of the language model at the given batch (text + visual tokens per sample), with/without gradient
+  checkpointing, plus the logits (fp16 logits, their fp32 copy and fp32 log-softmax for the loss: 10 B per
+  token x vocab), plus a transient vision-tower peak;
+* CUDA context + allocator slack: a flat 0.8 GB (typical for torch 2.x on T4/A100).
+It is an estimate (+-15 %); ``train_summary.json`` holds the measured ``torch.cuda.max_memory_allocated``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+GB = 1e9  # decimal GB, as GPU makers count (T4 "16 GB" = 15.1 GiB usable ~ 15.8e9 B)
+
+# Values of Qwen/Qwen2-VL-2B-Instruct's config.json on the Hugging Face Hub (flat pre-v5 layout, as published
+# 2024-08; unchanged since). Kept here so the budget can be computed offline without downloading anything.
+QWEN2VL_2B_CONFIG: dict = {
+    "model_type": "qwen2_vl",
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 32768,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vision_config": {
+        "depth": 32,
+        "embed_dim": 1280,
+        "hidden_size": 1536,  # merger output = the LM's hidden size
+        "mlp_ratio": 4,
+        "num_heads": 16,
+        "in_chans": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+}
+# Qwen2-VL-2B-Instruct's preprocessor_config.json: 14-px patches, 2x2 merge, 56*56 .. 28*28*1280 pixels per image.
+QWEN2VL_IMAGE_PROCESSOR: dict = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280, "patch_size": 14,
+                                 "merge_size": 2, "temporal_patch_size": 2}
+GPUS: tuple[tuple[str, float], ...] = (("T4", 16.0), ("A100", 40.0))
+CUDA_OVERHEAD = 0.8 * GB  # CUDA context (~0.4 GB) + caching-allocator fragmentation
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Arch:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    v_embed: int
+    v_depth: int
+    v_mlp_ratio: float
+    v_out: int
+    in_chans: int
+    patch: int
+    temporal_patch: int
+    merge: int
+
+    @property
+    def kv_dim(self) -> int:
+        return self.hidden // self.heads * self.kv_heads
+
+
+def arch(config: dict | str | os.PathLike | object = None) -> Arch:
+    """Architecture numbers from a config dict (flat pre-v5 or nested ``text_config``), a config.json path or model
+    dir, or a transformers config object. ``None`` = Qwen2-VL-2B-Instruct."""
+    if config is None:
+        config = QWEN2VL_2B_CONFIG
+    if isinstance(config, (str, os.PathLike)):
+        p = Path(config)
+        p = p / "config.json" if p.is_dir() else p
+        if not p.is_file():
+            raise FileNotFoundError(f"no model config at {p}")
+        config = json.loads(p.read_text())
+    if not isinstance(config, dict):
+        config = config.to_dict()
+    text = dict(config)
+    text.update(config.get("text_config") or {})
+    v = config["vision_config"]
+    tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+    return Arch(
+        hidden=text["hidden_size"], intermediate=text["intermediate_size"], layers=text["num_hidden_layers"],
+        heads=text["num_attention_heads"], kv_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
+        vocab=text["vocab_size"], tied=tied, v_embed=v["embed_dim"], v_depth=v["depth"],
+        v_mlp_ratio=v.get("mlp_ratio", 4), v_out=v["hidden_size"], in_chans=v.get("in_chans", v.get("in_channels", 3)),
+        patch=v.get("patch_size", 14), temporal_patch=v.get("temporal_patch_size", 2),
+        merge=v.get("spatial_merge_size", 2),
+    )
+
+
+def param_counts(config=None) -> dict[str, int]:
+    """Parameters per group, as Qwen2VLForConditionalGeneration builds them.
+
+    ``lm_linear``: the 7 projections' weights (what 4-bit quantises); ``lm_other``: their biases (q/k/v) and the
+    RMSNorms; ``embed``; ``lm_head`` (0 when tied to embed); ``vision``: patch embed + blocks + merger."""
+    a = arch(config)
+    h, kv, i = a.hidden, a.kv_dim, a.intermediate
+    lm_linear = a.layers * (h * h + 2 * h * kv + h * h + 3 * h * i)
+    lm_other = a.layers * (h + 2 * kv + 2 * h) + h  # q/k/v biases, 2 RMSNorms per layer, final norm
+    e = a.v_embed
+    mlp = int(e * a.v_mlp_ratio)
+    block = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * mlp + mlp) + (mlp * e + e)
+    patch_embed = a.in_chans * a.temporal_patch * a.patch * a.patch * e  # Conv3d, no bias
+    ctx = e * a.merge**2
+    merger = 2 * e + (ctx * ctx + ctx) + (ctx * a.v_out + a.v_out)
+    counts = {
+        "embed": a.vocab * h,
+        "lm_head": 0 if a.tied else a.vocab * h,
+        "lm_linear": lm_linear,
+        "lm_other": lm_other,
+        "vision": patch_embed + a.v_depth * block + merger,
+    }
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def lora_params(config=None, r: int = 16, targets: tuple[str, ...] = LORA_TARGETS) -> int:
+    a = arch(config)
+    h, kv, i = a.hidden, a.kv_dim, a.intermediate
+    shape = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, i),
+             "up_proj": (h, i), "down_proj": (i, h)}
+    return a.layers * sum(r * (shape[t][0] + shape[t][1]) for t in targets)
+
+
+def visual_tokens_per_frame(image_processor=None, size: int = 336) -> int:
+    """Visual tokens one ``size``x``size`` frame costs, counted by running the image processor on such a frame.
+    ``None`` = a ``Qwen2VLImageProcessor`` with Qwen2-VL-2B-Instruct's settings (no download needed)."""
+    import numpy as np
+    from PIL import Image
+
+    if image_processor is None:
+        from transformers import Qwen2VLImageProcessor
+
+        image_processor = Qwen2VLImageProcessor(**QWEN2VL_IMAGE_PROCESSOR)
+    out = image_processor(images=[Image.fromarray(np.zeros((size, size, 3), np.uint8))], return_tensors="pt")
+    t, gh, gw = (int(x) for x in out["image_grid_thw"][0])
+    return t * gh * gw // (image_processor.merge_size**2)
+
+
+def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
+    """Text tokens of one training sample (chat template, timestamps, target JSON; image pads excluded).
+    Exact with the model's tokenizer; without it estimated as characters / 3.6 (Qwen2's BPE on this English+JSON
+    prompt) and flagged as an estimate."""
+    from .model import QWEN2VL_CHAT_TEMPLATE
+    from .prompt import build_messages
+
+    frame_indices = list(frame_indices) if frame_indices is not None else [0, 17, 33, 50, 66, 83, 100, 124]
+    truth = {"dominant_operation": "Attach Shipping Label",
+             "temporal_segment": {"start_frame": 12, "end_frame": 124},
+             "anticipated_next_operation": "Put on Back Table"}
+    msgs = build_messages(frame_indices, truth)
+    if tokenizer is not None:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, chat_template=QWEN2VL_CHAT_TEMPLATE)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return len(ids), True
+    import jinja2
+
+    text = jinja2.Template(QWEN2VL_CHAT_TEMPLATE).render(messages=msgs, add_generation_prompt=False)
+    specials = text.count("<|")  # each special token is one token
+    plain = text
+    for s in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"):
+        plain = plain.replace(s, "")
+    return specials + math.ceil(len(plain) / 3.6), False
+
+
+def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: int | None = None,
+             n_text: int | None = None, lora_r: int = 16, gradient_checkpointing: bool = True,
+             compute_bytes: int = 2) -> dict:
+    """Memory components (bytes) of one QLoRA training step as model.py/train.py run it."""
+    a = arch(config)
+    pc = param_counts(config)
+    if visual_per_frame is None:
+        visual_per_frame = visual_tokens_per_frame()
+    if n_text is None:
+        n_text, _ = text_tokens()
+    seq = n_text + frames * visual_per_frame
+    tokens = batch * seq
+    blocks = pc["lm_linear"] / 64
+    weights_4bit = pc["lm_linear"] * 0.5 + blocks * 1 + blocks / 256 * 4 + 64 * 4  # nf4 + 8-bit absmax + fp32 consts
+    full = (pc["embed"] + pc["lm_head"] + pc["lm_other"]) * 4  # upcast to fp32 by prepare_model_for_kbit_training
+    vision = pc["vision"] * compute_bytes
+    n_lora = lora_params(config, lora_r)
+    lora = n_lora * 16  # fp32 weight + grad + AdamW m, v
+    h, i, kv = a.hidden, a.intermediate, a.kv_dim
+    per_token_layer = (16 * h + 3 * kv + 5 * i) * compute_bytes  # see module docstring; LoRA dropout copies incl.
+    layer_full = tokens * per_token_layer
+    if gradient_checkpointing:
+        acts = a.layers * tokens * h * compute_bytes + layer_full  # saved layer inputs + one recomputed layer
+    else:
+        acts = a.layers * layer_full
+    logits = tokens * a.vocab * (compute_bytes + 4 + 4)
+    patches = batch * frames * visual_per_frame * a.merge**2
+    vision_peak = patches * a.v_embed * compute_bytes * (4 + a.v_mlp_ratio)  # one block's transient tensors
+    comp = {
+        "weights_4bit": weights_4bit,
+        "weights_full_precision": full,
+        "vision_tower": vision,
+        "lora_and_optimizer": lora,
+        "activations": acts,
+        "logits_and_loss": logits,
+        "vision_forward_peak": vision_peak,
+        "cuda_overhead": CUDA_OVERHEAD,
+    }
+    comp["total"] = sum(comp.values())
+    comp["_meta"] = {"tokens_per_sample": seq, "text_tokens": n_text, "visual_tokens_per_frame": visual_per_frame,
+                     "frames": frames, "batch": batch, "lora_params": n_lora, "vocab": a.vocab, "params": pc,
+                     "gradient_checkpointing": gradient_checkpointing}
+    return comp
+
+
+def vram_table(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: int | None = None,
+               n_text: int | None = None, text_exact: bool | None = None, lora_r: int = 16,
+               gpus: tuple[tuple[str, float], ...] = GPUS) -> list[dict]:
+    """Rows (one per GPU x checkpointing on/off) with the components in GB and whether the total fits."""
+    if visual_per_frame is None:
+        visual_per_frame = visual_tokens_per_frame()
+    if n_text is None:
+        n_text, text_exact = text_tokens()
+    rows = []
+    for gpu, mem in gpus:
+        for ckpt in (True, False):
+            # T4 has no bf16: fp16 (2 B) either way, so the compute dtype does not change the numbers
+            c = estimate(config, batch=batch, frames=frames, visual_per_frame=visual_per_frame, n_text=n_text,
+                         lora_r=lora_r, gradient_checkpointing=ckpt)
+            row = {"gpu": gpu, "gpu_gb": mem, "gradient_checkpointing": ckpt}
+            row.update({k: round(v / GB, 2) for k, v in c.items() if not k.startswith("_")})
+            row["fits"] = c["total"] <= mem * GB * 0.95  # 5 % headroom
+            row["meta"] = dict(c["_meta"], text_tokens_exact=bool(text_exact))
+            rows.append(row)
+    return rows
+
+
+def vram_math(rows: list[dict] | None = None) -> str:
+    """The notebook's ``# VRAM MATH`` lines (T4 with checkpointing first, then the other cases)."""
+    rows = rows or vram_table()
+    r = rows[0]
+    m = r["meta"]
+    p = m["params"]
+    lines = [
+        f"# Qwen2-VL-2B: {p['total'] / 1e9:.2f}B params (LM linear {p['lm_linear'] / 1e9:.2f}B in 4-bit, "
+        f"embed {p['embed'] / 1e6:.0f}M tied, vision {p['vision'] / 1e6:.0f}M)",
+        f"# One sample: {m['frames']} frames x {m['visual_tokens_per_frame']} visual tokens + {m['text_tokens']} text "
+        f"tokens{'' if m['text_tokens_exact'] else ' (estimated)'} = {m['tokens_per_sample']} tokens; batch {m['batch']}",
+        f"# Model weights (4-bit): {r['weights_4bit']:.2f} GB",
+        f"# Embeddings/norms (fp32 after prepare_model_for_kbit_training): {r['weights_full_precision']:.2f} GB",
+        f"# Vision tower (frozen, 16-bit): {r['vision_tower']:.2f} GB",
+        f"# LoRA params + grads + AdamW states (r=16, {m['lora_params'] / 1e6:.1f}M params): "
+        f"{r['lora_and_optimizer']:.2f} GB",
+        f"# Activations (batch {m['batch']}, {m['frames']} frames, gradient checkpointing): {r['activations']:.2f} GB",
+        f"# Logits + loss (vocab {m['vocab']}, fp16 logits + fp32 copy + fp32 log-softmax): {r['logits_and_loss']:.2f} GB",
+        f"# Vision forward peak + CUDA overhead: {r['vision_forward_peak'] + r['cuda_overhead']:.2f} GB",
+        f"# Total: {r['total']:.2f} GB -> {r['gpu']} {r['gpu_gb']:.0f} GB: {'fits' if r['fits'] else 'does NOT fit'}",
+    ]
+    for o in rows[1:]:
+        lines.append(f"# {o['gpu']} {o['gpu_gb']:.0f} GB, checkpointing {'on' if o['gradient_checkpointing'] else 'off'}:"
+                     f" activations {o['activations']:.2f} GB, total {o['total']:.2f} GB -> "
+                     f"{'fits' if o['fits'] else 'does NOT fit'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m openpack_vlm.vram", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=None, help="config.json or model dir (default: Qwen2-VL-2B-Instruct values)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--frames", type=int, default=8)
+    a = p.parse_args(argv)
+    try:
+        rows = vram_table(a.config, batch=a.batch, frames=a.frames)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: cannot read model config: {e}", file=sys.stderr)
+        return 2
+    print(vram_math(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Rebuild the "Development log" section of AGENTS.md from the git history, or check it.
+
+    python scripts/devlog.py                 # rewrite the part between <!-- devlog:start --> and <!-- devlog:end -->
+    python scripts/devlog.py --check         # exit 1 if AGENTS.md names a commit hash that is not in the history
+    python scripts/devlog.py --repo DIR --file DIR/AGENTS.md
+
+One entry per commit, oldest first:
+
+    - `1a2b3c4` 2026-11-26 · data · #12 · Subject line — 3 files (+120/-4): openpack_vlm/openpack.py, ...
+
+The phase (data, training, evaluation, serving, docs, infra) is guessed from keywords in the subject, then in the
+changed paths; the issue is the subject's "(#N)". Only the marked section changes; the file is written to a temp name
+and renamed. ``--check`` looks at every backticked 7-40 digit hex word in AGENTS.md (the log's hashes) and fails if
+one is not a commit reachable from HEAD. Exit codes: 0 ok, 1 unknown hash, 2 usage/repository error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+START = "<!-- devlog:start -->"
+END = "<!-- devlog:end -->"
+MAX_FILES_SHOWN = 4  # paths listed per entry before "+N more"
+
+# Phase keywords, first match of the highest score wins (subject words count 3x a changed path's).
+PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("data", ("data_pipeline", "openpack", "synthetic", "frames", "sampling", "clips", "shard", "webdataset",
+              "keypoint", "dataset", "pipeline", "training_data_samples")),
+    ("training", ("train", "finetune", "qlora", "lora", "adapter", "model.py", "notebook", "ipynb", "tiny model")),
+    ("evaluation", ("evaluate", "metrics", "results", "grammar", "confusion", "eval")),
+    ("serving", ("serve", "service", "api", "fastapi", "predict", "docker", "endpoint")),
+    ("docs", ("readme", "agents.md", "docs", "design", "devlog")),
+    ("infra", ("ci", "install", "requirements", "makefile", "pyproject", "skeleton", "workflow")),
+)
+
+
+class DevlogError(Exception):
+    pass
+
+
+@dataclass
+class Commit:
+    hash: str
+    date: str
+    subject: str
+    files: list[tuple[str, int, int]] = field(default_factory=list)  # path, added, deleted (-1 for binary)
+
+
+def git(repo: Path, *args: str) -> str:
+    try:
+        res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise DevlogError("git is not installed") from None
+    if res.returncode != 0:
+        msg = (res.stderr.strip().splitlines() or ["git failed"])[-1]
+        raise DevlogError(f"git {' '.join(args[:2])} in {repo}: {msg}")
+    return res.stdout
+
+
+def read_history(repo: Path) -> list[Commit]:
+    """Commits reachable from HEAD, oldest first, with per-file line counts."""
+    out = git(repo, "log", "--reverse", "--date=short", "--numstat", "--format=%x1e%H%x1f%ad%x1f%s")
+    commits = []
+    for rec in out.split("\x1e"):
+        if not rec.strip():
+            continue
+        head, _, rest = rec.partition("\n")
+        h, date, subject = head.split("\x1f", 2)
+        c = Commit(h, date, subject.strip())
+        for line in rest.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3:
+                a, d, path = parts
+                c.files.append((path, int(a) if a.isdigit() else -1, int(d) if d.isdigit() else -1))
+        commits.append(c)
+    return commits
+
+
+def guess_phase(c: Commit) -> str:
+    subj = c.subject.lower()
+    paths = [p.lower() for p, _, _ in c.files]
+    best, best_score = "misc", 0
+    for phase, words in PHASES:
+        score = sum(3 for w in words if re.search(rf"(?<![a-z]){re.escape(w)}", subj))
+        score += sum(1 for p in paths for w in words if w in p)
+        if score > best_score:
+            best, best_score = phase, score
+    return best
+
+
+def guess_issue(subject: str) -> str | None:
+    m = re.search(r"\(#(\d+)\)", subject) or re.search(r"(?<![\w&])#(\d+)\b", subject)
+    return f"#{m.group(1)}" if m else None
+
+
+def entry(c: Commit) -> str:
+    added = sum(a for _, a, _ in c.files if a > 0)
+    deleted = sum(d for _, _, d in c.files if d > 0)
+    shown = [p for p, _, _ in c.files[:MAX_FILES_SHOWN]]
+    more = len(c.files) - len(shown)
+    files = ", ".join(shown) + (f", +{more} more" if more > 0 else "")
+    n = len(c.files)
+    summary = f"{n} file{'s' if n != 1 else ''} (+{added}/-{deleted}): {files}" if n else "no file changes"
+    tags = [f"`{c.hash[:7]}`", c.date, guess_phase(c)] + ([guess_issue(c.subject)] if guess_issue(c.subject) else [])
+    return f"- {' · '.join(tags)} · {c.subject} — {summary}"
+
+
+def render(commits: list[Commit]) -> str:
+    if not commits:
+        return "_No commits yet._"
+    return "\n".join(entry(c) for c in commits)
+
+
+def split_sections(text: str, path: Path) -> tuple[str, str, str]:
+    if text.count(START) != 1 or text.count(END) != 1:
+        raise DevlogError(f"{path}: expected exactly one {START} and one {END} marker")
+    head, _, rest = text.partition(START)
+    body, _, tail = rest.partition(END)
+    return head, body, tail
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update(repo: Path, agents: Path) -> int:
+    """Rewrite the marked section; returns the number of entries."""
+    text = agents.read_text(encoding="utf-8")
+    head, _, tail = split_sections(text, agents)
+    commits = read_history(repo)
+    new = f"{head}{START}\n{render(commits)}\n{END}{tail}"
+    if new != text:
+        write_atomic(agents, new)
+    return len(commits)
+
+
+def unknown_hashes(repo: Path, agents: Path) -> list[str]:
+    text = agents.read_text(encoding="utf-8")
+    split_sections(text, agents)
+    named = sorted(set(re.findall(r"`([0-9a-f]{7,40})`", text)))
+    history = git(repo, "rev-list", "HEAD").split()
+    return [h for h in named if not any(full.startswith(h) for full in history)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Rebuild or check the Development log section of AGENTS.md.")
+    ap.add_argument("--repo", type=Path, default=None, help="git repository (default: the one holding this script)")
+    ap.add_argument("--file", type=Path, default=None, help="AGENTS.md to update (default: REPO/AGENTS.md)")
+    ap.add_argument("--check", action="store_true", help="only check that every hash named is in the history")
+    args = ap.parse_args(argv)
+    repo = args.repo or Path(__file__).resolve().parents[1]
+    try:
+        repo = Path(git(repo, "rev-parse", "--show-toplevel").strip())
+        agents = args.file or repo / "AGENTS.md"
+        if not agents.is_file():
+            raise DevlogError(f"{agents} not found: the lead creates AGENTS.md with the {START} / {END} markers")
+        if args.check:
+            bad = unknown_hashes(repo, agents)
+            if bad:
+                print(f"{agents}: {len(bad)} hash(es) not in the history of {repo}: {', '.join(bad)}", file=sys.stderr)
+                return 1
+            print(f"{agents}: every commit hash named is in the history")
+            return 0
+        n = update(repo, agents)
+    except DevlogError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{agents}: development log rewritten ({n} commits)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

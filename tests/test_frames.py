@@ -1,0 +1,199 @@
+"""Frame sources: letterbox, 15 Hz -> 25 fps by timestamps, RGB JPEG frames, pose rendering, video decoding, to_clip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from openpack_vlm import frames as F
+from openpack_vlm import openpack
+
+
+def _grey(v: int, w: int = 1280, h: int = 720) -> np.ndarray:
+    return np.full((h, w, 3), v, np.uint8)
+
+
+def test_letterbox_keeps_aspect_with_black_bars():
+    out = F.letterbox(_grey(200))
+    assert out.shape == (336, 336, 3) and out.dtype == np.uint8
+    box = F.Letterbox.for_shape(1280, 720)
+    assert (box.new_w, box.new_h, box.off_x, box.off_y) == (336, 189, 0, 73)
+    assert out[:73].max() == 0 and out[73 + 189 :].max() == 0  # bars
+    assert out[73 : 73 + 189].min() == 200  # the whole frame is kept
+    tall = F.letterbox(_grey(90, w=100, h=400))
+    assert tall[:, :100].max() == 0 and tall[:, 168].min() == 90  # pillarbox for portrait uploads
+    with pytest.raises(F.FrameError):
+        F.letterbox(np.zeros((10, 10), np.uint8))
+
+
+def test_15hz_to_25fps_by_timestamps_not_by_count():
+    # 15 Hz stream with jitter and one dropped frame: the frame shown at each 40-ms tick is the last one <= tick
+    src = np.array([0, 66, 133, 201, 266, 400, 466, 533, 600, 667, 733, 800])  # 333 dropped
+    ticks = F.tick_times(0, 20)
+    assert list(ticks[:4]) == [0, 40, 80, 120]
+    idx = F.resample_indices(src, ticks)
+    for t, i in zip(ticks, idx):
+        assert src[i] <= t and (i == len(src) - 1 or src[i + 1] > t)
+    assert list(idx[:8]) == [0, 0, 1, 1, 2, 2, 3, 4]  # ticks 0,40,80,120,160,200,240,280
+    assert idx[9] == 4  # tick 360 -> frame at 266 (333 missing), not a count-based guess
+    assert F.resample_indices(np.array([100, 167]), np.array([40, 60])).tolist() == [0, 0]  # before first: first
+    with pytest.raises(F.FrameGapError, match="no frame within"):
+        F.resample_indices(src, F.tick_times(0, 40))  # ticks up to 1560 ms run past the stream's end
+    with pytest.raises(F.FrameGapError):
+        F.resample_indices(np.array([0, 67, 900]), F.tick_times(0, 25))  # an 833-ms hole
+
+
+def _write_rgb_session(root: Path, user: str, session: str, ts: list[int], size=(1280, 720)) -> Path:
+    d = openpack.rgb_dir(root, user, session)
+    for i, t in enumerate(ts):
+        p = d / openpack.frame_name(t)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(p), _grey(10 + 3 * i, *size))
+    return d
+
+
+def test_rgb_source_resamples_kinect_frames_by_name_time(tmp_path):
+    t0 = 1648531522143
+    ts = [t0 + round(i * 1000 / 15) for i in range(40)]  # 15 Hz, 2.6 s
+    _write_rgb_session(tmp_path, "U0101", "S0100", ts)
+    src = F.open_source(tmp_path, "U0101", "S0100", "auto")
+    assert src.name == "rgb" and isinstance(src, F.RgbFrameSource)
+    clip = src.clip(t0 + 100, n=50)
+    assert clip.shape == (50, 336, 336, 3) and clip.dtype == np.uint8
+    expect = F.resample_indices(np.array(ts), F.tick_times(t0 + 100, 50))
+    got = clip[:, 168, 168, 0].astype(int)
+    assert np.all(np.abs(got - (10 + 3 * expect)) <= 2)  # JPEG-exact-ish grey levels identify the source frame
+    assert clip[:, :70].max() == 0  # letterboxed
+    assert len(set(expect.tolist())) < 50  # 15 -> 25 fps repeats frames
+    with pytest.raises(openpack.OpenPackError):
+        F.open_source(tmp_path, "U0101", "S0100", "pose")  # no keypoints in this root
+
+
+def test_rgb_source_corrupt_and_missing_frame(tmp_path):
+    t0 = 1648531522143
+    ts = [t0 + round(i * 1000 / 15) for i in range(20)]
+    d = _write_rgb_session(tmp_path, "U0101", "S0100", ts)
+    bad = d / openpack.frame_name(ts[10])
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    src = F.open_source(tmp_path, "U0101", "S0100", "rgb")
+    assert src.clip(t0, n=10).shape == (10, 336, 336, 3)  # frames 0..6 are fine
+    with pytest.raises(F.CorruptFrameError, match="cannot decode frame"):
+        src.clip(t0, n=25)
+    bad.unlink()
+    src2 = F.RgbFrameSource(np.array(ts), [d / openpack.frame_name(t) for t in ts])
+    with pytest.raises(F.CorruptFrameError, match="missing"):
+        src2.clip(t0, n=25)
+
+
+def _skeleton(score: float = 1.0) -> np.ndarray:
+    k = np.zeros((17, 3), np.float32)
+    k[:, 0], k[:, 1], k[:, 2] = 640, 360, score
+    k[5], k[6] = (560, 250, score), (720, 250, score)  # shoulders
+    k[7], k[8] = (520, 360, score), (760, 360, score)  # elbows
+    k[9], k[10] = (400, 500, score), (880, 500, score)  # wrists
+    k[11], k[12] = (590, 480, score), (690, 480, score)  # hips
+    return k
+
+
+def test_pose_render_colours_hands_and_opacity():
+    img = F.render_pose(_skeleton())
+    assert img.shape == (336, 336, 3) and img.dtype == np.uint8
+    s, oy = 336 / 1280, 73
+    lx, ly = int(400 * s), int(500 * s + oy)
+    rx, ry = int(880 * s), int(500 * s + oy)
+    assert tuple(img[ly, lx]) == F.LEFT  # left wrist: warm disc
+    assert tuple(img[ry, rx]) == F.RIGHT  # right wrist: cool disc
+    wrist_px = np.all(img == np.array(F.LEFT, np.uint8), axis=-1).sum()
+    assert wrist_px > 30  # hands emphasised: a disc, not a dot
+    assert img[:oy].max() == 0  # drawn in the letterboxed Kinect frame
+    dim = F.render_pose(_skeleton(0.5))
+    assert 0 < dim[ly, lx, 0] < img[ly, lx, 0]  # score as opacity over black
+    assert F.render_pose(_skeleton(0.0)).max() == 0  # undetected joints are not drawn
+    with pytest.raises(F.FrameError):
+        F.render_pose(np.zeros((5, 3)))
+
+
+def test_pose_source_15hz_keypoints_to_25fps():
+    t0 = 1_000_000
+    ts = t0 + np.round(np.arange(30) * 1000 / 15).astype(np.int64)
+    k = np.repeat(_skeleton()[None], 30, axis=0)
+    k[:, 9, 0] = 300 + 10 * np.arange(30)  # left wrist moves right
+    src = F.PoseFrameSource(ts, k)
+    clip = src.clip(t0, n=40)
+    assert clip.shape == (40, 336, 336, 3) and src.name == "pose"
+    idx = src.source_indices(t0, n=40)
+    assert list(idx[:5]) == [0, 0, 1, 1, 2]
+    # frames showing the same keypoint frame are identical; different ones differ
+    assert np.array_equal(clip[0], clip[1]) and not np.array_equal(clip[1], clip[2])
+    with pytest.raises(F.FrameGapError):
+        src.clip(t0, n=125)  # 5 s from a 2-s stream
+
+
+def _write_video(path: Path, n: int, fps: int, size=(160, 96)) -> None:
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("libx264", rate=fps)
+        st.width, st.height, st.pix_fmt = size[0], size[1], "yuv420p"
+        st.options = {"qp": "0"}  # near-lossless so grey levels identify frames
+        for i in range(n):
+            img = np.full((size[1], size[0], 3), 20 + 3 * i, np.uint8)
+            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+
+
+@pytest.mark.parametrize("fps_in", [30, 15])
+def test_decode_video_resamples_to_25fps(tmp_path, fps_in):
+    p = tmp_path / f"v{fps_in}.mp4"
+    _write_video(p, 2 * fps_in, fps_in)  # 2 s
+    out = F.decode_video(p)
+    assert out.shape == (50, 336, 336, 3) and out.dtype == np.uint8
+    src_idx = np.floor(np.arange(50) * fps_in / 25 + 1e-6).astype(int)
+    got = out[:, 168, 168, 0].astype(int)
+    assert np.all(np.abs(got - (20 + 3 * src_idx)) <= 2), (got, src_idx)
+    # PyAV fallback gives the same frames
+    ts, get = F._decode_pyav(p, None)
+    _, src = F.video_ticks(ts)
+    assert list(src) == list(src_idx)
+    assert F.decode_video(p, max_seconds=1.0).shape[0] == 25
+
+
+def test_decode_video_errors(tmp_path):
+    with pytest.raises(F.VideoDecodeError, match="not found"):
+        F.decode_video(tmp_path / "nope.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(F.VideoDecodeError, match="empty"):
+        F.decode_video(tmp_path / "empty.mp4")
+    (tmp_path / "junk.mp4").write_bytes(b"this is not a video" * 100)
+    with pytest.raises(F.VideoDecodeError, match="cannot decode video junk.mp4") as e:
+        F.decode_video(tmp_path / "junk.mp4")
+    assert "\n" not in str(e.value)
+
+
+def test_video_source_uses_start_time(tmp_path):
+    p = tmp_path / "s.mp4"
+    _write_video(p, 60, 30)
+    src = F.VideoFrameSource(p, start_ms=5_000)
+    clip = src.clip(5_000 + 400, n=25)  # ticks 400..1360 ms into the video
+    assert clip.shape == (25, 336, 336, 3) and src.name == "video"
+    expect = np.floor((400 + np.arange(25) * 40) * 30 / 1000 + 1e-6).astype(int)
+    assert np.all(np.abs(clip[:, 168, 168, 0].astype(int) - (20 + 3 * expect)) <= 2)
+    with pytest.raises(F.FrameGapError):
+        src.clip(5_000 + 1_500, n=125)
+
+
+def test_to_clip_rule():
+    long = np.arange(200, dtype=np.uint8)[:, None, None, None].repeat(3, -1)
+    c = F.to_clip(long)
+    assert c.shape[0] == 125 and c[0, 0, 0, 0] == 0 and c[-1, 0, 0, 0] == 124  # first 5 s
+    short = long[:60]
+    c = F.to_clip(short)
+    assert c.shape[0] == 125 and np.all(c[59:, 0, 0, 0] == 59)  # padded with the last frame
+    assert F.to_clip(long[:125]).shape[0] == 125
+    with pytest.raises(F.FrameError, match="too short"):
+        F.to_clip(long[:49])
+    with pytest.raises(F.FrameError):
+        F.to_clip(np.zeros((10, 4, 4), np.uint8))

@@ -1,0 +1,221 @@
+"""Predictor on the tiny random Qwen2-VL: cached scoring equals a plain forward, output always schema-valid,
+grammar fusion, adapter + grammar loading, input errors, thread safety."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from openpack_vlm.grammar import Grammar
+from openpack_vlm.labels import NAME_TO_ID, OPERATION_NAMES
+from openpack_vlm.predict import (
+    PredictConfig,
+    PredictError,
+    Predictor,
+    check_raw_text,
+    dominant_candidates,
+    end_candidates,
+    find_grammar,
+    next_candidates,
+    start_candidates,
+)
+from openpack_vlm.prompt import target_text
+from openpack_vlm.sampling import sample_clip
+from openpack_vlm.schema import Prediction
+
+torch.set_num_threads(1)
+IDX = [0, 12, 30, 47, 70, 88, 101, 124]
+
+
+def _images(seed=0, n=len(IDX)):
+    rng = np.random.RandomState(seed)
+    return [Image.fromarray(rng.randint(0, 255, (336, 336, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir):
+    return Predictor.from_pretrained(str(tiny_model_dir), grammar=None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tiny_model_dir, tmp_path_factory):
+    """A training-run-shaped dir R with R/adapter (a non-zero random LoRA) and R/grammar.json."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("run")
+    base = AutoModelForImageTextToText.from_pretrained(str(tiny_model_dir))
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False)
+    get_peft_model(base, cfg).save_pretrained(run / "adapter")
+    g = Grammar.fit([[100, 200, 300, 400, 500, 600, 700, 1000, 800, 900]])
+    g.meta["fuse_weight"] = 1.0
+    g.save(run / "grammar.json")
+    return run
+
+
+def test_candidates_tokenise_as_prefixes_of_the_training_target(predictor):
+    tok = predictor.tokenizer
+    full = target_text({"dominant_operation": "Attach Box Label", "temporal_segment": {"start_frame": 7,
+                        "end_frame": 93}, "anticipated_next_operation": "Scan Label"})
+    full_ids = tok(full, add_special_tokens=False)["input_ids"]
+    for cand in (dominant_candidates()[OPERATION_NAMES.index("Attach Box Label")], start_candidates("Attach Box Label")[7],
+                 end_candidates("Attach Box Label", 7)[93 - 7], next_candidates("Attach Box Label", 7, 93)[
+                     OPERATION_NAMES.index("Scan Label")]):
+        ids = tok(cand, add_special_tokens=False)["input_ids"]
+        assert full.startswith(cand) and full_ids[:len(ids)] == ids, cand
+    assert next_candidates("Picking", 0, 1)[0] == full.replace("Attach Box Label", "Picking").replace(
+        "7", "0", 1).replace("93", "1").replace("Scan Label", "Picking")
+    assert len(start_candidates("Picking")) == 125 and len(end_candidates("Picking", 120)) == 5
+
+
+def test_cached_batched_scores_equal_a_plain_forward(predictor):
+    p = predictor
+    imgs = _images(1)
+    inputs = p._encode_prompt(imgs, IDX)
+    cands = [dominant_candidates()[i] for i in (0, 3, 10)]
+    with torch.inference_mode():
+        state = p._prefill(inputs)
+        cached = p.score_texts(state, cands)
+        toks = [p.tokenizer(c, add_special_tokens=False)["input_ids"] for c in cands]
+        cp = 0
+        while len({t[cp] for t in toks}) == 1:
+            cp += 1
+        L = inputs["input_ids"].shape[1]
+        for c_ids, got in zip(toks, cached):
+            ids = torch.cat([inputs["input_ids"], torch.tensor([c_ids])], 1)
+            mm = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(c_ids), dtype=inputs["mm_token_type_ids"].dtype)], 1)
+            out = p.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs["pixel_values"],
+                          image_grid_thw=inputs["image_grid_thw"], mm_token_type_ids=mm)
+            logp = torch.log_softmax(out.logits[0].float(), -1)
+            want = sum(float(logp[L + j - 1, c_ids[j]]) for j in range(cp, len(c_ids)))
+            assert got == pytest.approx(want, abs=1e-3)
+        # free text from the cache == transformers' greedy generate
+        p.config.max_new_tokens = 12
+        try:
+            raw = p._generate(state)
+        finally:
+            p.config.max_new_tokens = PredictConfig().max_new_tokens
+        gen = p.model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert raw == p.tokenizer.decode(gen[0, L:], skip_special_tokens=True)
+
+
+def test_predict_output_contract(predictor):
+    r = predictor.predict(_images(2), IDX, "U0108_S0500_t0001")
+    pred = Prediction.model_validate(r.prediction.model_dump())
+    assert pred.clip_id == "U0108_S0500_t0001"
+    dom = r.scores["dominant"]
+    assert set(dom) == set(OPERATION_NAMES) and sum(dom.values()) == pytest.approx(1.0)
+    assert pred.confidence == pytest.approx(dom[pred.dominant_operation]) == pytest.approx(max(dom.values()))
+    assert 0 <= pred.temporal_segment.start_frame <= pred.temporal_segment.end_frame <= 124
+    nm = r.scores["next_model"]
+    assert pred.anticipated_next_operation == max(nm, key=nm.get)
+    assert r.scores["next_grammar"] is None and r.scores["frame_indices"] == IDX
+    assert isinstance(r.raw_text, str) and r.raw_text  # the random model babbles ...
+    assert r.repair is not None and r.repair == check_raw_text(r.raw_text)  # ... which needs repair
+    # other frames → other scores: confidence is computed, not a constant
+    r2 = predictor.predict(_images(3), IDX, "c2")
+    assert r2.scores["dominant"] != dom
+    # numpy frames accepted as well
+    r3 = predictor.predict([np.asarray(im) for im in _images(2)], IDX, "U0108_S0500_t0001")
+    assert r3.prediction == r.prediction
+
+
+def test_predict_clip_samples_like_training(predictor):
+    rng = np.random.RandomState(5)
+    frames = np.zeros((125, 336, 336, 3), np.uint8)
+    frames[40:60] = rng.randint(0, 255, (20, 336, 336, 3), dtype=np.uint8)  # motion only in 40..60
+    r = predictor.predict_clip(frames, "c")
+    assert r.scores["frame_indices"] == sample_clip(frames)
+    with pytest.raises(PredictError, match=r"\(125, H, W, 3\)"):
+        predictor.predict_clip(frames[:100], "c")
+    with pytest.raises(PredictError, match="uint8"):
+        predictor.predict_clip(frames.astype(np.float32), "c")
+
+
+@pytest.mark.parametrize(
+    "images,idx,msg",
+    [([], [], "no frames"), (_images(0, 2), [1, 2, 3], "2 images for 3"), (_images(0, 2), [5, 1], "sorted"),
+     (_images(0, 2), [1, 125], "0..124")],
+)
+def test_predict_rejects_bad_input(predictor, images, idx, msg):
+    with pytest.raises(PredictError, match=msg):
+        predictor.predict(images, idx, "x")
+
+
+def test_grammar_fusion_weight_extremes(predictor):
+    g = Grammar.fit([[100, 200, 300, 400, 500, 600, 700, 1000, 800, 900]] * 3)
+    imgs = _images(4)
+    p1 = Predictor(predictor.model, predictor.processor, grammar=g, fuse_weight=1.0, config=PredictConfig(free_text=False))
+    r1 = p1.predict(imgs, IDX, "c")
+    dom_id = NAME_TO_ID[r1.prediction.dominant_operation]
+    assert NAME_TO_ID[r1.prediction.anticipated_next_operation] == g.predict_next(dom_id)
+    assert r1.scores["fuse_weight"] == 1.0 and r1.raw_text == "" and r1.repair is None
+    p0 = Predictor(predictor.model, predictor.processor, grammar=g, fuse_weight=0.0, config=PredictConfig(free_text=False))
+    r0 = p0.predict(imgs, IDX, "c")
+    nm = r0.scores["next_model"]
+    assert r0.prediction.anticipated_next_operation == max(nm, key=nm.get)
+    assert r0.scores["next_fused"] == pytest.approx(nm)
+    with pytest.raises(PredictError, match="fuse_weight"):
+        Predictor(predictor.model, predictor.processor, grammar=g, fuse_weight=2.0)
+
+
+def test_from_pretrained_with_adapter_finds_the_run_grammar(tiny_model_dir, adapter_run, predictor):
+    assert find_grammar(adapter_run / "adapter") == adapter_run / "grammar.json"
+    assert find_grammar(adapter_run) == adapter_run / "grammar.json"
+    assert find_grammar(None) is None
+    p = Predictor.from_pretrained(str(tiny_model_dir), adapter=str(adapter_run / "adapter"), device="cpu",
+                                  config=PredictConfig(free_text=False))
+    assert p.grammar is not None and p.fuse_weight == 1.0  # tuned weight stored in the grammar's meta
+    assert p.info["grammar"] == str(adapter_run / "grammar.json")
+    imgs = _images(6)
+    ra = p.predict(imgs, IDX, "c")
+    rb = predictor.predict(imgs, IDX, "c")
+    assert ra.scores["dominant"] != rb.scores["dominant"]  # the adapter changes the model
+    no_g = Predictor.from_pretrained(str(tiny_model_dir), adapter=str(adapter_run / "adapter"), device="cpu",
+                                     grammar=None, config=PredictConfig(free_text=False))
+    assert no_g.grammar is None
+
+
+def test_concurrent_predictions_match_sequential(predictor):
+    imgs = [_images(10), _images(11)]
+    want = [predictor.predict(im, IDX, f"c{i}").prediction for i, im in enumerate(imgs)]
+    got: dict[int, Prediction] = {}
+
+    def run(i):
+        got[i] = predictor.predict(imgs[i], IDX, f"c{i}").prediction
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[0], got[1]] == want
+
+
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ('{"dominant_operation": "Picking", "temporal_segment": {"start_frame": 0, "end_frame": 5}, '
+         '"anticipated_next_operation": "Close Box"}', None),
+        ("garbage", "invalid JSON"),
+        ('```json\n{}\n```', "code fence"),
+        ("[1, 2]", "not an object"),
+        ('{"dominant_operation": "Picking"}', "missing key temporal_segment"),
+        ('{"dominant_operation": "Wrap", "temporal_segment": {"start_frame": 0, "end_frame": 5}, '
+         '"anticipated_next_operation": "Close Box"}', "unknown operation name 'Wrap'"),
+        ('{"dominant_operation": "Picking", "temporal_segment": {"start_frame": 9, "end_frame": 5}, '
+         '"anticipated_next_operation": "Close Box"}', "invalid span 9..5"),
+        ('{"dominant_operation": "Picking", "temporal_segment": {"start_frame": 0, "end_frame": 200}, '
+         '"anticipated_next_operation": "Close Box"}', "invalid span"),
+    ],
+)
+def test_check_raw_text(text, why):
+    got = check_raw_text(text)
+    if why is None:
+        assert got is None
+    else:
+        assert got is not None and why in got

