@@ -231,6 +231,13 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         raise EvalError(f"data dir not found: {data}")
     if not 0 < cfg.n_clips and not cfg.all_clips:
         raise EvalError(f"n_clips must be > 0, got {cfg.n_clips}")
+    if predictor is None:
+        from .model import ModelLoadError, _adapter_dir
+
+        try:
+            _adapter_dir(cfg.adapter)  # fail before minutes of model loading
+        except ModelLoadError as e:
+            raise EvalError(str(e)) from None
     rows = select_clips(data, cfg.split, None if cfg.all_clips else cfg.n_clips)
     maj_op, maj_next, maj_src = _majority_from_train(data)
     grammar_path = _find_grammar(cfg)

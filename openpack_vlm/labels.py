@@ -60,7 +60,6 @@ def _norm(s: str) -> str:
 _ALIASES: dict[str, int] = {}
 for _op in OPERATIONS:
     _ALIASES[_norm(_op.name)] = _op.id
-    _ALIASES[str(_op.id)] = _op.id
 for _alias, _target in ASSIGNMENT_CROSSWALK.items():
     if _target is not None:
         _ALIASES.setdefault(_norm(_alias), NAME_TO_ID[_target])
@@ -76,10 +75,13 @@ def to_id(value: int | str) -> int:
         if value in ID_TO_NAME:
             return int(value)
         raise UnknownOperationError(f"unknown OpenPack operation id {value!r}; known: {list(OPERATION_IDS)}")
-    key = _norm(str(value))
+    text = str(value).strip()
+    if text.isdigit():  # IDs match exactly: "40.0" or "1-00" must not become 400 / 100
+        return to_id(int(text))
+    key = _norm(text)
     if key in _ALIASES:
         return _ALIASES[key]
-    if str(value) in ASSIGNMENT_CROSSWALK:
+    if any(_norm(a) == key for a, t in ASSIGNMENT_CROSSWALK.items() if t is None):
         raise UnknownOperationError(f"operation {value!r} has no OpenPack counterpart")
     raise UnknownOperationError(f"unknown operation {value!r}; known: {list(OPERATION_NAMES)}")
 

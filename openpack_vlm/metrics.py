@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import ID_TO_NAME, OPERATION_IDS, to_id
+from .labels import ID_TO_NAME, OPERATION_IDS, UnknownOperationError, to_id
 from .schema import CLIP_FRAMES
 
 Span = tuple[int, int]
@@ -24,6 +24,16 @@ Span = tuple[int, int]
 
 def _ids(values: Sequence) -> list[int]:
     return [to_id(v) for v in values]
+
+
+def pred_id(value: Any) -> int | None:
+    """A predicted operation as a class id; None (= a miss) when it is missing or not an OpenPack operation."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    try:
+        return to_id(value)
+    except UnknownOperationError:
+        return None
 
 
 def _same_length(*seqs: Sequence) -> int:
@@ -34,11 +44,11 @@ def _same_length(*seqs: Sequence) -> int:
 
 
 def accuracy(pred: Sequence, true: Sequence) -> float:
-    """Share of equal operations (ids/names normalised); nan for no clips."""
+    """Share of equal operations (ids/names normalised; a missing/unknown prediction is a miss); nan for no clips."""
     n = _same_length(pred, true)
     if n == 0:
         return float("nan")
-    return sum(p == t for p, t in zip(_ids(pred), _ids(true))) / n
+    return sum(pred_id(p) == t for p, t in zip(pred, _ids(true))) / n
 
 
 def oca(pred_ops: Sequence, true_ops: Sequence) -> float:
@@ -171,13 +181,13 @@ def evaluate_predictions(records: Sequence[dict], threshold: float = 0.5, n_boot
                          seed: int = 0) -> dict:
     """All headline metrics with 95 % bootstrap intervals for one system.
 
-    Each record: ``true_op``, ``pred_op``, ``true_span``, ``pred_span`` (None/invalid allowed), ``true_next``,
-    ``pred_next``. Returns {"OCA", "tIoU@0.5", "AA@1", "tIoU@0.5_valid_only", "span_valid_rate", "mean_tIoU",
+    Each record: ``true_op``, ``pred_op``, ``true_span``, ``pred_span``, ``true_next``, ``pred_next``; predictions
+    may be None/invalid (counted as misses). Returns {"OCA", "tIoU@0.5", "AA@1", "tIoU@0.5_valid_only", "span_valid_rate", "mean_tIoU",
     "n_clips", "intervals": {metric: [lo, hi]}}.
     """
     n = len(records)
-    op_hit = np.array([to_id(r["pred_op"]) == to_id(r["true_op"]) for r in records], dtype=np.float64)
-    nx_hit = np.array([to_id(r["pred_next"]) == to_id(r["true_next"]) for r in records], dtype=np.float64)
+    op_hit = np.array([pred_id(r["pred_op"]) == to_id(r["true_op"]) for r in records], dtype=np.float64)
+    nx_hit = np.array([pred_id(r["pred_next"]) == to_id(r["true_next"]) for r in records], dtype=np.float64)
     ious = [span_iou(r["pred_span"], r["true_span"]) for r in records]
     valid = np.array([v is not None for v in ious], dtype=bool)
     span_hit = np.array([v is not None and v >= threshold for v in ious], dtype=np.float64)

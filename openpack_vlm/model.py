@@ -316,7 +316,6 @@ def bnb_config(compute_dtype):
         bnb_4bit_quant_type="nf4",  # NF4: information-optimal for normally distributed weights (QLoRA paper)
         bnb_4bit_use_double_quant=True,  # quantise the quantisation constants too: ~0.37 bit/param saved
         bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_quant_storage=compute_dtype,  # lets FSDP/DDP treat 4-bit params like the others
         llm_int8_skip_modules=list(BNB_SKIP_MODULES),
     )
 

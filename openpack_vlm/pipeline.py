@@ -413,6 +413,9 @@ def run(cfg: PipelineConfig) -> dict:
         },
     }
     _write_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    if not any(c["clips"] for c in counts.values()):
+        first = skipped[0]["reason"] if skipped else "none"
+        raise PipelineError(f"no clips written: {len(skipped)} items skipped (first: {first}); see {out / 'summary.json'}")
     if cfg.samples_out:
         export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root)
     return summary

@@ -140,6 +140,26 @@ def check_raw_text(text: str) -> str | None:
     return None
 
 
+def parse_raw_text(text: str) -> dict:
+    """What the free answer says, read leniently (surrounding text/code fences ignored, aliases accepted):
+    {"op": id|None, "span": (start, end)|None, "next": id|None}; a part that is missing or invalid is None.
+    Scores the model as if its free text were trusted (evaluation's *_free_text systems)."""
+    from .metrics import as_span, pred_id
+
+    s = text.strip()
+    d = None
+    for cand in (s, s[s.find("{"): s.rfind("}") + 1]):
+        try:
+            d = json.loads(cand)
+            break
+        except (json.JSONDecodeError, ValueError):
+            continue
+    if not isinstance(d, dict):
+        return {"op": None, "span": None, "next": None}
+    return {"op": pred_id(d.get("dominant_operation")), "span": as_span(d.get("temporal_segment")),
+            "next": pred_id(d.get("anticipated_next_operation"))}
+
+
 # ------------------------------------------------------------------------------------------------------- predictor
 def _core_model(model):
     """The Qwen2-VL model that owns ``get_rope_index`` (under a PeftModel, or the bare one)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -55,7 +56,9 @@ class ServeConfig:
     max_clip_seconds: float = 30.0  # MAX_CLIP_SECONDS: longer uploads get 422 (decode time grows with length)
     max_frame_pixels: int = 3840 * 2160  # MAX_FRAME_PIXELS: bigger frames get 422 (a 4K frame is ~25 MB decoded)
     max_pending: int = 32  # MAX_PENDING: requests in flight at once; more get 503 (each holds a ~42 MB clip)
-    decode_workers: int = 2  # DECODE_WORKERS: uploads decoded at the same time (one per core here)
+    decode_workers: int = 2  # DECODE_WORKERS: decoder processes = uploads decoded at once (one per core here)
+    decode_timeout_s: float = 60.0  # DECODE_TIMEOUT_S: a decode running longer is killed → 422 (5 s clip: < 1 s)
+    decode_memory_mb: int = 4096  # DECODE_MEMORY_MB: address-space cap of a decoder process (imports use ~1.4 GB)
     upload_dir: str | None = None  # UPLOAD_DIR: where upload temp files live; unset = the system temp dir
     host: str = "0.0.0.0"  # HOST: uvicorn bind address (0.0.0.0 inside a container)
     port: int = 8000  # PORT
@@ -71,6 +74,8 @@ class ServeConfig:
         "max_frame_pixels": "MAX_FRAME_PIXELS",
         "max_pending": "MAX_PENDING",
         "decode_workers": "DECODE_WORKERS",
+        "decode_timeout_s": "DECODE_TIMEOUT_S",
+        "decode_memory_mb": "DECODE_MEMORY_MB",
         "upload_dir": "UPLOAD_DIR",
         "host": "HOST",
         "port": "PORT",
@@ -105,7 +110,8 @@ class ServeConfig:
     def validate(self) -> None:
         if self.quantization not in ("auto", "4bit", "none"):
             raise ValueError(f"QUANTIZATION must be auto, 4bit or none, got {self.quantization!r}")
-        for name in ("max_upload_mb", "max_clip_seconds", "max_frame_pixels", "max_pending", "decode_workers"):
+        for name in ("max_upload_mb", "max_clip_seconds", "max_frame_pixels", "max_pending", "decode_workers",
+                     "decode_timeout_s", "decode_memory_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{self.ENV[name]} must be > 0, got {getattr(self, name)!r}")
         if not 0 < self.port < 65536:
@@ -134,6 +140,9 @@ class UploadError(Exception):
     def __init__(self, status: int, error: str, detail: str):
         super().__init__(detail)
         self.status, self.error, self.detail = status, error, detail
+
+    def __reduce__(self):  # crosses the decoder-process boundary intact
+        return (UploadError, (self.status, self.error, self.detail))
 
 
 def _error(status: int, error: str, detail: str, headers: dict | None = None) -> JSONResponse:
@@ -290,6 +299,149 @@ def decode_upload(path: Path, cfg: ServeConfig) -> tuple[Any, UploadInfo, int]:
     return clip, info, len(frames)
 
 
+# --------------------------------------------------------------------------------------------------- decoder processes
+CLIP_SHAPE = (CLIP_FRAMES, 336, 336, 3)  # what decode_upload hands the predictor
+CLIP_BYTES = int(np.prod(CLIP_SHAPE))  # 42.3 MB per clip
+
+
+def _worker_init(memory_mb: int) -> None:
+    """Decoder process setup: capped address space (a decompression bomb gets MemoryError, not the OOM killer), one
+    thread per library, and no reaction to the server's Ctrl-C (the server shuts its workers down itself)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    if memory_mb > 0:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = memory_mb * MIB
+        resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    from . import frames  # noqa: F401  (import cv2/decord/av now, not on the first upload)
+
+
+def _worker_ping() -> int:
+    return os.getpid()
+
+
+def _decode_into(path: str, cfg: ServeConfig, shm_name: str) -> tuple[UploadInfo, int]:
+    """In a decoder process: decode_upload, the clip written into the slot's shared memory (no 42 MB pickle)."""
+    from multiprocessing import shared_memory
+
+    # attaching registers the name again with the resource tracker the spawned worker shares with the server (a set:
+    # no-op); the server unlinks the block when it closes the pool
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        clip, info, n = decode_upload(Path(path), cfg)
+        out = np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=shm.buf)
+        out[...] = clip
+        del out
+        return info, n
+    finally:
+        shm.close()
+
+
+class _Slot:
+    """One decoder process and the shared-memory block its clips come back in."""
+
+    def __init__(self, memory_mb: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import shared_memory
+
+        self.memory_mb = memory_mb
+        self.shm = shared_memory.SharedMemory(create=True, size=CLIP_BYTES)
+        # spawn: a fresh interpreter (the server process has model threads; forking it is unsafe)
+        self._factory = lambda: ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                                                    initializer=_worker_init, initargs=(memory_mb,))
+        self.executor = self._factory()
+
+    def restart(self) -> None:
+        """Kill the decoder process (crashed, hung or out of memory) and start a new one."""
+        procs = list(getattr(self.executor, "_processes", {}).values())
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.join(10)
+        self.executor = self._factory()
+        try:  # wait for the new process here, so the next upload's DECODE_TIMEOUT_S is not spent on its imports
+            self.executor.submit(_worker_ping).result(120)
+        except Exception as exc:  # noqa: BLE001 - the next call sees the broken pool and restarts again
+            log.error("decoder process restart failed: %s", _one_line(exc))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.shm.close()
+        self.shm.unlink()
+
+
+class DecoderPool:
+    """Uploads are decoded in separate processes, so no upload can take the server down: a decoder that crashes
+    (hostile or broken file), hangs past ``timeout_s`` or runs out of its ``memory_mb`` is killed and replaced, and
+    only its own request gets a 422. ``workers`` slots = that many uploads decoded at once; callers block for a slot.
+    """
+
+    def __init__(self, workers: int = 2, timeout_s: float = 60.0, memory_mb: int = 4096):
+        import queue
+
+        self.workers, self.timeout_s, self.memory_mb = workers, timeout_s, memory_mb
+        self._free: queue.Queue[_Slot] = queue.Queue()
+        self._slots: list[_Slot] = []
+
+    def start(self, timeout: float = 120.0) -> "DecoderPool":
+        for _ in range(self.workers):
+            slot = _Slot(self.memory_mb)
+            self._slots.append(slot)
+            self._free.put(slot)
+        for slot in self._slots:  # start the processes now (imports take ~2 s), not on the first upload
+            slot.executor.submit(_worker_ping).result(timeout)
+        return self
+
+    def close(self) -> None:
+        for slot in self._slots:
+            slot.close()
+        self._slots.clear()
+
+    def run(self, fn, *args, slot: _Slot | None = None):
+        """``fn(*args)`` in a decoder process (blocking). Crash / timeout / MemoryError → UploadError 422."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+        from concurrent.futures.process import BrokenProcessPool
+
+        own = slot is None
+        slot = self._free.get() if own else slot
+        try:
+            future = slot.executor.submit(fn, *args)
+            try:
+                return future.result(self.timeout_s)
+            except FutureTimeout:
+                slot.restart()
+                raise UploadError(422, "decode_timeout",
+                                  f"decoding took longer than DECODE_TIMEOUT_S={self.timeout_s:g} s") from None
+            except BrokenProcessPool:
+                slot.restart()
+                raise UploadError(422, "decoder_crashed",
+                                  "the decoder process crashed on this upload (damaged or hostile file)") from None
+            except MemoryError:
+                slot.restart()
+                raise UploadError(422, "decode_memory",
+                                  f"decoding needs more than DECODE_MEMORY_MB={self.memory_mb} MB") from None
+        finally:
+            if own:
+                self._free.put(slot)
+
+    def decode(self, path: Path, cfg: ServeConfig) -> tuple[np.ndarray, UploadInfo, int]:
+        """``decode_upload`` in a decoder process; the (125, 336, 336, 3) clip comes back through shared memory."""
+        slot = self._free.get()
+        try:
+            info, n = self.run(_decode_into, str(path), cfg, slot.shm.name, slot=slot)
+            clip = np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=slot.shm.buf).copy()
+            return clip, info, n
+        finally:
+            self._free.put(slot)
+
+
 class UploadSizeLimit:
     """ASGI middleware: a request body to ``paths`` over ``max_bytes`` gets 413 while it streams in.
 
@@ -349,11 +501,14 @@ def load_predictor(cfg: ServeConfig):
 
 
 class ModelState:
-    """The predictor, loaded once in a background thread; readiness and load errors for /ready."""
+    """The decoder processes and the predictor, started once in a background thread (the server answers /health
+    meanwhile); readiness and load errors for /ready."""
 
     def __init__(self, cfg: ServeConfig, factory: PredictorFactory):
         self.cfg, self.factory = cfg, factory
         self.predictor = None
+        self.decoders: DecoderPool | None = None
+        self.ready = False
         self.error: str | None = None
         self.load_seconds: float | None = None
         self._thread: threading.Thread | None = None
@@ -364,20 +519,29 @@ class ModelState:
 
     def _load(self) -> None:
         t0 = time.perf_counter()
-        log.info("loading model %s (adapter=%s)", self.cfg.model_id, self.cfg.adapter_path)
         try:
-            self.predictor = self.factory(self.cfg)
+            cfg = self.cfg
+            self.decoders = DecoderPool(cfg.decode_workers, cfg.decode_timeout_s, cfg.decode_memory_mb).start()
+            log.info("%d decoder processes up; loading model %s (adapter=%s)", cfg.decode_workers, cfg.model_id,
+                     cfg.adapter_path)
+            self.predictor = self.factory(cfg)
         except BaseException as exc:  # reported through /ready and /predict, never kills the server
             self.error = f"{type(exc).__name__}: {_one_line(exc)}"
             log.error("model load failed: %s", self.error)
             return
         self.load_seconds = time.perf_counter() - t0
+        self.ready = True
         log.info("model ready in %.1f s", self.load_seconds)
 
     def wait(self, timeout: float | None = None) -> bool:
         if self._thread is not None:
             self._thread.join(timeout)
-        return self.predictor is not None
+        return self.ready
+
+    def close(self) -> None:
+        self.wait(60)
+        if self.decoders is not None:
+            self.decoders.close()
 
 
 # --------------------------------------------------------------------------------------------------- the app
@@ -432,10 +596,10 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
         model = ModelState(cfg, factory)
         app.state.model = model
         app.state.model_lock = asyncio.Lock()  # one model call at a time
-        app.state.decode_limiter = anyio.CapacityLimiter(cfg.decode_workers)
         model.start()
         yield
         app.state.model = None
+        await anyio.to_thread.run_sync(model.close)
 
     app = FastAPI(
         title="openpack-vlm",
@@ -480,7 +644,7 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
              responses={503: {"model": ErrorBody, "description": "loading or failed"}})
     async def ready(request: Request):
         model: ModelState | None = getattr(request.app.state, "model", None)
-        if model is None or model.predictor is None:
+        if model is None or not model.ready:
             if model is not None and model.error:
                 return _error(503, "model_error", model.error)
             return _error(503, "loading", f"model {cfg.model_id} is loading")
@@ -501,7 +665,7 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
         clip_id: str | None = Form(None, description="id echoed in the answer; default: the file name"),
     ):
         model: ModelState | None = getattr(request.app.state, "model", None)
-        if model is None or model.predictor is None:
+        if model is None or not model.ready:
             detail = model.error if model is not None and model.error else f"model {cfg.model_id} is loading"
             return _error(503, "model_error" if model is not None and model.error else "loading", detail,
                           {"Retry-After": "5"})
@@ -517,8 +681,7 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
             path = await anyio.to_thread.run_sync(save_upload, file.file, cfg.upload_dir, cfg.max_upload_bytes)
             t1 = time.perf_counter()
             timing["save"] = t1 - t0
-            clip, info, n_frames = await anyio.to_thread.run_sync(
-                decode_upload, path, cfg, limiter=request.app.state.decode_limiter)
+            clip, info, n_frames = await anyio.to_thread.run_sync(model.decoders.decode, path, cfg)
             t2 = time.perf_counter()
             timing["decode"] = t2 - t1
             async with request.app.state.model_lock:

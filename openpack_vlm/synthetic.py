@@ -28,21 +28,22 @@ colour (``OP_COLORS``) behind a masked worker; the skeleton stands at an operati
 with an operation-specific arm pose and motion (``OP_ARM_POSES``, ``OP_MOTION``), walks there in ``WALK_S`` at a
 change, and carries noise; scores lie in [0.3, 1]. Everything is deterministic for (seed, user, session).
 
-Writing 8 users x 90 s at 1280x720 takes ~15-20 s on one core (JPEG encoding dominates); the test fixture uses a
-smaller ``rgb_size`` (documented in tests/conftest.py), which changes no other stream.
+Writing 8 users x 90 s (11k frames) takes ~20 s at 1280x720 on one core (JPEG encoding dominates; 376 MB) and
+~5 s at 320x180 (98 MB), the size the test fixture uses (tests/conftest.py); ``rgb_size`` changes no other stream.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 import uuid
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -55,7 +56,6 @@ from .openpack import (
     KINECT_FPS,
     KINECT_SIZE,
     KPT_COLUMNS,
-    PREPROCESSED_DIR,
     Segment,
     frame_name,
     keypoints_json,
@@ -162,7 +162,6 @@ class SyntheticConfig:
     write_1hz: bool = True  # openpack-operations-1hz/{session}.csv
     write_kpt_json: bool = True  # kinect 2d-kpt mmpose JSON
     write_preprocessed: bool = True  # kinect-2d-kpt-with-operation-action-labels/{user}-{session}.csv
-    extra: dict = field(default_factory=dict)  # free-form notes stored in synthetic_config.json
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -426,8 +425,6 @@ def write_session(root: Path, cfg: SyntheticConfig, user: str, session: str) -> 
 
 
 def _check_config(cfg: SyntheticConfig) -> None:
-    import re
-
     for u in cfg.users:
         if not re.fullmatch(r"U\d{4}", u):
             raise ValueError(f"bad user id {u!r}: expected U followed by 4 digits, e.g. U0101")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .model import REAL_MODEL_ID, ModelConfig, ModelLoadError
 from .prompt import build_messages
-from .shards import ClipRecord, iter_samples, shard_paths
+from .shards import ClipRecord, decode_sample, shard_paths
 
 IGNORE_INDEX = -100  # label value the loss skips
 
@@ -123,6 +123,18 @@ def reader_identity(rank: int | None = None, world_size: int | None = None) -> t
     return rank * nw + wid, world_size * nw
 
 
+def read_shards(paths: list[Path]) -> Iterator[tuple[ClipRecord, list]]:
+    """(record, frames) from exactly these shards, in order. Unlike ``shards.iter_samples`` (webdataset defaults),
+    no node/worker splitting happens here: ``single_node_only`` raises under DDP and ``split_by_worker`` would split
+    an already split list again; ``ShardStream`` decides who reads what."""
+    import webdataset as wds
+
+    ds = wds.WebDataset([str(p) for p in paths], shardshuffle=False, empty_check=False, nodesplitter=None,
+                        workersplitter=None)
+    for sample in ds:
+        yield decode_sample(sample)
+
+
 class ShardStream:
     """Infinite shuffled stream of (ClipRecord, frames) over a split's shards (a torch IterableDataset).
 
@@ -145,7 +157,7 @@ class ShardStream:
         rng.shuffle(paths)
         by_shard = len(paths) >= readers
         mine = paths[reader::readers] if by_shard else paths
-        for j, sample in enumerate(iter_samples(mine)):
+        for j, sample in enumerate(read_shards(mine)):
             if by_shard or j % readers == reader:
                 yield sample
 

@@ -160,6 +160,17 @@ def visual_tokens_per_frame(image_processor=None, size: int = 336) -> int:
     return t * gh * gw // (image_processor.merge_size**2)
 
 
+def sample_visual_tokens(frames, image_processor=None) -> int:
+    """Visual tokens of one sample (its actual frames) as the image processor counts them; ``None`` = Qwen2-VL-2B's
+    processor settings."""
+    if image_processor is None:
+        from transformers import Qwen2VLImageProcessor
+
+        image_processor = Qwen2VLImageProcessor(**QWEN2VL_IMAGE_PROCESSOR)
+    out = image_processor(images=list(frames), return_tensors="pt")
+    return int(out["image_grid_thw"].prod(dim=1).sum()) // (image_processor.merge_size**2)
+
+
 def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
     """Text tokens of one training sample (chat template, timestamps, target JSON; image pads excluded).
     Exact with the model's tokenizer; without it estimated as characters / 3.6 (Qwen2's BPE on this English+JSON
@@ -188,8 +199,9 @@ def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
 
 def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: int | None = None,
              n_text: int | None = None, lora_r: int = 16, gradient_checkpointing: bool = True,
-             compute_bytes: int = 2) -> dict:
-    """Memory components (bytes) of one QLoRA training step as model.py/train.py run it."""
+             compute_bytes: int = 2, quantization: str = "4bit", cuda: bool = True) -> dict:
+    """Memory components (bytes) of one QLoRA training step as model.py/train.py run it.
+    ``quantization="none"``: every base weight in the compute dtype (``compute_bytes``: 2 on GPU, 4 on CPU)."""
     a = arch(config)
     pc = param_counts(config)
     if visual_per_frame is None:
@@ -201,6 +213,9 @@ def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: 
     blocks = pc["lm_linear"] / 64
     weights_4bit = pc["lm_linear"] * 0.5 + blocks * 1 + blocks / 256 * 4 + 64 * 4  # nf4 + 8-bit absmax + fp32 consts
     full = (pc["embed"] + pc["lm_head"] + pc["lm_other"]) * 4  # upcast to fp32 by prepare_model_for_kbit_training
+    if quantization == "none":
+        weights_4bit = 0
+        full = (pc["embed"] + pc["lm_head"] + pc["lm_other"] + pc["lm_linear"]) * compute_bytes
     vision = pc["vision"] * compute_bytes
     n_lora = lora_params(config, lora_r)
     lora = n_lora * 16  # fp32 weight + grad + AdamW m, v
@@ -222,7 +237,7 @@ def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: 
         "activations": acts,
         "logits_and_loss": logits,
         "vision_forward_peak": vision_peak,
-        "cuda_overhead": CUDA_OVERHEAD,
+        "cuda_overhead": CUDA_OVERHEAD if cuda else 0,
     }
     comp["total"] = sum(comp.values())
     comp["_meta"] = {"tokens_per_sample": seq, "text_tokens": n_text, "visual_tokens_per_frame": visual_per_frame,

@@ -49,6 +49,13 @@ def write_smoke_shards(data_dir: Path, n: int = 16) -> Path:
     return data_dir
 
 
+def _raw(model) -> dict:
+    """Parameters as raw bytes (packed 4-bit storage compares exactly; NaN bit patterns cannot fool equality)."""
+    import torch
+
+    return {n: p.detach().cpu().contiguous().view(-1).view(torch.uint8).clone() for n, p in model.named_parameters()}
+
+
 def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Path, work: Path) -> dict:
     import torch
     from transformers import TrainerCallback
@@ -60,13 +67,13 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
 
     class Probe(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kw):
-            snap["before"] = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()}
+            snap["before"] = _raw(model)
             snap["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
             snap["quantized"] = quantized_modules(model)
             snap["visual_dtypes"] = sorted({str(p.dtype) for n, p in model.named_parameters() if ".visual." in n})
 
         def on_train_end(self, args, state, control, model=None, **kw):
-            snap["after"] = {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()}
+            snap["after"] = _raw(model)
 
     out = work / f"run-{dtype}"
     cfg = TrainConfig(data=str(data_dir), out=str(out), model_id=str(model_dir), quantization="4bit", dtype=dtype,

@@ -101,3 +101,13 @@ def test_issue_guess():
     assert devlog.guess_issue("Fix clips (#12)") == "#12"
     assert devlog.guess_issue("closes #7") == "#7"
     assert devlog.guess_issue("no issue &#39; here") is None
+
+
+def test_this_repository_agents_md_names_only_real_commits(repo_root):
+    """The project's own AGENTS.md: every hash in its development log is in this checkout's history."""
+    if not (repo_root / ".git").exists():
+        pytest.skip("not a git checkout (e.g. an unpacked archive): no history to check against")
+    if _git(repo_root, "rev-parse", "--is-shallow-repository") == "true":
+        pytest.skip("shallow clone: older commits named in AGENTS.md are legitimately absent")
+    assert (repo_root / "AGENTS.md").is_file(), "AGENTS.md (with the devlog markers) is missing"
+    assert devlog.main(["--repo", str(repo_root), "--check"]) == 0

@@ -74,3 +74,14 @@ def test_unknown_operations_raise_value_errors(bad):
 def test_to_name_round_trip():
     for op_id, name in REAL_NAMES.items():
         assert L.to_name(op_id) == name and L.to_name(name) == name and L.to_id(L.to_name(op_id)) == op_id
+
+
+@pytest.mark.parametrize("bad", ["40.0", "1-00", "8.100"])
+def test_digit_strings_are_not_normalised_into_other_ids(bad):
+    with pytest.raises(L.UnknownOperationError):
+        L.to_id(bad)
+
+
+def test_no_counterpart_message_is_case_insensitive():
+    with pytest.raises(L.UnknownOperationError, match="no OpenPack counterpart"):
+        L.to_id("wrap")

@@ -73,6 +73,10 @@ def test_tiou_at_counts_invalid_as_misses():
 def test_oca_aa_accept_ids_names_and_aliases():
     assert oca(["Picking", 200, "Close Box"], [100, "Relocate Item Label", 400]) == pytest.approx(2 / 3)
     assert aa_at_1(["Tape"], ["Close Box"]) == 1.0  # assignment alias → OpenPack class
+    # missing or unknown predicted names are misses, never errors; an unknown TRUE name is a data error
+    assert oca([None, "Wrap", "Dance", 3.5, 100], [100, 100, 100, 100, 100]) == pytest.approx(1 / 5)
+    with pytest.raises(ValueError, match="unknown operation"):
+        oca([100], ["Dance"])
     assert math.isnan(oca([], []))
 
 
@@ -132,3 +136,7 @@ def test_evaluate_predictions_by_hand():
         lo, hi = m["intervals"][key]
         assert lo <= m[key] <= hi
     assert evaluate_predictions(recs, n_boot=200, seed=0) == m
+    # a free-text answer that named no operation: a miss, not an error
+    recs[0] = dict(recs[0], pred_op=None, pred_next="not an op")
+    m2 = evaluate_predictions(recs, n_boot=0)
+    assert m2["OCA"] == pytest.approx(2 / 4) and m2["AA@1"] == pytest.approx(1 / 4)

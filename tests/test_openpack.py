@@ -47,7 +47,7 @@ def test_real_interval_timeline(real_root):
     tl = op.load_timeline(real_root, U, S)
     _check_timeline(tl)
     raw = pd.read_csv(real_root / U / "annotation/openpack-operations/S0500.csv")
-    ops = [s for s in tl if s.op_id != op.NULL_ID if True]
+    ops = [s for s in tl if s.op_id != op.NULL_ID]
     assert [s.op_id for s in ops] == raw["id"].tolist()  # 193 operations, in file order
     nulls = [s for s in tl if s.op_id == op.NULL_ID]
     assert len(tl) == 198 and len(nulls) == 5  # the five unannotated gaps of 2.0-3.7 s

@@ -16,6 +16,7 @@ from openpack_vlm.predict import (
     PredictError,
     Predictor,
     check_raw_text,
+    parse_raw_text,
     dominant_candidates,
     end_candidates,
     find_grammar,
@@ -219,3 +220,14 @@ def test_check_raw_text(text, why):
         assert got is None
     else:
         assert got is not None and why in got
+
+
+def test_parse_raw_text_is_lenient_but_never_invents():
+    ok = ('Sure! ```json\n{"dominant_operation": "Tape", "temporal_segment": {"start_frame": 3, "end_frame": 80}, '
+          '"anticipated_next_operation": "Attach Box Label"}\n```')
+    assert parse_raw_text(ok) == {"op": 500, "span": (3, 80), "next": 600}
+    assert parse_raw_text("no json here") == {"op": None, "span": None, "next": None}
+    bad = ('{"dominant_operation": "Wrap", "temporal_segment": {"start_frame": 90, "end_frame": 10}, '
+           '"anticipated_next_operation": 700}')
+    assert parse_raw_text(bad) == {"op": None, "span": None, "next": 700}
+    assert parse_raw_text('{"dominant_operation": ["Picking"]}') == {"op": None, "span": None, "next": None}

@@ -211,6 +211,43 @@ def test_decode_upload_is_the_training_normalisation(tmp_path):
     assert ei.value.status == 422 and ei.value.error == "too_short"
 
 
+def _allocate(n_bytes: int) -> int:
+    return int(np.ones(n_bytes, dtype=np.uint8).sum())
+
+
+def test_decoder_pool_survives_crash_hang_and_memory_bomb(tmp_path):
+    """A decoder process that segfaults/aborts, hangs or runs out of memory costs its request a 422, not the server."""
+    import signal
+
+    from openpack_vlm.frames import decode_video, to_clip
+    from openpack_vlm.service import DecoderPool, ServeConfig, UploadError
+
+    video = make_video(tmp_path / "v.mkv", seconds=2.0, container="matroska")
+    pool = DecoderPool(workers=1, timeout_s=5.0, memory_mb=2048).start()
+    try:
+        pid = pool.run(os.getpid)
+        assert pid != os.getpid()
+        for fn, args, error in ((os.kill, None, "decoder_crashed"),  # SIGSEGV in the decoder process
+                                (time.sleep, (60,), "decode_timeout"),
+                                (_allocate, (3 * 1024**3,), "decode_memory")):
+            if args is None:
+                args = (pool.run(os.getpid), signal.SIGSEGV)
+            t0 = time.perf_counter()
+            with pytest.raises(UploadError) as ei:
+                pool.run(fn, *args)
+            assert ei.value.status == 422 and ei.value.error == error, ei.value.detail
+            assert time.perf_counter() - t0 < 60
+            clip, info, n = pool.decode(video, ServeConfig())  # the replacement process decodes the next upload
+            assert n == 50 and info.container.startswith("matroska")
+            np.testing.assert_array_equal(clip, to_clip(decode_video(video, max_seconds=5.0)))
+        assert pool.run(os.getpid) != pid
+        with pytest.raises(UploadError) as ei:  # UploadErrors from the worker arrive intact
+            pool.decode(make_jpeg(tmp_path / "x.mp4"), ServeConfig())
+        assert (ei.value.status, ei.value.error) == (415, "not_a_video")
+    finally:
+        pool.close()
+
+
 # ---------------------------------------------------------------------------------------------------- the app
 def _wait_ready(client, timeout: float = 120.0):
     t0 = time.time()
@@ -243,7 +280,7 @@ def client(tiny_model_dir, upload_dir, gate):
 
     torch.set_num_threads(1)
     cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", max_upload_mb=0.5,
-                      max_clip_seconds=10, upload_dir=str(upload_dir))
+                      max_clip_seconds=10, upload_dir=str(upload_dir), decode_workers=1)
 
     def gated_load(c):
         assert gate.wait(120)
@@ -345,7 +382,7 @@ def test_model_load_failure_is_reported_not_fatal(tmp_path):
 
     from openpack_vlm.service import ServeConfig, create_app, load_predictor
 
-    cfg = ServeConfig(model_id=str(tmp_path / "no_such_model"), quantization="none", device="cpu")
+    cfg = ServeConfig(model_id=str(tmp_path / "no_such_model"), quantization="none", device="cpu", decode_workers=1)
     with TestClient(create_app(cfg, predictor_factory=load_predictor)) as c:
         c.app.state.model.wait(60)
         body = assert_error(c.get("/ready"), 503, "model_error")
@@ -372,7 +409,8 @@ def test_busy_and_health_during_prediction(tiny_model_dir, tmp_path):
             assert release.wait(60)
             return self.inner.predict_clip(clip, clip_id)
 
-    cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", max_pending=1)
+    cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", max_pending=1,
+                      decode_workers=1)
     video = make_video(tmp_path / "v.mp4", seconds=2.0).read_bytes()
     with TestClient(create_app(cfg, predictor_factory=lambda c: HeldPredictor(load_predictor(c)))) as c:
         _wait_ready(c)

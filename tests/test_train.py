@@ -125,6 +125,15 @@ def test_stream_splits_readers_disjointly_and_covers_all(data_dir):
         flat = [c for part in seen for c in part]
         assert sorted(flat) == sorted(all_ids)  # disjoint and complete
         assert all(seen)
+    # inside 2 DataLoader workers (webdataset must not split again by worker): by shard, and 1 shard by sample
+    from torch.utils.data import DataLoader
+
+    for shards in (paths, paths[:1]):
+        shards_ids = [r.clip_id for r, _ in iter_samples(shards)]
+        dl = DataLoader(T.make_stream(shards, buffer=4, seed=0, rank=0, world_size=1, passes=1),
+                        batch_size=None, num_workers=2, collate_fn=lambda x: x)
+        got = [r.clip_id for r, _ in dl]
+        assert sorted(got) == sorted(shards_ids), (len(got), len(shards_ids))
     one = [r.clip_id for r, _ in T.ShardStream(paths, buffer=16, seed=0, rank=0, world_size=1, passes=1)]
     assert one != all_ids and sorted(one) == sorted(all_ids)  # shuffled
 
@@ -226,6 +235,8 @@ def test_parse_args_defaults_are_the_real_run():
 
 
 # ---------------------------------------------------------------------------------------------------- CPU end-to-end
+N_HELD_OUT = 24  # held-out clips scored before/after
+E2E_STEPS = 120  # batch 4: ~30 s on one CPU thread; 100 % valid JSON on colour-coded clips after 120 steps
 def _greedy_scores(model, processor, samples) -> dict:
     """Greedy answers of the model on held-out clips, parsed strictly as the target JSON (no repair)."""
     from openpack_vlm.prompt import build_messages
@@ -252,29 +263,46 @@ def _greedy_scores(model, processor, samples) -> dict:
 
 
 @pytest.fixture(scope="module")
-def e2e_data(request, tmp_path_factory) -> Path:
-    """The data pipeline's output on the synthetic OpenPack root when that fixture exists, else pipeline-format
-    shards written here (same ShardWriter, same record format)."""
-    try:
-        return request.getfixturevalue("pipeline_out")
-    except pytest.FixtureLookupError:
-        return fake_data(tmp_path_factory.mktemp("e2e"), n_train=48, n_test=16)
+def e2e_data(pipeline_out) -> Path:
+    """The data pipeline's output on the synthetic OpenPack root (train U0101-U0106, test U0108)."""
+    return pipeline_out
+
+
+def _predictor_scores(model, processor, samples) -> dict:
+    """openpack_vlm.predict's constrained answers (the evaluator's and the API's path), without the grammar prior,
+    so the next-operation accuracy is the model's own."""
+    from openpack_vlm.predict import PredictConfig, Predictor
+
+    pred = Predictor(model, processor, grammar=None, config=PredictConfig(free_text=False))
+    op = nxt = 0
+    for rec, frames in samples:
+        p = pred.predict(frames, rec.frame_indices, rec.clip_id).prediction
+        op += p.dominant_operation == rec.truth["dominant_operation"]
+        nxt += p.anticipated_next_operation == rec.truth["anticipated_next_operation"]
+    return {"operation_acc": op / len(samples), "next_op_acc": nxt / len(samples)}
 
 
 @pytest.mark.slow
 def test_finetuned_beats_untrained_on_held_out(e2e_data, tiny_model_dir, tmp_path):
+    import time
+
     from openpack_vlm.model import ModelConfig, load_model
 
-    held_out = list(iter_samples(shard_paths(e2e_data / "test")))[:16]
-    assert held_out
+    held_out = list(iter_samples(shard_paths(e2e_data / "test")))[:N_HELD_OUT]
+    assert len(held_out) >= 8
     base, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none"))
-    before = _greedy_scores(base, proc, held_out)
-    cfg = _cfg(e2e_data, tmp_path / "run", tiny_model_dir, max_steps=120, save_steps=120, per_device_train_batch_size=4,
-               shuffle_buffer=32, report_to=("tensorboard",), logging_steps=10, **T.TINY_RECIPE)
+    t0 = time.time()
+    before = _greedy_scores(base, proc, held_out) | _predictor_scores(base, proc, held_out)
+    t1 = time.time()
+    cfg = _cfg(e2e_data, tmp_path / "run", tiny_model_dir, max_steps=E2E_STEPS, save_steps=E2E_STEPS,
+               per_device_train_batch_size=4, shuffle_buffer=64, report_to=("tensorboard",), logging_steps=10,
+               **T.TINY_RECIPE)
     T.train(cfg)
+    t2 = time.time()
     tuned, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none"), adapter=tmp_path / "run")
-    after = _greedy_scores(tuned, proc, held_out)
-    print(f"\nheld-out clips: {before['n']}  untrained: {before}  fine-tuned: {after}")
+    after = _greedy_scores(tuned, proc, held_out) | _predictor_scores(tuned, proc, held_out)
+    print(f"\nheld-out U0108 clips: {len(held_out)}; {E2E_STEPS} steps in {t2 - t1:.0f} s; scoring {t1 - t0:.0f} s"
+          f"\n  untrained : {before}\n  fine-tuned: {after}")
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*")), "no TensorBoard log"
     assert after["valid_json"] > before["valid_json"]
     assert after["operation_acc"] > before["operation_acc"]

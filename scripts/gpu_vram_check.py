@@ -1,0 +1,158 @@
+"""Measure the real QLoRA memory of Qwen2-VL-2B's architecture on a GPU and set it beside the VRAM budget.
+
+    python scripts/gpu_vram_check.py [--steps 3] [--dtype fp16] [--json vram_check.json]
+
+No download is needed (GPU machines here have no network): the script builds a RANDOMLY initialised model with
+Qwen2-VL-2B-Instruct's exact architecture (config values from openpack_vlm.vram.QWEN2VL_2B_CONFIG, real image-
+processor settings, so a 336x336 frame costs the real 144 visual tokens), saves it with save_pretrained, and then
+trains it through the project's own path: model.load_model (4-bit NF4, double quant, vision tower + lm_head
+unquantised, prepare_model_for_kbit_training, LoRA) and train.train (Trainer, batch 2, 8 frames per clip, gradient
+checkpointing on and off). Random weights occupy the same memory as the real ones, so the measured
+torch.cuda.max_memory_allocated is the number the VRAM MATH cell must predict. The tokenizer is the tiny model's
+(a smaller BPE than Qwen's), so the text-token count of a sample is measured with it and fed to the estimate.
+Prints, per run: measured peak, estimate, and their ratio (target: within 15 %).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", config_overrides: dict | None = None) -> Path:
+    """Qwen2-VL-2B architecture with random weights + the tiny tokenizer (its special-token ids wired in)."""
+    import torch
+    from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from openpack_vlm.vram import QWEN2VL_2B_CONFIG, QWEN2VL_IMAGE_PROCESSOR
+
+    proc = AutoProcessor.from_pretrained(tiny_dir)
+    for sub in (proc.image_processor, getattr(proc, "video_processor", None)):
+        if sub is None:
+            continue
+        sub.min_pixels = QWEN2VL_IMAGE_PROCESSOR["min_pixels"]
+        sub.max_pixels = QWEN2VL_IMAGE_PROCESSOR["max_pixels"]
+        if isinstance(getattr(sub, "size", None), dict):
+            sub.size = {"shortest_edge": sub.min_pixels, "longest_edge": sub.max_pixels}
+    tiny = json.loads((tiny_dir / "config.json").read_text())
+    tok = proc.tokenizer
+    ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    c, v = QWEN2VL_2B_CONFIG, QWEN2VL_2B_CONFIG["vision_config"]
+    text_config = dict(
+            vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+            num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
+            num_key_value_heads=c["num_key_value_heads"], max_position_embeddings=c["max_position_embeddings"],
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
+                             "mrope_section": c["rope_scaling"]["mrope_section"]},
+            rms_norm_eps=1e-6, tie_word_embeddings=c["tie_word_embeddings"],
+            bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+    )
+    text_config.update(config_overrides or {})  # only for a CPU dry run of this script
+    config = Qwen2VLConfig(
+        text_config=text_config,
+        vision_config=dict(depth=v["depth"], embed_dim=v["embed_dim"], hidden_size=v["hidden_size"],
+                           num_heads=v["num_heads"], mlp_ratio=v["mlp_ratio"], patch_size=v["patch_size"],
+                           spatial_merge_size=v["spatial_merge_size"], temporal_patch_size=v["temporal_patch_size"]),
+        tie_word_embeddings=c["tie_word_embeddings"],
+        **ids,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration(config).to(dtype)
+    n = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out_dir)
+    proc.save_pretrained(out_dir)
+    del model
+    torch.cuda.empty_cache()
+    print(f"gpu_vram_check: random Qwen2-VL-2B architecture, {n / 1e9:.3f}B params, saved to {out_dir}")
+    return out_dir
+
+
+def run_one(model_dir: Path, data_dir: Path, work: Path, dtype: str, ckpt: bool, steps: int) -> dict:
+    import torch
+
+    from openpack_vlm import vram
+    from openpack_vlm.train import TrainConfig, train
+
+    out = work / f"run-{dtype}-{'ckpt' if ckpt else 'nockpt'}"
+    cfg = TrainConfig(data=str(data_dir), out=str(out), model_id=str(model_dir), quantization="4bit", dtype=dtype,
+                      max_steps=steps, save_steps=steps, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                      gradient_checkpointing=ckpt, logging_steps=1, num_workers=0, shuffle_buffer=8,
+                      report_to=("none",))
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    train(cfg)
+    secs = time.time() - t0
+    summ = json.loads((out / "train_summary.json").read_text())
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(model_dir)
+    vis = vram.visual_tokens_per_frame(proc.image_processor)
+    n_text, _ = vram.text_tokens(tokenizer=proc.tokenizer)
+    est = vram.estimate(str(model_dir / "config.json"), batch=2, frames=8, visual_per_frame=vis, n_text=n_text,
+                        gradient_checkpointing=ckpt)
+    measured = summ["peak_memory"]["bytes"]
+    return {"dtype": dtype, "gradient_checkpointing": ckpt, "steps": summ["global_step"], "train_s": round(secs, 1),
+            "visual_tokens_per_frame": vis, "text_tokens": n_text, "measured_peak_bytes": measured,
+            "measured_reserved_bytes": summ["peak_memory"].get("reserved_bytes"),
+            "estimate_bytes": int(est["total"]), "ratio_estimate_to_measured": round(est["total"] / measured, 3),
+            "estimate_components_gb": {k: round(v / 1e9, 3) for k, v in est.items() if not k.startswith("_")},
+            "loss": [summ.get("first_logged_loss"), summ.get("last_logged_loss")]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_vram_check: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from gpu_smoke import write_smoke_shards
+
+    from openpack_vlm.model import build_tiny_model
+
+    dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
+    gpu = torch.cuda.get_device_name(0)
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="vram_check_") as tmp:
+        work = Path(tmp)
+        tiny = build_tiny_model(work / "tiny", seed=0)
+        model_dir = build_random_2b(work / "qwen2vl-2b-random", tiny, dt)
+        data_dir = write_smoke_shards(work / "data", n=16)
+        for ckpt in (True, False):
+            try:
+                r = run_one(model_dir, data_dir, work, a.dtype, ckpt, a.steps)
+            except Exception as e:
+                r = {"dtype": a.dtype, "gradient_checkpointing": ckpt, "error": f"{type(e).__name__}: {e}"[:500]}
+            reports.append(r)
+            if "error" in r:
+                print(f"  checkpointing={ckpt}: FAIL {r['error']}")
+            else:
+                print(f"  checkpointing={ckpt}: measured peak {r['measured_peak_bytes'] / 1e9:.2f} GB "
+                      f"(reserved {r['measured_reserved_bytes'] / 1e9:.2f} GB), estimate {r['estimate_bytes'] / 1e9:.2f}"
+                      f" GB, estimate/measured = {r['ratio_estimate_to_measured']:.2f}; tokens/sample "
+                      f"{r['text_tokens']} text + 8x{r['visual_tokens_per_frame']} visual; {r['train_s']} s")
+    report = {"gpu": gpu, "torch": torch.__version__, "dtype": a.dtype, "model": "Qwen2-VL-2B architecture, random "
+              "weights", "batch": 2, "frames": 8, "reports": reports}
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2))
+    ok = all("error" not in r for r in reports)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""evaluate.py on the data pipeline's synthetic output + a tiny model trained a few steps by openpack_vlm.train:
+output files, results.json shape, metrics consistent with the per-clip predictions, provenance, error paths."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from openpack_vlm.evaluation import data_provenance
+from openpack_vlm.grammar import Grammar
+from openpack_vlm.labels import NAME_TO_ID
+from openpack_vlm.metrics import evaluate_predictions, majority_class
+from openpack_vlm.schema import Prediction
+
+REPO = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+N_CLIPS = 5
+
+
+def _evaluate_cli():
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module("evaluate")
+
+
+@pytest.fixture(scope="module")
+def run_dir(pipeline_out, tiny_model_dir, tmp_path_factory) -> Path:
+    """A real (short) training run: R/adapter, R/grammar.json (copied from D/grammar.json), R/config.json."""
+    from openpack_vlm import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    rc = train.main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
+                     "--quantization", "none", "--max-steps", "3", "--save-steps", "3", "--batch-size", "2",
+                     "--num-workers", "0", "--report-to", "none"])
+    assert rc == 0 and (out / "adapter" / "adapter_config.json").is_file() and (out / "grammar.json").is_file()
+    return out
+
+
+@pytest.fixture(scope="module")
+def eval_out(pipeline_out, tiny_model_dir, run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "E"
+    rc = _evaluate_cli().main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
+                               "--adapter", str(run_dir / "adapter"), "--quantization", "none",
+                               "--n-clips", str(N_CLIPS), "--val-clips", "4", "--n-boot", "200"])
+    assert rc == 0
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_output_files_and_results_shape(eval_out, capsys):
+    for name in ("results.json", "predictions.jsonl", "confusion.json", "confusion.png", "failure_modes.json"):
+        assert (eval_out / name).is_file(), name
+    assert not list(eval_out.glob("*.tmp*"))
+    r = json.loads((eval_out / "results.json").read_text())
+    for system in ("base_model", "finetuned_model"):
+        assert set(r[system]) == {"OCA", "tIoU@0.5", "AA@1"}  # exactly the assignment's shape
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in r[system].values())
+    assert set(r["variants"]) == {"base_model", "finetuned_model", "finetuned_grammar"}
+    assert {"majority_class", "whole_clip_span", "grammar_given_predicted_op", "grammar_given_true_op"} <= set(
+        r["baselines"])
+    for system, iv in r["intervals"].items():
+        for k in ("OCA", "tIoU@0.5", "AA@1"):
+            assert iv[k][0] <= r["variants"][system][k] <= iv[k][1]
+    assert r["n_clips"] == N_CLIPS
+    assert r["selection"]["users"] == ["U0108"] and r["selection"]["split"] == "test"
+    with Image.open(eval_out / "confusion.png") as im:
+        assert im.format == "PNG" and im.size[0] > 500
+
+
+def test_provenance_marks_synthetic_and_tiny(eval_out, pipeline_out, run_dir):
+    r = json.loads((eval_out / "results.json").read_text())
+    p = r["provenance"]
+    assert p["data"] == "synthetic" and p["tiny_random_model"] is True
+    assert p["frame_sources"] == {"rgb": N_CLIPS}
+    assert p["adapter"] == str(run_dir / "adapter") and p["quantization"] == "none"
+    assert p["date"] and "git_commit" in p and p["data_dir"] == str(pipeline_out)
+    assert r["synthetic"] is True and "NOT OpenPack results" in r["note"]
+    assert r["grammar_fusion"]["grammar"] == str(run_dir / "grammar.json")
+    assert r["grammar_fusion"]["tuned_on"] == "val" and r["grammar_fusion"]["val_clips"] == 4
+    assert r["grammar_fusion"]["fuse_weight"] in [float(w) for w in r["grammar_fusion"]["val_AA1_by_weight"]]
+
+
+def test_metrics_match_the_per_clip_predictions(eval_out, pipeline_out, run_dir):
+    r = json.loads((eval_out / "results.json").read_text())
+    rows = _rows(eval_out / "predictions.jsonl")
+    manifest = sorted(_rows(pipeline_out / "test" / "manifest.jsonl"), key=lambda m: m["clip_id"])[:N_CLIPS]
+    assert [row["clip_id"] for row in rows] == [m["clip_id"] for m in manifest]  # first N by clip_id
+    for row, m in zip(rows, manifest):
+        t = m["truth"]
+        assert row["truth"]["dominant_operation"] == t["dominant_operation"]
+        assert row["truth"]["temporal_segment"] == [t["temporal_segment"]["start_frame"],
+                                                    t["temporal_segment"]["end_frame"]]
+        for system in ("base_model", "finetuned_model"):
+            Prediction.model_validate(row[system]["prediction"])
+            assert isinstance(row[system]["raw_text"], str) and "repair" in row[system]
+    for system in ("base_model", "finetuned_model"):
+        recs = [dict(true_op=row["truth"]["dominant_operation"], pred_op=row[system]["prediction"]["dominant_operation"],
+                     true_span=tuple(row["truth"]["temporal_segment"]),
+                     pred_span=row[system]["prediction"]["temporal_segment"],
+                     true_next=row["truth"]["anticipated_next_operation"],
+                     pred_next=row[system]["prediction"]["anticipated_next_operation"]) for row in rows]
+        m = evaluate_predictions(recs, n_boot=0)
+        for k in ("OCA", "tIoU@0.5", "AA@1"):
+            assert r[system][k] == pytest.approx(m[k])
+    # baselines recomputed independently
+    g = Grammar.load(run_dir / "grammar.json")
+    want = sum(g.predict_next(NAME_TO_ID[row["truth"]["dominant_operation"]]) ==
+               NAME_TO_ID[row["truth"]["anticipated_next_operation"]] for row in rows) / len(rows)
+    assert r["baselines"]["grammar_given_true_op"]["AA@1"] == pytest.approx(want)
+    train = _rows(pipeline_out / "train" / "manifest.jsonl")
+    maj = majority_class([m["truth"]["dominant_operation"] for m in train])
+    assert NAME_TO_ID[r["baselines"]["majority_class"]["dominant_operation"]] == maj
+    assert r["baselines"]["majority_class"]["OCA"] == pytest.approx(
+        sum(NAME_TO_ID[row["truth"]["dominant_operation"]] == maj for row in rows) / len(rows))
+    whole = sum((row["truth"]["temporal_segment"][1] - row["truth"]["temporal_segment"][0] + 1) / 125 >= 0.5
+                for row in rows) / len(rows)
+    assert r["baselines"]["whole_clip_span"]["tIoU@0.5"] == pytest.approx(whole)
+
+
+def test_confusion_and_failure_modes_point_at_real_clips(eval_out):
+    rows = {row["clip_id"]: row for row in _rows(eval_out / "predictions.jsonl")}
+    cm = json.loads((eval_out / "confusion.json").read_text())
+    for system in ("base_model", "finetuned_model"):
+        assert sum(map(sum, cm[system]["matrix"])) == N_CLIPS
+    fm = json.loads((eval_out / "failure_modes.json").read_text())
+    pair = fm["most_confused_pair"]
+    if pair is None:  # a perfect fine-tuned model: then no confusions are listed either
+        assert fm["confusions"] == []
+    else:
+        assert pair["count"] == len(pair["clip_ids"]) >= 1
+        assert pair["count"] == max(c["count"] for c in fm["confusions"])
+        for cid in pair["clip_ids"]:
+            assert rows[cid]["truth"]["dominant_operation"] == pair["true"]
+            assert rows[cid]["finetuned_model"]["prediction"]["dominant_operation"] == pair["predicted"]
+
+
+def test_given_fuse_weight_and_no_free_text(pipeline_out, tiny_model_dir, run_dir, tmp_path, capsys):
+    rc = _evaluate_cli().main(["--data", str(pipeline_out), "--out", str(tmp_path / "E"), "--model",
+                               str(tiny_model_dir), "--adapter", str(run_dir), "--quantization", "none",
+                               "--n-clips", "2", "--fuse-weight", "1.0", "--no-free-text", "--n-boot", "50"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "finetuned_grammar" in printed and "NOT OpenPack results" in printed
+    r = json.loads((tmp_path / "E" / "results.json").read_text())
+    assert r["grammar_fusion"]["fuse_weight"] == 1.0 and r["grammar_fusion"]["tuned_on"] is None
+    rows = _rows(tmp_path / "E" / "predictions.jsonl")
+    g = Grammar.load(run_dir / "grammar.json")
+    for row in rows:  # weight 1 → the grammar's answer given the fine-tuned dominant op
+        dom = NAME_TO_ID[row["finetuned_model"]["prediction"]["dominant_operation"]]
+        assert NAME_TO_ID[row["finetuned_grammar"]["anticipated_next_operation"]] == g.predict_next(dom)
+        assert row["finetuned_model"]["raw_text"] == "" and row["finetuned_model"]["repair"] is None
+
+
+@pytest.mark.parametrize("case", ["no_data", "no_adapter", "bad_split"])
+def test_cli_errors_are_one_line(case, pipeline_out, tiny_model_dir, run_dir, tmp_path, capsys):
+    args = {"--data": str(pipeline_out), "--out": str(tmp_path / "E"), "--model": str(tiny_model_dir),
+            "--adapter": str(run_dir / "adapter"), "--quantization": "none", "--n-clips": "1"}
+    if case == "no_data":
+        args["--data"] = str(tmp_path / "missing")
+    elif case == "no_adapter":
+        args["--adapter"] = str(tmp_path / "nothing")
+    else:
+        args["--split"] = "nosuchsplit"
+    argv = [x for kv in args.items() for x in kv]
+    assert _evaluate_cli().main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+    assert {"no_data": "data dir not found", "no_adapter": "no LoRA adapter", "bad_split": "nosuchsplit"}[case] in err
+
+
+def test_data_provenance_real_synthetic_unknown(tmp_path, synthetic_root):
+    def d(root) -> Path:
+        p = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
+        p.mkdir()
+        (p / "summary.json").write_text(json.dumps({"root": str(root)}))
+        return p
+
+    real = tmp_path / "realroot"
+    real.mkdir()
+    assert data_provenance(d(real))["data"] == "real"
+    assert data_provenance(d(synthetic_root))["data"] == "synthetic"
+    assert data_provenance(d(tmp_path / "gone"))["data"] == "unknown"
