@@ -2,8 +2,9 @@
 # openpack-vlm API image (serve.py on uvicorn, port 8000).
 #   GPU (default):  docker build -t openpack-vlm:gpu .
 #   CPU:            docker build -t openpack-vlm:cpu --build-arg BASE_IMAGE=python:3.11-slim .
-#   run:            docker run --gpus all -p 8000:8000 -v hf-cache:/models -v "$PWD/runs:/adapters:ro" \
-#                     -e ADAPTER_PATH=/adapters/r1/adapter openpack-vlm:gpu
+#   run:            docker run --gpus all --shm-size=512m -p 8000:8000 -v hf-cache:/models \
+#                     -v "$PWD/runs:/adapters:ro" -e ADAPTER_PATH=/adapters/r1/adapter openpack-vlm:gpu
+#   (--shm-size: decoded clips come back from the decoder processes through /dev/shm; Docker's default is 64 MB)
 # The torch wheel in requirements.txt is a CUDA build that bundles its CUDA libraries and also runs on CPU, so both
 # images install the same tested set; the CUDA base only adds the runtime the driver is matched against.
 ARG BASE_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04

@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-out", default=None, help="also export --n-samples examples (frames + pair JSON) here")
     p.add_argument("--n-samples", type=int, default=d.n_samples)
     p.add_argument("--overwrite", action="store_true", help="replace data in --out made with other settings")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     return p
 
 
@@ -59,8 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a bug, not bad input: one line here, the traceback with --debug
+        if args.debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     for split, c in summary["splits"].items():
-        print(f"{split}: {c['clips']} clips in {c['shards']} shards from {c['sessions']} sessions -> {args.out}/{split}/")
+        print(f"{split}: {c['clips']} clips in {c['shards']} shards from {c['sessions']} sessions "
+              f"-> {args.out}/{split}/")
     print(f"skipped: {len(summary['skipped'])} ({summary['skipped_by_reason'] or 'none'})")
     print(f"wrote {args.out}/summary.json" + (", grammar.json" if summary["grammar"] else ""))
     if args.samples_out:

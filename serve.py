@@ -9,8 +9,8 @@
     curl http://127.0.0.1:8000/health ; curl http://127.0.0.1:8000/ready ; open http://127.0.0.1:8000/docs
 
 Settings (environment; see openpack_vlm.service.ServeConfig): MODEL_ID, ADAPTER_PATH, QUANTIZATION (auto|4bit|none),
-DEVICE, MAX_UPLOAD_MB, MAX_CLIP_SECONDS, MAX_FRAME_PIXELS, MAX_PENDING, DECODE_WORKERS, UPLOAD_DIR, HOST, PORT,
-LOG_LEVEL. Command-line options override the environment. The model loads after the server starts (``/ready`` is 503
+DEVICE, MAX_UPLOAD_MB, MAX_CLIP_SECONDS, MAX_FRAME_PIXELS, MAX_PENDING, DECODE_WORKERS, DECODE_TIMEOUT_S,
+DECODE_MEMORY_MB, UPLOAD_DIR, HOST, PORT, LOG_LEVEL. Command-line options override the environment. The model loads after the server starts (``/ready`` is 503
 until then); importing this module loads nothing.
 """
 from __future__ import annotations

@@ -6,10 +6,13 @@ Systems (one model load: the base model is the fine-tuned model with its LoRA di
   finetuned_model    base + LoRA adapter, the model's own next-operation answer
   finetuned_grammar  the same answers with the next operation fused with the procedural grammar; the fusion weight
                      is tuned on the val split's first ``val_clips`` clips (or given)
+  *_free_text        each model's free greedy answer read as is (predict.parse_raw_text): invalid JSON, unknown
+                     names and bad spans count as misses, so here the span valid rate means something
 Baselines (no model): majority class of the train split (dominant and next op, whole-clip span), grammar-only next op
 given the fine-tuned model's dominant op and given the TRUE dominant op, whole-clip span [0, 124].
 Outputs in ``out``: results.json (the assignment's shape + extras), predictions.jsonl (per clip: truth, each system's
-prediction, confidence, raw model text and its repair), confusion.json / confusion.png, failure_modes.json.
+prediction, confidence, raw model text and its repair), confusion.json / confusion.png, failure_modes.json, and
+grammar.json (the grammar used, its tuned fusion weight in meta: ``Predictor``/serving pick it up from there).
 Provenance says whether the data are real OpenPack or synthetic and whether the model is the tiny random one;
 synthetic/tiny numbers are flagged and never OpenPack results.
 """
@@ -39,6 +42,7 @@ from .schema import CLIP_FRAMES
 
 HEADLINE = ("OCA", "tIoU@0.5", "AA@1")
 SYSTEMS = ("base_model", "finetuned_model", "finetuned_grammar")
+FREE_TEXT_SYSTEMS = ("base_model_free_text", "finetuned_model_free_text")
 
 
 class EvalError(RuntimeError):
@@ -92,8 +96,9 @@ def select_clips(data: Path, split: str, n: int | None) -> list[dict]:
     return rows if n is None else rows[:n]
 
 
-def load_clips(data: Path, split: str, rows: list[dict]):
-    """(record, PIL frames) for the chosen clips, in the order of ``rows``, streamed from the split's shards."""
+def iter_clips(data: Path, split: str, rows: list[dict]):
+    """Stream (record, PIL frames) of the chosen clips in shard order; only one clip's frames in memory at a time.
+    Raises EvalError at the end if a manifest clip was not found in the shards."""
     from .shards import iter_samples, shard_paths
 
     want = {r["clip_id"] for r in rows}
@@ -101,15 +106,20 @@ def load_clips(data: Path, split: str, rows: list[dict]):
         paths = shard_paths(data / split)
     except FileNotFoundError as e:
         raise EvalError(str(e)) from None
-    got = {}
+    seen: set[str] = set()
     for rec, frames in iter_samples(paths):
-        if rec.clip_id in want:
-            got[rec.clip_id] = (rec, frames)
-            if len(got) == len(want):
-                break
-    missing = sorted(want - set(got))
-    if missing:
-        raise EvalError(f"{len(missing)} manifest clips not found in {data / split} shards, e.g. {missing[0]}")
+        if rec.clip_id in want and rec.clip_id not in seen:
+            seen.add(rec.clip_id)
+            yield rec, frames
+            if len(seen) == len(want):
+                return
+    missing = sorted(want - seen)
+    raise EvalError(f"{len(missing)} manifest clips not found in {data / split} shards, e.g. {missing[0]}")
+
+
+def load_clips(data: Path, split: str, rows: list[dict]):
+    """(record, PIL frames) for the chosen clips, in the order of ``rows`` (all held in memory: small selections)."""
+    got = {rec.clip_id: (rec, frames) for rec, frames in iter_clips(data, split, rows)}
     return [got[r["clip_id"]] for r in rows]
 
 
@@ -166,14 +176,6 @@ def _find_grammar(cfg: EvalConfig) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------------ running
-def _run_model(predictor, clips, desc: str) -> list[dict]:
-    out = []
-    for rec, frames in tqdm(clips, desc=desc, unit="clip"):
-        r = predictor.predict(frames, rec.frame_indices, rec.clip_id)
-        out.append({"clip_id": rec.clip_id, "result": r})
-    return out
-
-
 def _ids_dist(names_to_p: dict) -> dict[int, float]:
     return {NAME_TO_ID[k]: float(v) for k, v in names_to_p.items()}
 
@@ -224,7 +226,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     """Run the evaluation; writes the files in cfg.out and returns results.json's content.
 
     ``predictor``: an already loaded fine-tuned ``Predictor`` (a PeftModel inside) to use instead of loading one."""
-    from .predict import PredictConfig, Predictor
+    from .predict import PredictConfig, Predictor, parse_raw_text
 
     data, out = Path(cfg.data), Path(cfg.out)
     if not data.is_dir():
@@ -244,8 +246,6 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     grammar = Grammar.load(grammar_path) if grammar_path else None
     if grammar is None and cfg.fuse_weight is not None:
         raise EvalError("--fuse-weight given but no grammar found (pass --grammar)")
-    clips = load_clips(data, cfg.split, rows)
-    truths = [_truth(rec) for rec, _ in clips]
     out.mkdir(parents=True, exist_ok=True)
 
     pcfg = PredictConfig(free_text=cfg.free_text, fuse_mode=cfg.fuse_mode)
@@ -256,9 +256,17 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         raise EvalError("the fine-tuned model has no LoRA adapter attached (need a PeftModel)")
     # base = the same weights with the LoRA switched off: one load, and exactly the base model
     base = Predictor(predictor.model, predictor.processor, grammar=None, config=pcfg)
-    with predictor.model.disable_adapter():
-        base_runs = _run_model(base, clips, "base model")
-    ft_runs = _run_model(predictor, clips, "fine-tuned model")
+    done: dict[str, tuple] = {}
+    for rec, frames in tqdm(iter_clips(data, cfg.split, rows), total=len(rows), desc=f"{cfg.split} clips (base + "
+                            "fine-tuned)", unit="clip"):
+        with predictor.model.disable_adapter():
+            b = base.predict(frames, rec.frame_indices, rec.clip_id)
+        f = predictor.predict(frames, rec.frame_indices, rec.clip_id)
+        done[rec.clip_id] = (rec, {"clip_id": rec.clip_id, "result": b}, {"clip_id": rec.clip_id, "result": f})
+    recs = [done[r["clip_id"]][0] for r in rows]  # clip_id order
+    base_runs = [done[r["clip_id"]][1] for r in rows]
+    ft_runs = [done[r["clip_id"]][2] for r in rows]
+    truths = [_truth(rec) for rec in recs]
 
     # grammar fusion weight: given, or tuned on val clips with the fine-tuned model
     tuning: dict = {"grammar": str(grammar_path) if grammar_path else None}
@@ -269,18 +277,20 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             tuning.update(fuse_weight=weight, tuned_on=None)
         else:
             vrows = select_clips(data, cfg.val_split, cfg.val_clips)
-            vclips = load_clips(data, cfg.val_split, vrows)
-            vruns = _run_model(Predictor(predictor.model, predictor.processor, grammar=None,
-                                         config=PredictConfig(free_text=False)), vclips, "fine-tuned on val")
-            md = [_ids_dist(v["result"].scores["next_model"]) for v in vruns]
-            gd = [grammar.next_distribution(NAME_TO_ID[v["result"].prediction.dominant_operation]) for v in vruns]
-            vt = [_truth(rec)["next"] for rec, _ in vclips]
+            scorer = Predictor(predictor.model, predictor.processor, grammar=None, config=PredictConfig(free_text=False))
+            md, gd, vt = [], [], []
+            for rec, frames in tqdm(iter_clips(data, cfg.val_split, vrows), total=len(vrows),
+                                    desc=f"{cfg.val_split} clips (fusion weight)", unit="clip"):
+                r = scorer.predict(frames, rec.frame_indices, rec.clip_id)
+                md.append(_ids_dist(r.scores["next_model"]))
+                gd.append(grammar.next_distribution(NAME_TO_ID[r.prediction.dominant_operation]))
+                vt.append(_truth(rec)["next"])
             weight, acc = tune_fuse_weight(md, gd, vt, mode=cfg.fuse_mode)
-            tuning.update(fuse_weight=weight, tuned_on=cfg.val_split, val_clips=len(vclips),
+            tuning.update(fuse_weight=weight, tuned_on=cfg.val_split, val_clips=len(vt),
                           val_AA1_by_weight={str(k): v for k, v in acc.items()}, mode=cfg.fuse_mode)
 
     # per-system records
-    systems: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
+    systems: dict[str, list[dict]] = {s: [] for s in SYSTEMS + (FREE_TEXT_SYSTEMS if cfg.free_text else ())}
     per_clip = []
     for t, b, f in zip(truths, base_runs, ft_runs):
         row = {"clip_id": b["clip_id"], "truth": {"dominant_operation": ID_TO_NAME[t["op"]],
@@ -293,6 +303,9 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
                                          NAME_TO_ID[p.anticipated_next_operation]))
             row[name] = {"prediction": p.model_dump(), "raw_text": run["result"].raw_text,
                          "repair": run["result"].repair, "seconds": run["result"].scores["seconds"]}
+            if cfg.free_text:
+                free = parse_raw_text(run["result"].raw_text)
+                systems[f"{name}_free_text"].append(_record(t, free["op"], free["span"], free["next"]))
         p = f["result"].prediction
         span = (p.temporal_segment.start_frame, p.temporal_segment.end_frame)
         if grammar is not None:
@@ -338,12 +351,16 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     _plot_confusions(out / "confusion.png", cms)
     failure = _failure_modes(cms["finetuned_model"], systems["finetuned_model"], per_clip)
     _write_json(out / "failure_modes.json", failure)
+    if grammar is not None:
+        grammar.meta.update(fuse_weight=weight, fuse_mode=cfg.fuse_mode, fuse_weight_source=tuning.get("tuned_on")
+                            or "given", source_file=str(grammar_path))
+        grammar.save(out / "grammar.json")
 
     prov = data_provenance(data)
     from .model import is_tiny
 
     tiny = is_tiny(cfg.model_id)
-    frame_sources = dict(Counter(rec.source for rec, _ in clips))
+    frame_sources = dict(Counter(rec.source for rec in recs))
     synthetic = prov["data"] != "real" or tiny
     provenance = prov | {"frame_sources": frame_sources, "model_id": cfg.model_id, "tiny_random_model": tiny,
                          "adapter": str(cfg.adapter), "quantization": cfg.quantization,
@@ -353,15 +370,15 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             (", tiny randomly initialised model" if tiny else "") +
             ". Checks the pipeline end to end; these are NOT OpenPack results.") if synthetic else (
         f"Real OpenPack data ({', '.join(f'{k}: {v}' for k, v in frame_sources.items())} frames), "
-        f"held-out {cfg.split} split, {len(clips)} clips.")
+        f"held-out {cfg.split} split, {len(recs)} clips.")
     results = {
         "base_model": _headline(metrics["base_model"]),
         "finetuned_model": _headline(metrics["finetuned_model"]),
         "variants": metrics,
         "baselines": baselines,
         "intervals": {name: m["intervals"] for name, m in metrics.items()},
-        "n_clips": len(clips),
-        "selection": {"split": cfg.split, "users": sorted({rec.user for rec, _ in clips}),
+        "n_clips": len(recs),
+        "selection": {"split": cfg.split, "users": sorted({rec.user for rec in recs}),
                       "rule": "all clips" if cfg.all_clips else f"first {cfg.n_clips} clips sorted by clip_id"},
         "grammar_fusion": tuning,
         "synthetic": synthetic,
@@ -409,15 +426,16 @@ def _failure_modes(cm, recs: list[dict], per_clip: list[dict]) -> dict:
 
 def format_table(results: dict) -> str:
     """Base vs fine-tuned (and + grammar) table with 95 % intervals, plus the baselines."""
-    lines = [f"{'system':<22}" + "".join(f"{k:>22}" for k in HEADLINE)]
+    w = max(len(n) for n in list(results["variants"]) + list(results["baselines"])) + 2
+    lines = [f"{'system':<{w}}" + "".join(f"{k:>22}" for k in HEADLINE)]
     for name, m in results["variants"].items():
         cells = []
         for k in HEADLINE:
             lo, hi = m["intervals"][k]
             cells.append(f"{m[k]:.3f} [{lo:.2f},{hi:.2f}]".rjust(22))
-        lines.append(f"{name:<22}" + "".join(cells))
+        lines.append(f"{name:<{w}}" + "".join(cells))
     for name, m in results["baselines"].items():
-        lines.append(f"{name:<22}" + "".join(f"{m[k]:.3f}".rjust(22) if k in m else " " * 22 for k in HEADLINE))
+        lines.append(f"{name:<{w}}" + "".join(f"{m[k]:.3f}".rjust(22) if k in m else " " * 22 for k in HEADLINE))
     lines.append(f"n_clips={results['n_clips']}  {results['note']}")
     return "\n".join(lines)
 

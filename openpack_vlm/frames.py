@@ -14,8 +14,9 @@ Normalisation, identical for every source and for uploads (serve.py):
   frames by their timestamps, never by counting frames. A tick farther than ``max_gap_ms`` from that frame (missing
   frames, stream ended) raises ``FrameGapError``.
 * Space: LETTERBOX. The frame is scaled to fit 336x336 keeping its aspect (1280x720 -> 336x189: exact 2x area
-  halvings, or libjpeg's 1/2-scale decode for JPEGs, then one bilinear step) and centred on black bars. Centre-cropping would cut 280 px off each side of the Kinect view, where the worker reaches
-  for items and the back table; letterboxing keeps the whole workspace at the cost of resolution.
+  halvings, or libjpeg's 1/2-scale decode for JPEGs, then one bilinear step) and centred on black bars.
+  Centre-cropping would cut 280 px off each side of the Kinect view, where the worker reaches for items and the
+  back table; letterboxing keeps the whole workspace at the cost of resolution.
 * Skeletons are drawn in Kinect pixel coordinates mapped by the same letterbox transform (equivalent to drawing on
   the 1280x720 frame and scaling it, without rendering 1280x720 images): COCO-17 limbs, left side warm, right side
   cool, torso/head grey, forearms thicker and wrists as large discs (the hands carry the work), each limb's colour
@@ -211,7 +212,11 @@ class RgbFrameSource(FrameSource):
 
 
 # ---------------------------------------------------------------------------------------------------------- video
-def _decode_decord(path: Path, max_seconds: float | None) -> tuple[np.ndarray, callable]:
+DECODE_CHUNK = 64  # frames fetched from decord per call: bounds memory at full resolution (64 x 6 MB for 1080p)
+
+
+def _decode_decord(path: Path, size: int, max_seconds: float | None) -> tuple[np.ndarray, callable]:
+    """decord: timestamps of all frames, and a getter of letterboxed frames by index (decoded in chunks)."""
     import decord
 
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
@@ -221,12 +226,20 @@ def _decode_decord(path: Path, max_seconds: float | None) -> tuple[np.ndarray, c
     ts = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)  # start time (s) per frame
 
     def get(indices: np.ndarray) -> np.ndarray:
-        return vr.get_batch([int(i) for i in indices]).asnumpy()
+        out = np.empty((len(indices), size, size, 3), np.uint8)
+        box = None
+        for c in range(0, len(indices), DECODE_CHUNK):
+            raw = vr.get_batch([int(i) for i in indices[c : c + DECODE_CHUNK]]).asnumpy()
+            box = box or Letterbox.for_shape(raw.shape[2], raw.shape[1], size)
+            for j, f in enumerate(raw):
+                out[c + j] = box.apply(f)
+        return out
 
     return ts, get
 
 
-def _decode_pyav(path: Path, max_seconds: float | None) -> tuple[np.ndarray, callable]:
+def _decode_pyav(path: Path, size: int, max_seconds: float | None) -> tuple[np.ndarray, callable]:
+    """PyAV: decodes sequentially, keeping every frame letterboxed (size x size), up to ``max_seconds``."""
     import av
 
     frames, ts = [], []
@@ -234,8 +247,7 @@ def _decode_pyav(path: Path, max_seconds: float | None) -> tuple[np.ndarray, cal
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {path}")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        t_first = None
+        t_first, box = None, None
         for fr in container.decode(stream):
             if fr.pts is None:
                 t = len(ts) / float(stream.average_rate or FPS)
@@ -244,8 +256,10 @@ def _decode_pyav(path: Path, max_seconds: float | None) -> tuple[np.ndarray, cal
             t_first = t if t_first is None else t_first
             if max_seconds is not None and t - t_first >= max_seconds:
                 break
+            img = fr.to_ndarray(format="rgb24")
+            box = box or Letterbox.for_shape(img.shape[1], img.shape[0], size)
             ts.append(t)
-            frames.append(fr.to_ndarray(format="rgb24"))
+            frames.append(box.apply(img))
     if not frames:
         raise VideoDecodeError(f"video has zero frames: {path}")
     arr = np.stack(frames)
@@ -285,21 +299,18 @@ def decode_video(path: str | os.PathLike, fps: int = FPS, size: int = SIZE, max_
     errors = []
     for decoder in (_decode_decord, _decode_pyav):
         try:
-            ts, get = decoder(path, max_seconds)
+            ts, get = decoder(path, size, max_seconds)
+            _, src = video_ticks(ts, fps, max_seconds)
+            uniq, inverse = np.unique(src, return_inverse=True)
+            frames = get(uniq)
             break
         except VideoDecodeError:
             raise
         except Exception as e:  # noqa: BLE001 - decoders raise library-specific errors; we report them in one line
-            errors.append(f"{decoder.__name__[8:]}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            errors.append(f"{decoder.__name__[8:]}: {msg}")
     else:
         raise VideoDecodeError(f"cannot decode video {path.name} ({'; '.join(errors)})")
-    _, src = video_ticks(ts, fps, max_seconds)
-    uniq, inverse = np.unique(src, return_inverse=True)
-    raw = get(uniq)
-    if raw.ndim != 4 or raw.shape[0] != len(uniq):
-        raise VideoDecodeError(f"decoder returned frames of shape {raw.shape} for {path.name}")
-    box = Letterbox.for_shape(raw.shape[2], raw.shape[1], size)
-    frames = np.stack([box.apply(f) for f in raw])
     return frames[inverse]
 
 

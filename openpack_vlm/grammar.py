@@ -137,6 +137,16 @@ class Grammar:
                 hits += int(self.predict_next(seq[j - 1], seq[:j - 1]) == seq[j])
         return (hits / n if n else float("nan")), n
 
+    def log_likelihood(self, sequences: Iterable[Iterable[int]]) -> tuple[float, int]:
+        """Mean log P(next | history) over every transition of the given sequences → (mean, n); picks alpha."""
+        total, n = 0.0, 0
+        for raw in sequences:
+            seq = op_sequence(raw)
+            for j in range(1, len(seq)):
+                n += 1
+                total += math.log(self.next_distribution(seq[j - 1], seq[:j - 1])[seq[j]])
+        return (total / n if n else float("nan")), n
+
     def transition_counts(self) -> dict[int, dict[int, int]]:
         """First-order counts c(current → next), current/next as ids."""
         return {k[0]: dict(v) for k, v in self.counts.items() if len(k) == 1}

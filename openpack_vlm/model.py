@@ -276,8 +276,10 @@ def resolve_model_id(model_id: str) -> str:
 
 
 def is_tiny(model_id: str) -> bool:
-    p = Path(resolve_model_id(model_id)) if model_id == TINY_MODEL_ID else Path(model_id)
-    return (p / "openpack_tiny.json").is_file()
+    """Whether ``model_id`` ("tiny" or a directory) is the tiny random model built by ``build_tiny_model``."""
+    if model_id == TINY_MODEL_ID:
+        return True
+    return (Path(model_id) / "openpack_tiny.json").is_file()
 
 
 # -------------------------------------------------------------------------------------------------------------- loading
@@ -393,6 +395,9 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
             model = PeftModel.from_pretrained(model, str(_adapter_dir(adapter)), is_trainable=True)
         else:
             model = get_peft_model(model, lora_config(cfg))
+        for p in model.parameters():  # trainable weights in fp32: AMP's grad scaler refuses fp16 grads
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
     elif adapter is not None:
         from peft import PeftModel
 
@@ -438,6 +443,7 @@ __all__ = [
     "ModelLoadError",
     "build_tiny_model",
     "resolve_model_id",
+    "is_tiny",
     "load_processor",
     "load_model",
     "bnb_config",

@@ -200,11 +200,14 @@ def read_progress(split_dir: Path) -> list[dict]:
     for p in list(split_dir.glob("shard-*.tar")) + list(split_dir.glob("shard-*.tar.tmp")):
         if p.name not in logged:
             p.unlink()
-    _write_atomic(prog, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+    write_atomic(prog, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
     return entries
 
 
-def _write_atomic(path: Path, text: str | bytes) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a file under a temp name, then rename it: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     if isinstance(text, bytes):
         tmp.write_bytes(text)
@@ -291,7 +294,7 @@ def _check_settings(out: Path, cfg: PipelineConfig) -> None:
                 if (out / split).is_dir():
                     shutil.rmtree(out / split)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_json, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    write_atomic(run_json, json.dumps(settings, indent=1, sort_keys=True) + "\n")
 
 
 def run(cfg: PipelineConfig) -> dict:
@@ -346,6 +349,9 @@ def run(cfg: PipelineConfig) -> dict:
                     log.warning("skipped %s/%s %s: %s", res.user, res.session, s.get("clip_id", ""), s["reason"])
                 skipped.extend({"split": res.split, **s} for s in res.skipped)
                 seconds.update(res.seconds)
+                for split, other in writers.items():
+                    if split != res.split:
+                        other.close_shard()  # tasks come split by split: log a finished split's last shard now
                 if res.items:
                     w = writers.get(res.split)
                     if w is None:
@@ -374,8 +380,8 @@ def run(cfg: PipelineConfig) -> dict:
     for split in plan:
         entries = read_progress(out / split)
         records = [r for e in entries for r in e["records"]]
-        _write_atomic(out / split / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        _write_atomic(out / split / "pairs.jsonl",
+        write_atomic(out / split / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        write_atomic(out / split / "pairs.jsonl",
                       "".join(json.dumps(pair_for(r), sort_keys=True) + "\n" for r in records))
         counts[split] = {
             "clips": len(records),
@@ -412,10 +418,11 @@ def run(cfg: PipelineConfig) -> dict:
             "sampling_share": round(seconds["sampling"] / work, 4) if work > 0 else None,
         },
     }
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     if not any(c["clips"] for c in counts.values()):
         first = skipped[0]["reason"] if skipped else "none"
-        raise PipelineError(f"no clips written: {len(skipped)} items skipped (first: {first}); see {out / 'summary.json'}")
+        raise PipelineError(f"no clips written: {len(skipped)} items skipped (first: {first}); "
+                            f"see {out / 'summary.json'}")
     if cfg.samples_out:
         export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root)
     return summary
@@ -473,15 +480,15 @@ def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path)
         with tarfile.open(out / split / shard) as tar:
             for m in tar.getmembers():
                 if m.name in need:
-                    _write_atomic(dest / m.name, tar.extractfile(m).read())
+                    write_atomic(dest / m.name, tar.extractfile(m).read())
                     wanted.add(m.name)
         for r in recs:
             pair = pair_for(r)
             body = {"record": r, "messages": pair["messages"]}
-            _write_atomic(dest / f"{r['clip_id']}.json", json.dumps(body, indent=1, sort_keys=True) + "\n")
+            write_atomic(dest / f"{r['clip_id']}.json", json.dumps(body, indent=1, sort_keys=True) + "\n")
             wanted.add(f"{r['clip_id']}.json")
     what, cmd = _describe_input(root)
-    _write_atomic(dest / "README.md", SAMPLES_README.format(n=len(chosen), input=what, command=cmd.format(n=n)))
+    write_atomic(dest / "README.md", SAMPLES_README.format(n=len(chosen), input=what, command=cmd.format(n=n)))
     for p in dest.iterdir():
         if p.is_file() and p.name not in wanted and (p.suffix in (".jpg", ".json") or p.name.endswith(".tmp")):
             p.unlink()  # stale files of an earlier export

@@ -249,8 +249,9 @@ class Predictor:
         last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         return out.cache, last, int(inputs["input_ids"].shape[1]), int(delta.reshape(-1)[0])
 
-    def _forward_cached(self, cache, ids, delta):
-        """Run (B, L) token ids after a copy of the prompt cache; returns (logits (B,L,V) fp32, the grown cache)."""
+    def _forward_cached(self, cache, ids, delta, keep: int = 0):
+        """Run (B, L) token ids after a copy of the prompt cache → fp32 logits of the last ``keep`` positions (all
+        when 0): (B, keep, V). Keeping only the scored positions bounds memory (V = 151k for Qwen2-VL)."""
         torch = self._torch
         b, length = ids.shape
         c = copy.deepcopy(cache)
@@ -259,33 +260,40 @@ class Predictor:
         start = c.get_seq_length()
         pos = (torch.arange(start, start + length, device=self._device) + delta).view(1, 1, -1).expand(3, b, -1)
         mask = torch.ones(b, start + length, dtype=torch.long, device=self._device)
-        out = self.model(input_ids=ids, cache=c, position_ids=pos, attention_mask=mask, use_cache=True)
-        return out.logits.float(), out.cache
+        out = self.model(input_ids=ids, cache=c, position_ids=pos, attention_mask=mask, use_cache=True,
+                         logits_to_keep=keep)
+        return out.logits.float()
 
     def score_texts(self, state, texts: list[str]) -> list[float]:
         """Summed log-prob of each assistant text's tokens after their common token prefix (the prefix is fed but
         not scored: it is the same for all candidates)."""
         torch = self._torch
-        cache, last_logp, prompt_len, delta = state
+        cache, last_logp, _, delta = state
         toks = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         cp = 0
         while all(len(t) > cp for t in toks) and len({t[cp] for t in toks}) == 1:
             cp += 1
+        first = max(cp, 1)  # first token index scored from this forward (token 0 comes from the prompt's logits)
         scores: list[float] = []
         bs = max(1, int(self.config.score_batch))
         for i in range(0, len(toks), bs):
             chunk = toks[i:i + bs]
             width = max(len(t) for t in chunk)
             ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long, device=self._device)
+            lens = torch.tensor([len(t) for t in chunk], device=self._device)
             for r, t in enumerate(chunk):  # right padding: causal attention keeps pads out of real positions
                 ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
-            logits, _ = self._forward_cached(cache, ids, delta)
-            logp = torch.log_softmax(logits, dim=-1)
-            for r, t in enumerate(chunk):
-                total = 0.0
-                for j in range(cp, len(t)):
-                    total += float(last_logp[t[j]] if j == 0 else logp[r, j - 1, t[j]])
-                scores.append(total)
+            total = torch.zeros(len(chunk), device=self._device)
+            if cp == 0:
+                total += last_logp[ids[:, 0]]
+            if width > first:
+                # token j is predicted at position j-1: keep positions first-1 .. width-1 (the last one is unused)
+                logp = torch.log_softmax(self._forward_cached(cache, ids, delta, keep=width - first + 1), dim=-1)
+                tgt = ids[:, first:]
+                got = logp[:, :-1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, width-first)
+                j = torch.arange(first, width, device=self._device)
+                total += torch.where(j.unsqueeze(0) < lens.unsqueeze(1), got, torch.zeros_like(got)).sum(-1)
+            scores.extend(float(v) for v in total.cpu())
         return scores
 
     def _generate(self, state) -> str:

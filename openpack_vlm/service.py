@@ -5,8 +5,11 @@ never by its name or declared type (``probe_upload``: 415 not a video, 422 empty
 frames) → decoded to 25 fps, 336×336 (``frames.decode_video``) → normalised to the 125-frame clip
 (``frames.to_clip``) → ``Predictor.predict_clip`` (same motion-adaptive sampler and prompt as training) →
 ``schema.Prediction``. The model is loaded once, in a background thread started by the lifespan handler (never at
-import), so ``/health`` answers at once and ``/ready`` says 503 until the model is there. Decoding runs in worker
-threads, the model one call at a time behind a lock, so the event loop (``/health``) never waits for either; at most
+import), so ``/health`` answers at once and ``/ready`` says 503 until the model is there.
+
+Robustness: decoding runs in separate decoder processes (``DecoderPool``: capped memory, a timeout, replaced when
+they crash; the clip comes back through shared memory), the model one call at a time behind a lock in a worker
+thread, so the event loop (``/health``) never waits for either and no upload can take the server down; at most
 ``max_pending`` requests are in flight, more get 503. Every error is a JSON body ``{"error": code, "detail": one
 line}``; temp files are removed on every path.
 """
@@ -16,7 +19,6 @@ import asyncio
 import logging
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -324,21 +326,24 @@ def _worker_ping() -> int:
     return os.getpid()
 
 
-def _decode_into(path: str, cfg: ServeConfig, shm_name: str) -> tuple[UploadInfo, int]:
-    """In a decoder process: decode_upload, the clip written into the slot's shared memory (no 42 MB pickle)."""
+_ATTACHED: dict = {}  # decoder process: shared-memory blocks by name, mapped once (re-mapping faults in 42 MB each time)
+
+
+def _decode_into(path: str, cfg: ServeConfig, shm_name: str) -> tuple[UploadInfo, int, float]:
+    """In a decoder process: decode_upload, the clip written into the slot's shared memory (no 42 MB pickle).
+    Returns (probe info, frames decoded, seconds spent in decode_upload)."""
     from multiprocessing import shared_memory
 
-    # attaching registers the name again with the resource tracker the spawned worker shares with the server (a set:
-    # no-op); the server unlinks the block when it closes the pool
-    shm = shared_memory.SharedMemory(name=shm_name)
-    try:
-        clip, info, n = decode_upload(Path(path), cfg)
-        out = np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=shm.buf)
-        out[...] = clip
-        del out
-        return info, n
-    finally:
-        shm.close()
+    shm = _ATTACHED.get(shm_name)
+    if shm is None:
+        # attaching registers the name again with the resource tracker this spawned process shares with the server
+        # (a set: no-op); the server unlinks the block when it closes the pool
+        shm = _ATTACHED[shm_name] = shared_memory.SharedMemory(name=shm_name)
+    t0 = time.perf_counter()
+    clip, info, n = decode_upload(Path(path), cfg)
+    seconds = time.perf_counter() - t0
+    np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=shm.buf)[...] = clip
+    return info, n, seconds
 
 
 class _Slot:
@@ -391,12 +396,22 @@ class DecoderPool:
         self._slots: list[_Slot] = []
 
     def start(self, timeout: float = 120.0) -> "DecoderPool":
-        for _ in range(self.workers):
-            slot = _Slot(self.memory_mb)
-            self._slots.append(slot)
-            self._free.put(slot)
-        for slot in self._slots:  # start the processes now (imports take ~2 s), not on the first upload
-            slot.executor.submit(_worker_ping).result(timeout)
+        need = self.workers * CLIP_BYTES
+        if os.path.isdir("/dev/shm"):  # Docker's default is 64 MB: writing past it kills the decoder with SIGBUS
+            st = os.statvfs("/dev/shm")
+            if st.f_bavail * st.f_frsize < need:
+                raise RuntimeError(f"/dev/shm has {st.f_bavail * st.f_frsize / MIB:.0f} MB free, {self.workers} decoder "
+                                   f"slots need {need / MIB:.0f} MB: give the container --shm-size=512m")
+        try:
+            for _ in range(self.workers):
+                slot = _Slot(self.memory_mb)
+                self._slots.append(slot)
+                self._free.put(slot)
+            for slot in self._slots:  # start the processes now (imports take ~2 s), not on the first upload
+                slot.executor.submit(_worker_ping).result(timeout)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -427,19 +442,29 @@ class DecoderPool:
                 slot.restart()
                 raise UploadError(422, "decode_memory",
                                   f"decoding needs more than DECODE_MEMORY_MB={self.memory_mb} MB") from None
+            except UploadError:
+                raise
+            except Exception as exc:  # any other decoder failure is the upload's: 422, never a 500
+                raise UploadError(422, "undecodable",
+                                  f"video could not be decoded ({type(exc).__name__}: {_one_line(exc)})") from None
         finally:
             if own:
                 self._free.put(slot)
 
-    def decode(self, path: Path, cfg: ServeConfig) -> tuple[np.ndarray, UploadInfo, int]:
-        """``decode_upload`` in a decoder process; the (125, 336, 336, 3) clip comes back through shared memory."""
+    def decode(self, path: Path, cfg: ServeConfig, timing: dict | None = None) -> tuple[np.ndarray, UploadInfo, int]:
+        """``decode_upload`` in a decoder process; the (125, 336, 336, 3) clip comes back through shared memory.
+        ``timing`` (optional) gets "decode" (in the decoder process) and "ipc" (slot wait, hand-over, copy) seconds."""
+        t0 = time.perf_counter()
         slot = self._free.get()
         try:
-            info, n = self.run(_decode_into, str(path), cfg, slot.shm.name, slot=slot)
+            info, n, seconds = self.run(_decode_into, str(path), cfg, slot.shm.name, slot=slot)
             clip = np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=slot.shm.buf).copy()
-            return clip, info, n
         finally:
             self._free.put(slot)
+        if timing is not None:
+            timing["decode"] = seconds
+            timing["ipc"] = time.perf_counter() - t0 - seconds
+        return clip, info, n
 
 
 class UploadSizeLimit:
@@ -554,27 +579,29 @@ declared type: any container/codec libav decodes (MP4/H.264, AVI/MJPEG, WebM/VP9
 frame rate.
 
 Normalisation (the same as training): frames are taken at {FPS} fps by their timestamps and resized to 336×336 (whole
-frame, letterboxed); the clip is then made exactly {CLIP_FRAMES} frames ({CLIP_SECONDS:g} s):
+frame, letterboxed); the clip is then made exactly {CLIP_FRAMES} frames ({CLIP_SECONDS:g} s) by `frames.to_clip`
+(n = {CLIP_FRAMES}):
+
 {{to_clip_rule}}
+
 `temporal_segment` counts frames of this normalised clip (0–{CLIP_FRAMES - 1} at {FPS} fps), so frame *f* is at
 *f*/{FPS} s of the clip. The motion-adaptive frame sampler and the prompt are the training ones.
 
 Errors, always JSON `{{"error": code, "detail": message}}`: 413 file over `MAX_UPLOAD_MB`; 415 not a video
 (unrecognised bytes, a still image, no video stream); 422 empty file, damaged/truncated video, no decodable frame,
-longer than `MAX_CLIP_SECONDS`, frames over `MAX_FRAME_PIXELS`, or a missing `file` field; 503 model still loading,
-failed to load, or too many requests in flight (`Retry-After`). The `Server-Timing` header gives the server's
-time per stage (save, decode, queue, sample, model, total) in ms.
+shorter than the rule above allows, longer than `MAX_CLIP_SECONDS`, frames over `MAX_FRAME_PIXELS`, a decoder that
+crashed, ran past `DECODE_TIMEOUT_S` or out of `DECODE_MEMORY_MB`, or a missing `file` field; 503 model still
+loading, failed to load, or too many requests in flight (`Retry-After`). The `Server-Timing` header gives the server's
+time per stage (save, decode, ipc, queue, sample, model, total) in ms.
 """
 
 
 def _to_clip_rule() -> str:
-    try:
-        from . import frames
+    """frames.to_clip's own statement of the rule, quoted: the API docs cannot drift from the code."""
+    from .frames import to_clip
 
-        doc = (frames.to_clip.__doc__ or "").strip()
-    except Exception:  # the description must never break the app
-        doc = ""
-    return "\n".join("> " + line.strip() for line in doc.splitlines() if line.strip()) or "> (see frames.to_clip)"
+    doc = (to_clip.__doc__ or "").strip()
+    return "\n".join("> " + line.strip() for line in doc.splitlines() if line.strip())
 
 
 ERROR_RESPONSES = {
@@ -681,16 +708,16 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
             path = await anyio.to_thread.run_sync(save_upload, file.file, cfg.upload_dir, cfg.max_upload_bytes)
             t1 = time.perf_counter()
             timing["save"] = t1 - t0
-            clip, info, n_frames = await anyio.to_thread.run_sync(model.decoders.decode, path, cfg)
+            clip, info, n_frames = await anyio.to_thread.run_sync(model.decoders.decode, path, cfg, timing)
+            path.unlink(missing_ok=True)  # decoded: the upload is not needed while the request waits for the model
+            path = None
             t2 = time.perf_counter()
-            timing["decode"] = t2 - t1
             async with request.app.state.model_lock:
                 t3 = time.perf_counter()
                 timing["queue"] = t3 - t2
                 result = await anyio.to_thread.run_sync(model.predictor.predict_clip, clip, cid)
             call = time.perf_counter() - t3
-            model_s = (getattr(result, "scores", None) or {}).get("seconds")  # Predictor times its model calls
-            model_s = min(float(model_s), call) if isinstance(model_s, (int, float)) else call
+            model_s = float(result.scores.get("seconds", call))  # the Predictor times its own model calls
             timing["sample"] = call - model_s  # motion-adaptive frame choice + image conversion (predict_clip)
             timing["model"] = model_s
             pred = result.prediction

@@ -437,7 +437,9 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--no-gradient-checkpointing", action="store_true")
     p.add_argument("--report-to", nargs="*", default=list(d.report_to), help='e.g. "tensorboard" or "none"')
     a = p.parse_args(argv)
-    recipe = dict(TINY_RECIPE) if a.model == "tiny" else {}  # explicit flags win over the tiny recipe
+    from .model import is_tiny
+
+    recipe = dict(TINY_RECIPE) if is_tiny(a.model) else {}  # "tiny" or its dir; explicit flags win over the recipe
     lr = a.lr if a.lr is not None else recipe.get("learning_rate", d.learning_rate)
     mts = a.modules_to_save if a.modules_to_save is not None else recipe.get("modules_to_save", d.modules_to_save)
     mgn = a.max_grad_norm if a.max_grad_norm is not None else recipe.get("max_grad_norm", d.max_grad_norm)

@@ -8,14 +8,13 @@ sidecar), so all three sources show the same scene. For each source (rgb JPEG fr
 pipeline's per-clip work (frames.open_source/VideoFrameSource .clip -> sampling.sample_clip -> JPEG encode) on the
 same clips and reports clips/s, real-time factor per core (clip seconds per wall second), the share of time spent
 in sampling, and for rgb/video the decode-only throughput of the very same source frames (decoded as the path
-decodes them, no resize/sampling/encoding; for rgb also at full size) with the ratio path/decode of this run. Targets: rgb/video path >= 50 % of decode-only,
-pose >= 100x real time per core, sampling <= 10 % of the path.
+decodes them, no resize/sampling/encoding; for rgb also at full size) with the ratio path/decode of this run.
+Targets: rgb/video path >= 50 % of decode-only, pose >= 100x real time per core, sampling <= 10 % of the path.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from openpack_vlm import openpack
 from openpack_vlm.clips import ClipConfig, make_clips
 from openpack_vlm.frames import VideoFrameSource, open_source, resample_indices, tick_times
 from openpack_vlm.sampling import sample_clip
+from openpack_vlm.pipeline import write_atomic
 from openpack_vlm.schema import CLIP_SECONDS
 from openpack_vlm.shards import encode_jpeg
 
@@ -183,12 +183,8 @@ def main(argv=None) -> int:
               f"(path = {r['decode_only_full_size_s'] / r['total']:.0%} of it)")
     print("targets: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in checks.items()))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(out.name + ".tmp")
-        tmp_out.write_text(json.dumps(results, indent=1) + "\n")
-        os.replace(tmp_out, out)
-        print(f"wrote {out}")
+        write_atomic(Path(args.out), json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 

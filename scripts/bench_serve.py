@@ -8,8 +8,10 @@ from it, the model's time, for a 5-s 640x480 H.264 clip, with the server pinned 
 It starts ``serve.py`` as a subprocess on 127.0.0.1 (a free port, CPU affinity = one core, OMP_NUM_THREADS=1,
 DECODE_WORKERS=1), waits for /ready, sends ``--warmup`` then ``--requests`` sequential uploads of the same clip, and
 reads each answer's ``Server-Timing`` header. overhead = client round trip − model time (the Predictor's own timing of
-its model calls); it includes the upload over loopback, temp file, probe, decode to 25 fps / 336² + to_clip, the
-motion sampler, JSON and HTTP. Prints p50/p95 of overhead, model and each stage, and p50 overhead / target (0.2 s).
+its model calls); it includes the upload over loopback, temp file, probe, decode to 25 fps / 336² + to_clip (in a
+decoder process), the hand-over through shared memory, the motion sampler, JSON and HTTP. Prints p50/p95 of
+overhead, model and each stage, the CPU seconds per request of the server process (model included) and of its
+decoder processes (wall times grow when other jobs share the core; CPU seconds do not), and p50 overhead / target.
 """
 from __future__ import annotations
 
@@ -43,26 +45,32 @@ class BenchConfig:
     width: int = 640  # 640x480: a common camera size; the server letterboxes it to 336x336
     height: int = 480
     fps: int = 25
+    texture: str = "noise"  # "noise": ~1 Mbit/s like camera footage | "flat": gradient, ~85 kbit/s (decodes faster)
     core: int = 0  # CPU core the server is pinned to; -1 = no pinning
     target_p50_s: float = 0.2  # overhead budget per clip (s)
     timeout_s: float = 300.0  # server start + ready limit
 
 
 def write_clip(path: Path, cfg: BenchConfig, seed: int = 0) -> Path:
-    """A textured moving scene (noise background, moving blocks) encoded with libx264 at its default quality, so the
-    decoder works about as hard as on camera footage (a flat synthetic scene would decode unrealistically fast)."""
+    """A moving scene encoded with libx264 at its default quality. ``texture="noise"`` (blocky noise + grain) makes
+    the decoder work about as hard as on camera footage; ``"flat"`` (a gradient) is the easy case."""
     import av
 
     rng = np.random.default_rng(seed)
     w, h = cfg.width, cfg.height
-    bg = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    if cfg.texture == "noise":
+        bg = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    else:
+        yy, xx = np.mgrid[0:h, 0:w]
+        bg = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 90)], -1).astype(np.uint8)
     n = int(round(cfg.seconds * cfg.fps))
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=cfg.fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for i in range(n):
             img = np.roll(bg, i * 2, axis=1).copy()
-            img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
+            if cfg.texture == "noise":
+                img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
             x = (i * 9) % (w - 96)
             img[h // 3 : h // 3 + 96, x : x + 96] = (230, 200, 40)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
@@ -76,6 +84,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) so far of the server process and of its decoder processes: the work a request
+    costs, which other load on the machine does not inflate the way it inflates wall time."""
+    import psutil
+
+    server = psutil.Process(pid)
+    main = sum(server.cpu_times()[:2])
+    children = 0.0
+    for child in server.children(recursive=True):
+        try:
+            children += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return main, children
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -132,24 +156,29 @@ def run(cfg: BenchConfig, log=print) -> dict:
             rows = []
             with httpx.Client(base_url=base, timeout=120) as client:
                 for i in tqdm(range(cfg.warmup + cfg.requests), desc="bench /predict", unit="req"):
+                    cpu0 = _cpu(proc.pid)
                     t = time.perf_counter()
                     r = client.post("/predict", files={"file": ("bench.mp4", data, "video/mp4")})
                     rt = time.perf_counter() - t
+                    cpu1 = _cpu(proc.pid)
                     if r.status_code != 200:
                         raise RuntimeError(f"/predict answered {r.status_code}: {r.text[:200]}")
                     if i >= cfg.warmup:
                         st = _timings(r.headers.get("server-timing", ""))
-                        rows.append({"roundtrip": rt, "overhead": rt - st.get("model", 0.0), **st})
+                        rows.append({"roundtrip": rt, "overhead": rt - st.get("model", 0.0), **st,
+                                     "cpu_server": cpu1[0] - cpu0[0], "cpu_decoder": cpu1[1] - cpu0[1]})
         finally:
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    stages = [k for k in ("roundtrip", "overhead", "model", "save", "decode", "sample", "queue", "total") if k in rows[0]]
+    stages = [k for k in ("roundtrip", "overhead", "model", "save", "decode", "ipc", "sample", "queue", "total",
+                          "cpu_server", "cpu_decoder") if k in rows[0]]
     summary = {
         "config": asdict(cfg),
-        "clip": {"bytes": len(data), "seconds": cfg.seconds, "size": f"{cfg.width}x{cfg.height}", "codec": "h264"},
+        "clip": {"bytes": len(data), "seconds": cfg.seconds, "size": f"{cfg.width}x{cfg.height}", "codec": "h264",
+                 "texture": cfg.texture},
         "cpu": {"server_cores": "all" if pin is None else sorted(pin), "machine_cores": os.cpu_count()},
         "p50_s": {k: round(_pct([r[k] for r in rows], 50), 4) for k in stages},
         "p95_s": {k: round(_pct([r[k] for r in rows], 95), 4) for k in stages},
@@ -169,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=d.seconds)
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--height", type=int, default=d.height)
+    p.add_argument("--texture", choices=["noise", "flat"], default=d.texture)
     p.add_argument("--core", type=int, default=d.core, help="pin the server to this core; -1 = no pinning")
     p.add_argument("--out", help="also write the summary JSON here")
     a = p.parse_args(argv)
@@ -180,14 +210,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     cfg = BenchConfig(model=a.model, adapter=a.adapter, quantization=a.quantization, requests=a.requests,
-                      warmup=a.warmup, seconds=a.seconds, width=a.width, height=a.height, core=a.core)
+                      warmup=a.warmup, seconds=a.seconds, width=a.width, height=a.height, texture=a.texture, core=a.core)
     try:
         summary = run(cfg)
     except (RuntimeError, OSError) as exc:
         print(f"bench_serve.py: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     p50, p95 = summary["p50_s"], summary["p95_s"]
-    print(f"clip {summary['clip']['size']} {cfg.seconds:g} s h264 ({summary['clip']['bytes']} bytes), "
+    print(f"clip {summary['clip']['size']} {cfg.seconds:g} s h264 {cfg.texture} ({summary['clip']['bytes']} bytes), "
           f"server on core(s) {summary['cpu']['server_cores']}, {cfg.requests} requests, model {cfg.model}")
     for k in p50:
         print(f"  {k:<9} p50 {p50[k] * 1000:8.1f} ms   p95 {p95[k] * 1000:8.1f} ms")

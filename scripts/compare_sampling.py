@@ -6,7 +6,9 @@
 Clips are the data pipeline's (clips.make_clips with the pipeline's defaults) for --users (default: the val user),
 frames from frames.open_source(--source). Strategies, all with K frames:
   uniform     evenly spaced incl. first and last frame (sampling.sample_uniform) - the baseline
-  motion      the training sampler: frame-difference motion, inverse CDF + one-second floor (sampling.sample_clip)
+  motion      the training sampler: frame-difference motion, inverse CDF + one-second floor, first and last frame
+              always included (sampling.sample_clip)
+  motion_free the same without the first/last-frame anchors (SamplingConfig(anchor_ends=False))
   motion_kpt  the same sampler driven by keypoint speed (pose keypoints at the clip's 25-fps ticks), if available
   random      K distinct frames drawn at random (seeded) - a sanity floor
 Metrics per strategy (frames at 25 fps; boundary = between the last frame of one label and the first of the next):
@@ -31,7 +33,7 @@ from openpack_vlm import openpack
 from openpack_vlm.clips import ClipConfig, make_clips
 from openpack_vlm.frames import FrameError, PoseFrameSource, open_source
 from openpack_vlm.labels import NAME_TO_ID
-from openpack_vlm.pipeline import DEFAULT_SPLITS
+from openpack_vlm.pipeline import DEFAULT_SPLITS, write_atomic
 from openpack_vlm.sampling import SamplingConfig, motion_from_keypoints, sample_clip, sample_from_motion, sample_uniform
 from openpack_vlm.schema import CLIP_FRAMES, FPS
 
@@ -143,6 +145,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
     cfg = SamplingConfig(k=args.k)
+    cfg_free = SamplingConfig(k=args.k, anchor_ends=False)
     rng = np.random.default_rng(args.seed)
     per: dict[str, dict] = {}
     sources = set()
@@ -168,6 +171,7 @@ def main(argv=None) -> int:
                     strategies = {
                         "uniform": sample_uniform(CLIP_FRAMES, args.k),
                         "motion": sample_clip(frames, cfg),
+                        "motion_free": sample_clip(frames, cfg_free),
                         "random": sorted(rng.choice(CLIP_FRAMES, size=args.k, replace=False).tolist()),
                     }
                     if kpt_src is not None:
@@ -186,7 +190,7 @@ def main(argv=None) -> int:
     if not per:
         print(f"error: no clips for users {args.users} under {root}", file=sys.stderr)
         return 2
-    order = [n for n in ("uniform", "motion", "motion_kpt", "random") if n in per]
+    order = [n for n in ("uniform", "motion", "motion_free", "motion_kpt", "random") if n in per]
     per = {n: per[n] for n in order}
     summary = {n: summarise(d) for n, d in per.items()}
     u, m = summary["uniform"], summary["motion"]
@@ -199,10 +203,7 @@ def main(argv=None) -> int:
     result = {"root": str(root), "users": args.users, "sources": sorted(sources), "k": args.k,
               "synthetic_root": (root / "synthetic_config.json").is_file(), "fps": FPS,
               "strategies": summary, "verdict": verdict}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(result, indent=1) + "\n")
     title = (f"K={args.k} of 125 frames, users {' '.join(args.users)}, source {'/'.join(sorted(sources))}"
              + (" (SYNTHETIC data)" if result["synthetic_root"] else ""))
     plot(per, summary, png, title)

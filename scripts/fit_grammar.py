@@ -6,7 +6,8 @@ Sessions (real OpenPack annotation files, CC BY-NC-SA 4.0):
   U0209/S0500  v1.0.0 interval file  {samples}/v1.0.0/U0209/annotation/openpack-operations/S0500.csv (via openpack.load_timeline)
   U0102/S0500  v0.3.0 1 Hz file      {samples}/v0.3.0/U0102/annotation/activity-1s/S0500.csv (run-length of `operation`)
 Prints each session's transition table, then next-operation accuracy fitted on one session and tested on the other
-(both ways) for orders 1..max-order; with --out writes the grammar fitted on both sessions (order 1).
+(both ways) for orders 1..max-order, and the held-out mean log-likelihood for a few smoothing values alpha; with --out
+writes the grammar fitted on both sessions (order 1).
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def load_u0102(samples: Path) -> list[int]:
     return op_sequence(seg.op_id for seg in load_timeline(samples / "v0.3.0", "U0102", "S0500"))
 
 
+ALPHAS = (0.1, 0.3, 1.0, 3.0)  # smoothing values compared by held-out log-likelihood
+
+
 def held_out_table(seqs: dict[str, list[int]], alpha: float, max_order: int) -> list[dict]:
     """Fit on each session, test on every other one, for orders 1..max_order."""
     rows = []
@@ -56,7 +60,9 @@ def held_out_table(seqs: dict[str, list[int]], alpha: float, max_order: int) -> 
                 if test_name == train_name:
                     continue
                 acc, n = g.accuracy([test])
-                rows.append({"order": order, "fit": train_name, "test": test_name, "accuracy": acc, "n": n})
+                ll, _ = g.log_likelihood([test])
+                rows.append({"order": order, "alpha": alpha, "fit": train_name, "test": test_name, "accuracy": acc,
+                             "loglik": ll, "n": n})
     return rows
 
 
@@ -76,7 +82,13 @@ def main(argv=None) -> int:
             print(g.format_table())
         print("== held-out next-operation accuracy (fit on one session, test on the other)")
         for r in held_out_table(seqs, args.alpha, args.max_order):
-            print(f"order {r['order']}  fit {r['fit']}  test {r['test']}  accuracy {r['accuracy']:.3f}  (n={r['n']})")
+            print(f"order {r['order']}  fit {r['fit']}  test {r['test']}  accuracy {r['accuracy']:.3f}  "
+                  f"mean log-lik {r['loglik']:.3f}  (n={r['n']})")
+        print("== smoothing: held-out mean log-likelihood per alpha (order 1; higher is better)")
+        for alpha in ALPHAS:
+            rows = held_out_table(seqs, alpha, 1)
+            cells = "  ".join(f"fit {r['fit']}: {r['loglik']:.3f}" for r in rows)
+            print(f"alpha {alpha:<4}  {cells}")
         if args.out:
             both = Grammar.fit(list(seqs.values()), alpha=args.alpha)
             both.meta["fitted_on"] = list(seqs)

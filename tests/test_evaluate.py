@@ -15,6 +15,7 @@ from openpack_vlm.evaluation import data_provenance
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.labels import NAME_TO_ID
 from openpack_vlm.metrics import evaluate_predictions, majority_class
+from openpack_vlm.predict import parse_raw_text
 from openpack_vlm.schema import Prediction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,14 +57,18 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_output_files_and_results_shape(eval_out, capsys):
-    for name in ("results.json", "predictions.jsonl", "confusion.json", "confusion.png", "failure_modes.json"):
+    for name in ("results.json", "predictions.jsonl", "confusion.json", "confusion.png", "failure_modes.json",
+                 "grammar.json"):
         assert (eval_out / name).is_file(), name
     assert not list(eval_out.glob("*.tmp*"))
     r = json.loads((eval_out / "results.json").read_text())
     for system in ("base_model", "finetuned_model"):
         assert set(r[system]) == {"OCA", "tIoU@0.5", "AA@1"}  # exactly the assignment's shape
         assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in r[system].values())
-    assert set(r["variants"]) == {"base_model", "finetuned_model", "finetuned_grammar"}
+    assert set(r["variants"]) == {"base_model", "finetuned_model", "finetuned_grammar", "base_model_free_text",
+                                  "finetuned_model_free_text"}
+    # constrained answers always carry a valid span; free text is scored as written
+    assert r["variants"]["finetuned_model"]["span_valid_rate"] == 1.0
     assert {"majority_class", "whole_clip_span", "grammar_given_predicted_op", "grammar_given_true_op"} <= set(
         r["baselines"])
     for system, iv in r["intervals"].items():
@@ -86,6 +91,9 @@ def test_provenance_marks_synthetic_and_tiny(eval_out, pipeline_out, run_dir):
     assert r["grammar_fusion"]["grammar"] == str(run_dir / "grammar.json")
     assert r["grammar_fusion"]["tuned_on"] == "val" and r["grammar_fusion"]["val_clips"] == 4
     assert r["grammar_fusion"]["fuse_weight"] in [float(w) for w in r["grammar_fusion"]["val_AA1_by_weight"]]
+    tuned = Grammar.load(eval_out / "grammar.json")  # the grammar + its tuned weight, for serving
+    assert tuned.meta["fuse_weight"] == r["grammar_fusion"]["fuse_weight"] and tuned.meta["fuse_weight_source"] == "val"
+    assert tuned.counts == Grammar.load(run_dir / "grammar.json").counts
 
 
 def test_metrics_match_the_per_clip_predictions(eval_out, pipeline_out, run_dir):
@@ -110,6 +118,13 @@ def test_metrics_match_the_per_clip_predictions(eval_out, pipeline_out, run_dir)
         m = evaluate_predictions(recs, n_boot=0)
         for k in ("OCA", "tIoU@0.5", "AA@1"):
             assert r[system][k] == pytest.approx(m[k])
+        free = [parse_raw_text(row[system]["raw_text"]) for row in rows]
+        fm = evaluate_predictions([dict(rec, pred_op=f["op"], pred_span=f["span"], pred_next=f["next"])
+                                   for rec, f in zip(recs, free)], n_boot=0)
+        for k in ("OCA", "tIoU@0.5", "AA@1", "span_valid_rate"):
+            assert r["variants"][f"{system}_free_text"][k] == pytest.approx(fm[k], nan_ok=True)
+        assert r["variants"][system]["free_text_valid_rate"] == sum(row[system]["repair"] is None
+                                                                     for row in rows) / len(rows)
     # baselines recomputed independently
     g = Grammar.load(run_dir / "grammar.json")
     want = sum(g.predict_next(NAME_TO_ID[row["truth"]["dominant_operation"]]) ==
@@ -151,6 +166,7 @@ def test_given_fuse_weight_and_no_free_text(pipeline_out, tiny_model_dir, run_di
     assert "finetuned_grammar" in printed and "NOT OpenPack results" in printed
     r = json.loads((tmp_path / "E" / "results.json").read_text())
     assert r["grammar_fusion"]["fuse_weight"] == 1.0 and r["grammar_fusion"]["tuned_on"] is None
+    assert "base_model_free_text" not in r["variants"]
     rows = _rows(tmp_path / "E" / "predictions.jsonl")
     g = Grammar.load(run_dir / "grammar.json")
     for row in rows:  # weight 1 → the grammar's answer given the fine-tuned dominant op
@@ -188,3 +204,21 @@ def test_data_provenance_real_synthetic_unknown(tmp_path, synthetic_root):
     assert data_provenance(d(real))["data"] == "real"
     assert data_provenance(d(synthetic_root))["data"] == "synthetic"
     assert data_provenance(d(tmp_path / "gone"))["data"] == "unknown"
+
+
+def test_base_model_is_exactly_the_base(eval_out, pipeline_out, tiny_model_dir):
+    """The base system runs the fine-tuned model with its LoRA disabled: it must answer like the plain base model."""
+    from openpack_vlm.evaluation import load_clips, select_clips
+    from openpack_vlm.predict import Predictor
+
+    rows = _rows(eval_out / "predictions.jsonl")[:2]
+    clips = load_clips(pipeline_out, "test", select_clips(pipeline_out, "test", 2))
+    plain = Predictor.from_pretrained(str(tiny_model_dir), grammar=None, device="cpu")
+    for row, (rec, frames) in zip(rows, clips):
+        r = plain.predict(frames, rec.frame_indices, rec.clip_id)
+        got = row["base_model"]["prediction"]
+        assert got["dominant_operation"] == r.prediction.dominant_operation
+        assert got["temporal_segment"] == r.prediction.temporal_segment.model_dump()
+        assert got["anticipated_next_operation"] == r.prediction.anticipated_next_operation
+        assert got["confidence"] == pytest.approx(r.prediction.confidence, abs=1e-5)
+        assert row["base_model"]["raw_text"] == r.raw_text

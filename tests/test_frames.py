@@ -155,9 +155,10 @@ def test_decode_video_resamples_to_25fps(tmp_path, fps_in):
     got = out[:, 168, 168, 0].astype(int)
     assert np.all(np.abs(got - (20 + 3 * src_idx)) <= 2), (got, src_idx)
     # PyAV fallback gives the same frames
-    ts, get = F._decode_pyav(p, None)
+    ts, get = F._decode_pyav(p, 336, None)
     _, src = F.video_ticks(ts)
     assert list(src) == list(src_idx)
+    assert np.abs(get(src).astype(int) - out.astype(int)).max() <= 3
     assert F.decode_video(p, max_seconds=1.0).shape[0] == 25
 
 
@@ -197,3 +198,18 @@ def test_to_clip_rule():
         F.to_clip(long[:49])
     with pytest.raises(F.FrameError):
         F.to_clip(np.zeros((10, 4, 4), np.uint8))
+
+
+def test_open_source_picks_video_when_no_rgb_frames(tmp_path):
+    v = openpack.video_path(tmp_path, "U0101", "S0100")
+    v.parent.mkdir(parents=True)
+    _write_video(v, 60, 30)
+    v.with_suffix(".json").write_text('{"start_unixtime_ms": 1000000}')
+    for kind in ("auto", "rgb"):
+        src = F.open_source(tmp_path, "U0101", "S0100", kind)
+        assert isinstance(src, F.VideoFrameSource) and src.name == "video"
+        assert src.span_ms()[0] == 1_000_000
+    clip = src.clip(1_000_000, n=40)
+    assert abs(int(clip[0, 168, 168, 0]) - 20) <= 2 and abs(int(clip[39, 168, 168, 0]) - (20 + 3 * 46)) <= 2
+    with pytest.raises(ValueError, match="unknown frame source"):
+        F.open_source(tmp_path, "U0101", "S0100", "depth")

@@ -57,6 +57,12 @@ def test_first_order_probabilities_by_hand():
         g.next_distribution(5)
 
 
+def test_log_likelihood_by_hand():
+    g = Grammar.fit([[100, 200, 300], [100, 8100, 300]], alpha=1.0)
+    ll, n = g.log_likelihood([[100, 200]])
+    assert n == 1 and ll == pytest.approx(math.log(2 / 11))
+
+
 def test_unseen_current_is_uniform_over_other_ops():
     g = Grammar.fit([[100, 200]], alpha=0.5)
     d = g.next_distribution(700)
@@ -149,6 +155,9 @@ def test_real_sessions_reproduce_the_transition_table():
     # scenario S4 (U0209) files the order before the shipping label, S1 (U0102) after it: held-out accuracy shows it
     assert Grammar.fit([u0102]).accuracy([u0209]) == (pytest.approx(129 / 192), 192)
     assert Grammar.fit([u0209]).accuracy([u0102]) == (pytest.approx(83 / 140), 140)
+    # alpha=1 (the default) maximises held-out log-likelihood across the two scenarios among 0.1..3
+    lls = {a: Grammar.fit([u0209], alpha=a).log_likelihood([u0102])[0] for a in (0.1, 0.3, 1.0, 3.0)}
+    assert max(lls, key=lls.get) == 1.0
 
 
 def test_fit_grammar_cli_prints_table_and_held_out_accuracy(tmp_path, capsys):
@@ -157,7 +166,8 @@ def test_fit_grammar_cli_prints_table_and_held_out_accuracy(tmp_path, capsys):
     assert mod.main(["--out", str(out), "--max-order", "2"]) == 0
     text = capsys.readouterr().out
     assert "1000 Fill out Order" in text and "Attach Shipping Label 0.72 (20)" in text
-    assert "order 1  fit U0102/S0500  test U0209/S0500  accuracy 0.672  (n=192)" in text
+    assert "order 1  fit U0102/S0500  test U0209/S0500  accuracy 0.672  mean log-lik -1.324  (n=192)" in text
+    assert "alpha 1.0   fit U0209/S0500: -1.312" in text
     assert "order 2  fit U0209/S0500  test U0102/S0500" in text
     g = Grammar.load(out)
     assert g.meta["fitted_on"] == ["U0209/S0500", "U0102/S0500"] and g.meta["n_transitions"] == 192 + 140

@@ -29,7 +29,8 @@ def test_committed_notebook_shape():
 
 
 @pytest.mark.slow
-def test_notebook_runs_on_tiny_model(pipeline_out, tmp_path, monkeypatch):
+def test_notebook_runs_on_tiny_model(synthetic_root, tmp_path, monkeypatch):
+    """DATA_DIR without shards + OPENPACK_ROOT: the data cell builds the shards with data_pipeline.py first."""
     import papermill as pm
 
     before = hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest()
@@ -39,7 +40,8 @@ def test_notebook_runs_on_tiny_model(pipeline_out, tmp_path, monkeypatch):
     run = tmp_path / "run"
     pm.execute_notebook(
         str(NOTEBOOK), str(out_nb), kernel_name="python3", progress_bar=False, cwd=str(tmp_path),
-        parameters=dict(MODEL_ID="tiny", QUANTIZATION="none", DATA_DIR=str(pipeline_out), OUT_DIR=str(run),
+        parameters=dict(MODEL_ID="tiny", QUANTIZATION="none", DATA_DIR=str(tmp_path / "attached"),
+                        OPENPACK_ROOT=str(synthetic_root), OUT_DIR=str(run),
                         MAX_STEPS=4, SAVE_STEPS=2, LOGGING_STEPS=1, GRAD_ACCUM=1, NUM_WORKERS=2, REPORT_TO="none"),
     )
     assert hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest() == before  # never executed in place
@@ -48,7 +50,7 @@ def test_notebook_runs_on_tiny_model(pipeline_out, tmp_path, monkeypatch):
     for line in ("# Model weights (4-bit): 0.68 GB", "# LoRA params + grads + AdamW states", "# Activations (batch 2, 8 frames",
                  "# Total:", "8 frames -> 1152 visual tokens"):
         assert line in text, line
-    assert "openpack_vlm already installed" in text
+    assert "openpack_vlm already installed: " + str(Path(__file__).resolve().parents[1] / "openpack_vlm") in text
     assert "CUDA not available" in text
     assert "estimate (vram.py, this model and config):" in text and "measured peak: n/a (CPU run" in text
     assert (run / "adapter" / "adapter_config.json").is_file()
@@ -56,4 +58,6 @@ def test_notebook_runs_on_tiny_model(pipeline_out, tmp_path, monkeypatch):
     assert summary["global_step"] == 4
     conf = json.loads((run / "config.json").read_text())
     assert conf["train"]["num_workers"] == 2 and conf["model"]["modules_to_save"] == ["lm_head"]  # tiny recipe
-    assert (run / "grammar.json").read_bytes() == (pipeline_out / "grammar.json").read_bytes()
+    built = tmp_path / "data"  # the data cell's output next to OUT_DIR
+    assert list((built / "train").glob("shard-*.tar")) and conf["train"]["data"] == str(built)
+    assert (run / "grammar.json").read_bytes() == (built / "grammar.json").read_bytes()

@@ -205,3 +205,47 @@ def test_bad_inputs_are_skipped_and_counted(synthetic_root, tmp_path, capsys):
     assert "no clips written" in capsys.readouterr().err
     assert _main(["--root", root, "--out", tmp_path / "o4", "--splits", "val=X1"]) == 2
     assert "bad user" in capsys.readouterr().err
+
+
+def _script(repo_root: Path, name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, repo_root / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_sampling_script(synthetic_root, repo_root, tmp_path):
+    cs = _script(repo_root, "compare_sampling")
+    out = tmp_path / "cmp.json"
+    assert cs.main(["--root", str(synthetic_root), "--out", str(out), "--users", "U0107"]) == 0
+    res = json.loads(out.read_text())
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000 and res["synthetic_root"] is True
+    s = res["strategies"]
+    assert set(s) == {"uniform", "motion", "motion_free", "motion_kpt", "random"}
+    n = s["uniform"]["clips"]
+    assert n > 20 and all(v["clips"] == n and v["boundaries"] == s["uniform"]["boundaries"] for v in s.values())
+    for v in s.values():
+        assert 0.5 <= v["boundary_dist_frames_mean_ci95"][0] < 30 and 0 < v["best_tiou_mean_ci95"][0] <= 1
+    # the metric functions on a hand-made case
+    assert cs.boundary_distances([0, 10, 20], [10, 16]) == [0.5, 4.5]
+    assert cs.best_tiou([0, 10, 20], (0, 9)) == pytest.approx(10 / 11)
+    labels = [1] * 50 + [2] * 75
+    assert cs.mid_tiou([0, 40, 60, 124], labels, 2, (50, 124)) == pytest.approx(75 / 75)
+
+
+def test_bench_script_all_three_sources(repo_root, tmp_path, capsys):
+    bench = _script(repo_root, "bench_pipeline")
+    root = tmp_path / "bench_root"
+    bench.write_bench_root(root, "U0107", "S0100", seconds=12)  # 1280x720 frames + an H.264 video of them
+    out = tmp_path / "bench.json"
+    assert bench.main(["--root", str(root), "--clips", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for name in ("rgb", "video", "pose"):
+        r = res[name]
+        assert r["clips_per_s"] > 0 and 0 < r["sampling_share"] < 1 and r["source_frames"] > 0
+    assert res["rgb"]["frame_size"] == "1280x720" and res["rgb"]["jpeg_reduce"] == 2
+    assert "path_over_decode" in res["video"] and set(res["targets_met"]) == {
+        "rgb_path_ge_50pct_of_decode", "video_path_ge_50pct_of_decode", "pose_ge_100x_realtime", "sampling_le_10pct"}
+    assert "targets:" in capsys.readouterr().out

@@ -70,9 +70,20 @@ def test_all_static_and_all_moving_clips_sample_evenly():
     moving = sample_from_motion(np.full(125, 7.0))
     for idx in (static, moving):
         _check_contract(idx, 125, 8)
-        gaps = np.diff([0] + idx + [124])
-        assert gaps.max() <= 17, idx  # evenly spread (125/8 = 15.6 frames apart)
+        assert np.abs(np.array(idx) - sample_uniform(125, 8)).max() <= 1, idx  # the uniform spacing, +-1 frame
     assert static == moving
+    free = sample_from_motion(np.full(125, 7.0), SamplingConfig(anchor_ends=False))
+    assert np.diff(free).max() <= 16 and free[0] > 0 and free[-1] < 124  # quantile midpoints without anchors
+
+
+def test_first_and_last_frame_are_anchored():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        motion = rng.random(125) ** 8 * 100  # spiky
+        idx = sample_from_motion(motion)
+        _check_contract(idx, 125, 8)
+        assert idx[0] == 0 and idx[-1] == 124
+        assert {i // 25 for i in idx} == {0, 1, 2, 3, 4}
 
 
 def test_fewer_frames_than_k_returns_all():

@@ -223,7 +223,7 @@ def test_decoder_pool_survives_crash_hang_and_memory_bomb(tmp_path):
     from openpack_vlm.service import DecoderPool, ServeConfig, UploadError
 
     video = make_video(tmp_path / "v.mkv", seconds=2.0, container="matroska")
-    pool = DecoderPool(workers=1, timeout_s=5.0, memory_mb=2048).start()
+    pool = DecoderPool(workers=1, timeout_s=3.0, memory_mb=2048).start()
     try:
         pid = pool.run(os.getpid)
         assert pid != os.getpid()
@@ -360,6 +360,38 @@ def test_bad_uploads_get_clear_4xx_and_leave_no_temp_files(client, gate, media, 
     assert_error(client.post("/predict", content=b"raw", headers={"content-type": "video/mp4"}), 422, "bad_request")
     assert client.get("/health").status_code == 200
     assert list(upload_dir.iterdir()) == []  # temp files removed on every path
+
+
+def test_upload_cap_cuts_a_chunked_body_while_it_streams():
+    """No Content-Length: the body is counted as it arrives and refused right after the cap, not read to the end."""
+    import asyncio
+
+    from openpack_vlm.service import ServeConfig, create_app
+
+    app = create_app(ServeConfig(max_upload_mb=1))
+    boundary = b"b0undary"
+    chunk = b"\0" * (256 * 1024)
+    parts = [b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n']
+    parts += [chunk] * 40 + [b"\r\n--" + boundary + b"--\r\n"]  # 10 MB
+    pulled, sent = [], []
+
+    async def receive():
+        i = len(pulled)
+        pulled.append(i)
+        return {"type": "http.request", "body": parts[i], "more_body": i < len(parts) - 1}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary),
+                         (b"transfer-encoding", b"chunked")], "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert body == {"error": "too_large", "detail": "upload exceeds MAX_UPLOAD_MB=1 MB"}
+    assert len(pulled) <= 6  # 1 MB + 64 KB slack = 5 chunks of 256 KB (+ the header part), not all 42 parts
 
 
 def test_openapi_documents_response_model_errors_and_clip_rule(client):
@@ -527,6 +559,7 @@ def test_compose_files_validate_against_the_compose_spec(repo_root):
         api = doc["services"]["api"]
         assert api["ports"] == ["${PORT:-8000}:8000"]
         assert api["healthcheck"]["test"] == ["CMD", "python", "serve.py", "--healthcheck"]
+        assert api["shm_size"] == "512mb"  # the decoder slots' shared memory (2 × 42 MB) does not fit Docker's 64 MB
         assert any(v.endswith(":/models") for v in api["volumes"]) and any(":/adapters" in v for v in api["volumes"])
         unknown = set(api["environment"]) - set(ServeConfig.ENV.values()) - {"HF_HUB_OFFLINE"}
         assert not unknown, f"compose sets variables serve.py does not read: {unknown}"

@@ -234,11 +234,18 @@ def test_parse_args_defaults_are_the_real_run():
     assert tiny.learning_rate == 1e-3 and tiny.modules_to_save == ("lm_head",) and tiny.max_grad_norm == 1.0
 
 
+def test_tiny_recipe_applies_to_a_tiny_model_dir(tiny_model_dir):
+    cfg = T.parse_args(["--data", "d", "--out", "r", "--model", str(tiny_model_dir), "--modules-to-save"])
+    assert cfg.learning_rate == T.TINY_RECIPE["learning_rate"] and cfg.modules_to_save == ()
+
+
 # ---------------------------------------------------------------------------------------------------- CPU end-to-end
-N_HELD_OUT = 24  # held-out clips scored before/after
-E2E_STEPS = 120  # batch 4: ~30 s on one CPU thread; 100 % valid JSON on colour-coded clips after 120 steps
+N_GREEDY = 16  # held-out clips answered by free greedy decoding (valid-JSON rate)
+E2E_STEPS = 240  # batch 4, ~60 s on one CPU thread. Measured on the synthetic root (57 held-out clips, U0107+U0108):
+# untrained op 0.11 / next 0.00 -> op 0.42 / next 0.37 after 240 steps; at 120 steps the op gain was within noise
 def _greedy_scores(model, processor, samples) -> dict:
-    """Greedy answers of the model on held-out clips, parsed strictly as the target JSON (no repair)."""
+    """Greedy answers of the model on held-out clips, parsed strictly as the target JSON (no repair).
+    Accuracies are reported as greedy_*; the constrained predictor's are the ones compared."""
     from openpack_vlm.prompt import build_messages
 
     n = valid = op = nxt = 0
@@ -259,7 +266,7 @@ def _greedy_scores(model, processor, samples) -> dict:
         valid += 1
         op += d.get("dominant_operation") == rec.truth["dominant_operation"]
         nxt += d.get("anticipated_next_operation") == rec.truth["anticipated_next_operation"]
-    return {"n": n, "valid_json": valid / n, "operation_acc": op / n, "next_op_acc": nxt / n}
+    return {"n": n, "valid_json": valid / n, "greedy_operation_acc": op / n, "greedy_next_op_acc": nxt / n}
 
 
 @pytest.fixture(scope="module")
@@ -288,22 +295,39 @@ def test_finetuned_beats_untrained_on_held_out(e2e_data, tiny_model_dir, tmp_pat
 
     from openpack_vlm.model import ModelConfig, load_model
 
-    held_out = list(iter_samples(shard_paths(e2e_data / "test")))[:N_HELD_OUT]
-    assert len(held_out) >= 8
+    # held out = users never trained on: U0108 (test) and U0107 (val)
+    held_out = list(iter_samples(shard_paths(e2e_data / "test"))) + list(iter_samples(shard_paths(e2e_data / "val")))
+    assert len(held_out) >= 30
     base, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none"))
     t0 = time.time()
-    before = _greedy_scores(base, proc, held_out) | _predictor_scores(base, proc, held_out)
+    before = _greedy_scores(base, proc, held_out[:N_GREEDY]) | _predictor_scores(base, proc, held_out)
     t1 = time.time()
     cfg = _cfg(e2e_data, tmp_path / "run", tiny_model_dir, max_steps=E2E_STEPS, save_steps=E2E_STEPS,
-               per_device_train_batch_size=4, shuffle_buffer=64, report_to=("tensorboard",), logging_steps=10,
+               per_device_train_batch_size=4, shuffle_buffer=64, report_to=("tensorboard",), logging_steps=20,
                **T.TINY_RECIPE)
     T.train(cfg)
     t2 = time.time()
     tuned, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none"), adapter=tmp_path / "run")
-    after = _greedy_scores(tuned, proc, held_out) | _predictor_scores(tuned, proc, held_out)
-    print(f"\nheld-out U0108 clips: {len(held_out)}; {E2E_STEPS} steps in {t2 - t1:.0f} s; scoring {t1 - t0:.0f} s"
-          f"\n  untrained : {before}\n  fine-tuned: {after}")
+    after = _greedy_scores(tuned, proc, held_out[:N_GREEDY]) | _predictor_scores(tuned, proc, held_out)
+    print(f"\nheld-out clips (U0107+U0108): {len(held_out)} (greedy JSON on {N_GREEDY}); {E2E_STEPS} steps in "
+          f"{t2 - t1:.0f} s; scoring {t1 - t0:.0f} s\n  untrained : {before}\n  fine-tuned: {after}")
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*")), "no TensorBoard log"
     assert after["valid_json"] > before["valid_json"]
     assert after["operation_acc"] > before["operation_acc"]
     assert after["next_op_acc"] > before["next_op_acc"]
+
+
+def test_gpu_smoke_script_runs_the_qlora_path_on_cpu(capsys):
+    """scripts/gpu_smoke.py (which the lead runs on a GPU) exercised here on bitsandbytes' CPU backend: 4-bit
+    load, prepare_model_for_kbit_training, LoRA, Trainer steps, adapter reload and generation, all checks green."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke", path)
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    assert smoke.main(["--device", "cpu", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32: ok" in out and "gpu_smoke: PASS" in out
+    if not torch.cuda.is_available():
+        assert smoke.main([]) == 2  # the default asks for CUDA and says so
