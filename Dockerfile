@@ -16,13 +16,17 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Python 3.11 (the CUDA image is Ubuntu 22.04 without it; python:3.11-slim has it) and ffmpeg.
+# Python 3.11 (python:3.11-slim has it; the CUDA image is Ubuntu 22.04, whose archive only has an early 3.11.0
+# build, so there it comes from the deadsnakes PPA) and ffmpeg.
 # Package versions follow the base image's release, hence unpinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ffmpeg ca-certificates \
     && if ! command -v python3.11 >/dev/null 2>&1; then \
-         apt-get install -y --no-install-recommends python3.11 python3.11-venv; \
+         apt-get install -y --no-install-recommends software-properties-common gpg-agent \
+         && add-apt-repository -y ppa:deadsnakes/ppa \
+         && apt-get update \
+         && apt-get install -y --no-install-recommends python3.11 python3.11-venv; \
        fi \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv

@@ -305,7 +305,8 @@ def pick_dtype(dtype: str = "auto", device: str = "cpu"):
     if dtype != "auto":
         raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32")
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # native bf16 only (compute capability >= 8: A100/H100); the default also counts T4's slow emulation
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
 
 

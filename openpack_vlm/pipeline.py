@@ -346,7 +346,7 @@ def run(cfg: PipelineConfig) -> dict:
         with tqdm(total=total, desc="clips", unit="clip", disable=None) as bar:
             for res in results:
                 for s in res.skipped:
-                    log.warning("skipped %s/%s %s: %s", res.user, res.session, s.get("clip_id", ""), s["reason"])
+                    log.warning("skipped %s: %s", s.get("clip_id", f"{res.user}/{res.session}"), s["reason"])
                 skipped.extend({"split": res.split, **s} for s in res.skipped)
                 seconds.update(res.seconds)
                 for split, other in writers.items():
@@ -420,7 +420,9 @@ def run(cfg: PipelineConfig) -> dict:
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     if not any(c["clips"] for c in counts.values()):
-        first = skipped[0]["reason"] if skipped else "none"
+        whole = [x for x in skipped if "t0_ms" not in x and "clip_id" not in x]  # sessions/users skipped entirely
+        first = (f"{whole[0].get('user', '')}/{whole[0].get('session', '')}: {whole[0]['reason']}" if whole
+                 else skipped[0]["reason"] if skipped else "none")
         raise PipelineError(f"no clips written: {len(skipped)} items skipped (first: {first}); "
                             f"see {out / 'summary.json'}")
     if cfg.samples_out:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline CPU demo of the whole chain on synthetic data and the tiny random Qwen2-VL (a few minutes on 2 cores):
 #
-#   bash scripts/demo.sh [OUT_DIR=out/demo]        # env: STEPS=60 (training steps), N_CLIPS=30 (test clips)
+#   bash scripts/demo.sh [OUT_DIR=out/demo]        # env: STEPS=300 (training steps), N_CLIPS=30 (test clips)
 #
 # synthetic OpenPack root -> data_pipeline.py -> LoRA training (openpack_vlm.train, tiny model, no quantisation)
 # -> evaluate.py (base vs fine-tuned vs fine-tuned + grammar) -> prints the table. Nothing is downloaded.
@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT="${1:-out/demo}"
-STEPS="${STEPS:-60}"
+# 300 steps (~4 min on 2 cores): the tiny model learns the synthetic classes (held-out OCA ~0.7 measured);
+# at 60 steps it still answers the majority class for every clip
+STEPS="${STEPS:-300}"
 N_CLIPS="${N_CLIPS:-30}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"

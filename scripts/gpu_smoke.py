@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             print("gpu_smoke: no CUDA device (run on a GPU machine, or pass --device cpu)", file=sys.stderr)
             return 2
-        dtypes = ["fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+        dtypes = ["fp16"] + (["bf16"] if torch.cuda.is_bf16_supported(including_emulation=False) else [])
         where = torch.cuda.get_device_name(0)
     else:
         dtypes, where = ["fp32"], "cpu"

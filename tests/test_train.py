@@ -3,7 +3,6 @@ errors, and a CPU end-to-end run whose fine-tuned model beats the untrained one 
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
