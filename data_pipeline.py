@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from openpack_vlm.frames import one_line
 from openpack_vlm.pipeline import PipelineConfig, PipelineError, parse_splits, run
 
 
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - a bug, not bad input: one line here, the traceback with --debug
         if args.debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: unexpected {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 1
     for split, c in summary["splits"].items():
         print(f"{split}: {c['clips']} clips in {c['shards']} shards from {c['sessions']} sessions "

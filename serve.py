@@ -10,8 +10,8 @@
 
 Settings (environment; see openpack_vlm.service.ServeConfig): MODEL_ID, ADAPTER_PATH, QUANTIZATION (auto|4bit|none),
 DEVICE, MAX_UPLOAD_MB, MAX_CLIP_SECONDS, MAX_FRAME_PIXELS, MAX_PENDING, DECODE_WORKERS, DECODE_TIMEOUT_S,
-DECODE_MEMORY_MB, UPLOAD_DIR, HOST, PORT, LOG_LEVEL. Command-line options override the environment. The model loads after the server starts (``/ready`` is 503
-until then); importing this module loads nothing.
+DECODE_MEMORY_MB, UPLOAD_DIR, HOST, PORT, LOG_LEVEL. Command-line options override the environment. The model loads
+after the server starts (``/ready`` is 503 until then); importing this module loads nothing.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import logging
 import sys
 
 from openpack_vlm.service import ServeConfig, create_app
-
 
 _APP = None
 

@@ -61,6 +61,12 @@ class VideoDecodeError(ValueError):
     """A video that cannot be decoded (missing, empty, not a video, zero frames)."""
 
 
+def one_line(e: BaseException) -> str:
+    """First line of an exception's message (its type name when the message is empty)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 # ----------------------------------------------------------------------------------------------------------- space
 @dataclass(frozen=True)
 class Letterbox:
@@ -307,8 +313,7 @@ def decode_video(path: str | os.PathLike, fps: int = FPS, size: int = SIZE, max_
         except VideoDecodeError:
             raise
         except Exception as e:  # noqa: BLE001 - decoders raise library-specific errors; we report them in one line
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            errors.append(f"{decoder.__name__[8:]}: {msg}")
+            errors.append(f"{decoder.__name__[8:]}: {one_line(e)}")
     else:
         raise VideoDecodeError(f"cannot decode video {path.name} ({'; '.join(errors)})")
     return frames[inverse]
@@ -329,7 +334,7 @@ class VideoFrameSource(FrameSource):
             self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
             n = len(self._vr)
         except Exception as e:  # noqa: BLE001
-            raise VideoDecodeError(f"cannot open video {self.path}: {str(e).strip().splitlines()[0]}") from None
+            raise VideoDecodeError(f"cannot open video {self.path}: {one_line(e)}") from None
         if n == 0:
             raise VideoDecodeError(f"video has zero frames: {self.path}")
         ts = np.asarray(self._vr.get_frame_timestamp(np.arange(n)))[:, 0]
@@ -345,7 +350,7 @@ class VideoFrameSource(FrameSource):
         try:
             raw = self._vr.get_batch([int(i) for i in uniq]).asnumpy()
         except Exception as e:  # noqa: BLE001
-            raise CorruptFrameError(f"cannot decode frames of {self.path}: {str(e).strip().splitlines()[0]}") from None
+            raise CorruptFrameError(f"cannot decode frames of {self.path}: {one_line(e)}") from None
         if self._box is None:
             self._box = Letterbox.for_shape(raw.shape[2], raw.shape[1], self.size)
         return np.stack([self._box.apply(f) for f in raw])[inverse]

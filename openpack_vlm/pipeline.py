@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import clips as clipsmod
-from .frames import SOURCE_KINDS, FrameError, VideoDecodeError, open_source
+from .frames import SOURCE_KINDS, FrameError, VideoDecodeError, one_line, open_source
 from .prompt import build_messages
 from .sampling import SamplingConfig, sample_clip
 from .shards import SHARD_PATTERN, ClipRecord, ShardWriter, encode_jpeg, frame_member
@@ -106,8 +106,7 @@ class SessionResult:
 
 
 def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return f"{type(e).__name__}: {one_line(e)}"
 
 
 def process_session(task: SessionTask) -> SessionResult:

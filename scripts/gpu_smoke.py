@@ -160,7 +160,9 @@ def main(argv=None) -> int:
                       f"peak {pm['bytes'] / 2**20:.0f} MiB ({pm['kind']}), {r['train_s']} s, "
                       f"{r['changed_tensors']} LoRA tensors changed" + (f"; failed: {bad}" if bad else ""))
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": where, "reports": reports}, indent=2))
+        tmp = Path(a.json + ".tmp")
+        tmp.write_text(json.dumps({"device": where, "reports": reports}, indent=2))
+        os.replace(tmp, a.json)
     ok = all(r["ok"] for r in reports)
     print("gpu_smoke: PASS" if ok else "gpu_smoke: FAIL")
     return 0 if ok else 1

@@ -40,20 +40,20 @@ def doc() -> str:
 
 
 def sections(text: str) -> dict[str, str]:
-    """Heading line -> its text up to the next heading of any level (headings inside code blocks ignored)."""
-    out: dict[str, str] = {}
-    current, buf, fenced = None, [], False
-    for line in text.splitlines():
+    """Heading line -> its text up to the next heading of the same or a higher level (so a ``##`` section includes
+    its ``###`` subsections); headings inside code blocks are ignored."""
+    lines = text.splitlines()
+    heads, fenced = [], False
+    for i, line in enumerate(lines):
         if line.startswith("```"):
             fenced = not fenced
-        if not fenced and re.match(r"#{1,4} ", line):
-            if current is not None:
-                out[current] = "\n".join(buf)
-            current, buf = line.strip(), []
-        else:
-            buf.append(line)
-    if current is not None:
-        out[current] = "\n".join(buf)
+        m = None if fenced else re.match(r"(#{1,4}) ", line)
+        if m:
+            heads.append((i, len(m.group(1)), line.strip()))
+    out: dict[str, str] = {}
+    for k, (i, level, head) in enumerate(heads):
+        end = next((j for j, lv, _ in heads[k + 1:] if lv <= level), len(lines))
+        out[head] = "\n".join(lines[i + 1:end])
     return out
 
 
@@ -114,6 +114,7 @@ def test_number_tables_have_a_command_in_their_section(doc):
     for head, body in sections(doc).items():
         if head.startswith("## Data flow"):
             continue
+        body = re.split(r"\n#{1,4} ", "\n" + body)[0]  # own text only; subsections are checked on their own
         rows = [ln for ln in body.splitlines() if ln.startswith("|")]
         numeric = len(DECIMAL_RE.findall("\n".join(rows))) >= 3 or any(
             len(DECIMAL_RE.findall(b)) >= 3 for b in code_blocks(body))

@@ -104,6 +104,21 @@ def test_labels_cover_exactly_the_answer_and_im_end(data_dir, processor):
     assert (batch["labels"][batch["attention_mask"] == 0] == T.IGNORE_INDEX).all()
 
 
+def test_collator_text_is_the_pipelines_chat_pair(pipeline_out, processor):
+    """The collator rebuilds each chat from the shard record; it must equal the pair data_pipeline.py wrote."""
+    pairs = {}
+    for line in (pipeline_out / "train" / "pairs.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        pairs[d["clip_id"]] = d["messages"]
+    col = T.Collator(processor)
+    samples = list(iter_samples(shard_paths(pipeline_out / "train")))
+    assert len(samples) == len(pairs)
+    for rec, _ in samples[:20]:
+        ours = col.texts([rec])[0]
+        theirs = processor.apply_chat_template(pairs[rec.clip_id], tokenize=False)
+        assert ours == theirs, rec.clip_id
+
+
 def test_collator_rejects_text_without_answer(processor):
     col = T.Collator(processor)
     ids = processor.tokenizer("<|im_start|>user\nhi<|im_end|>\n", add_special_tokens=False, return_tensors="pt")
