@@ -204,8 +204,8 @@ class RgbFrameSource(FrameSource):
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
-        if self._reduce is None:
-            self._reduce = jpeg_reduce_factor(self.paths[0], self.size)
+        if self._reduce is None:  # from the clip's own frame: one corrupt frame must not spoil the session
+            self._reduce = jpeg_reduce_factor(self.paths[i], self.size)
         img = letterbox(read_jpeg(self.paths[i], self._reduce), self.size)
         self._cache[i] = img
         if len(self._cache) > self._cache_frames:
