@@ -382,6 +382,13 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
             # prepare_model_for_kbit_training upcasts every non-4-bit weight to fp32; the frozen vision tower needs
             # no fp32 master weights (no grads flow into it), so keep it in the compute dtype: -1.3 GB on 2B.
             model.model.visual.to(dtype)
+            # bitsandbytes' Linear4bit.forward casts its bias in place to the compute dtype at the first step; do it
+            # now, so the frozen base weights stay bit-identical during training (checked by scripts/gpu_smoke.py).
+            import bitsandbytes as bnb
+
+            for m in model.modules():
+                if isinstance(m, bnb.nn.Linear4bit) and m.bias is not None and m.bias.dtype != dtype:
+                    m.bias.data = m.bias.data.to(dtype)
         else:
             for p in model.parameters():
                 p.requires_grad_(False)

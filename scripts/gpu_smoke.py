@@ -88,7 +88,9 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
     summ = json.loads((out / "train_summary.json").read_text())
     state = json.loads((out / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
-    changed = {n for n in snap["after"] if not torch.equal(snap["after"][n], snap["before"][n])}
+    before, after = snap["before"], snap["after"]
+    changed = {n for n in after if n not in before or after[n].shape != before[n].shape
+               or not torch.equal(after[n], before[n])}
     expect_dtype = {"fp16": "torch.float16", "bf16": "torch.bfloat16", "fp32": "torch.float32"}[dtype]
     checks = {
         "loss_finite": bool(losses) and all(math.isfinite(x) for x in losses),
@@ -117,7 +119,12 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
     del model
     gc.collect()
     return {"dtype": dtype, "device": device, "ok": all(checks.values()), "checks": checks, "losses": losses,
-            "peak_memory": summ["peak_memory"], "train_s": round(secs, 1), "changed_tensors": len(changed)}
+            "peak_memory": summ["peak_memory"], "train_s": round(secs, 1), "changed_tensors": len(changed),
+            "changed_non_lora": [f"{n} {tuple(before[n].shape) if n in before else None}->{tuple(after[n].shape)}"
+                                 for n in sorted(changed) if "lora_" not in n][:12],
+            "max_abs_change_non_lora": max((float((after[n] - before[n]).abs().max()) for n in changed
+                                            if "lora_" not in n and n in before and after[n].shape == before[n].shape),
+                                           default=0.0)}
 
 
 def main(argv=None) -> int:
@@ -158,7 +165,10 @@ def main(argv=None) -> int:
                 pm = r["peak_memory"]
                 print(f"  {dt}: {'ok  ' if r['ok'] else 'FAIL'} loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, "
                       f"peak {pm['bytes'] / 2**20:.0f} MiB ({pm['kind']}), {r['train_s']} s, "
-                      f"{r['changed_tensors']} LoRA tensors changed" + (f"; failed: {bad}" if bad else ""))
+                      f"{r['changed_tensors']} tensors changed" + (f"; failed: {bad}" if bad else ""))
+                if r["changed_non_lora"]:
+                    print(f"    non-LoRA tensors changed (max |delta| {r['max_abs_change_non_lora']:.3g}): "
+                          f"{r['changed_non_lora']}")
     if a.json:
         tmp = Path(a.json + ".tmp")
         tmp.write_text(json.dumps({"device": where, "reports": reports}, indent=2))

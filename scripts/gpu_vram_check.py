@@ -77,13 +77,13 @@ def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", 
     return out_dir
 
 
-def run_one(model_dir: Path, data_dir: Path, work: Path, dtype: str, ckpt: bool, steps: int) -> dict:
+def run_one(model_dir: Path, data_dir: Path, work: Path, dtype: str, ckpt: bool, steps: int, tag: str = "") -> dict:
     import torch
 
     from openpack_vlm import vram
     from openpack_vlm.train import TrainConfig, train
 
-    out = work / f"run-{dtype}-{'ckpt' if ckpt else 'nockpt'}"
+    out = work / f"run-{dtype}-{'ckpt' if ckpt else 'nockpt'}{tag}"
     cfg = TrainConfig(data=str(data_dir), out=str(out), model_id=str(model_dir), quantization="4bit", dtype=dtype,
                       max_steps=steps, save_steps=steps, per_device_train_batch_size=2, gradient_accumulation_steps=1,
                       gradient_checkpointing=ckpt, logging_steps=1, num_workers=0, shuffle_buffer=8,
@@ -115,6 +115,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
     p.add_argument("--json", default=None)
+    p.add_argument("--t4-cap-gb", type=float, default=15.0,
+                   help="also train (checkpointing on) with the process capped at this many GB of GPU memory, as on a "
+                        "T4 (16 GB card, ~15 GB usable); 0 = skip")
     a = p.parse_args(argv)
     import torch
 
@@ -133,16 +136,26 @@ def main(argv=None) -> int:
         tiny = build_tiny_model(work / "tiny", seed=0)
         model_dir = build_random_2b(work / "qwen2vl-2b-random", tiny, dt)
         data_dir = write_smoke_shards(work / "data", n=16)
-        for ckpt in (True, False):
+        total = torch.cuda.get_device_properties(0).total_memory
+        runs = [(True, None), (False, None)] + ([(True, a.t4_cap_gb)] if a.t4_cap_gb > 0 else [])
+        for ckpt, cap in runs:
+            if cap:
+                torch.cuda.empty_cache()
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 1e9 / total))
             try:
-                r = run_one(model_dir, data_dir, work, a.dtype, ckpt, a.steps)
+                r = run_one(model_dir, data_dir, work, a.dtype, ckpt, a.steps, tag=f"cap{cap:g}" if cap else "")
             except Exception as e:
                 r = {"dtype": a.dtype, "gradient_checkpointing": ckpt, "error": f"{type(e).__name__}: {e}"[:500]}
+            finally:
+                if cap:
+                    torch.cuda.set_per_process_memory_fraction(1.0)
+            r["memory_cap_gb"] = cap
             reports.append(r)
+            label = f"checkpointing={ckpt}" + (f", capped at {cap:g} GB (T4)" if cap else "")
             if "error" in r:
-                print(f"  checkpointing={ckpt}: FAIL {r['error']}")
+                print(f"  {label}: FAIL {r['error']}")
             else:
-                print(f"  checkpointing={ckpt}: measured peak {r['measured_peak_bytes'] / 1e9:.2f} GB "
+                print(f"  {label}: measured peak {r['measured_peak_bytes'] / 1e9:.2f} GB "
                       f"(reserved {r['measured_reserved_bytes'] / 1e9:.2f} GB), estimate {r['estimate_bytes'] / 1e9:.2f}"
                       f" GB, estimate/measured = {r['ratio_estimate_to_measured']:.2f}; tokens/sample "
                       f"{r['text_tokens']} text + 8x{r['visual_tokens_per_frame']} visual; {r['train_s']} s")

@@ -255,6 +255,17 @@ def test_failure_modes_section_matches_its_evaluation_files(doc):
     fm, res = json.loads(fm_path.read_text()), json.loads(res_path.read_text())
     pair = fm["most_confused_pair"]
     assert pair is not None, "the cited evaluation has no off-diagonal confusion"
-    assert pair["true"] in body and pair["predicted"] in body, "section 3 does not name the most confused pair"
-    assert f"{pair['count']}" in body
-    assert str(res["n_clips"]) in body, "section 3 must give the evaluation's clip count"
+    claim = f"true {pair['true']} → predicted {pair['predicted']}, {pair['count']} clips"
+    assert claim in body, f"section 3 must name the evaluation's most confused pair as {claim!r}"
+    assert f"{res['n_clips']} test clips" in body, "section 3 must give the evaluation's clip count"
+    head = next(h for h in sections(doc) if h.startswith("### The latest evaluation"))
+    assert res["synthetic"] == ("synthetic" in head.lower()), "the heading must say whether the evaluation is synthetic"
+    assert res["provenance"]["tiny_random_model"] == ("tiny random model" in head), "the heading must name the model"
+    rows = {"base_model": "base (tiny random model)", "finetuned_model": "fine-tuned"}
+    for key, label in rows.items():
+        cells = [f"{res[key][k]:.3f} [{res['intervals'][key][k][0]:.2f}, {res['intervals'][key][k][1]:.2f}]"
+                 for k in ("OCA", "tIoU@0.5", "AA@1")]
+        assert _row(body, label) == cells, f"row {label!r} differs from docs/figures/eval_results.json: {cells}"
+    maj = res["baselines"]["majority_class"]
+    cells = [f"{maj[k]:.3f}" for k in ("OCA", "tIoU@0.5", "AA@1")]
+    assert _row(body, "majority class of the train split (no model)") == cells
