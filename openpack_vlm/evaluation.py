@@ -226,7 +226,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     """Run the evaluation; writes the files in cfg.out and returns results.json's content.
 
     ``predictor``: an already loaded fine-tuned ``Predictor`` (a PeftModel inside) to use instead of loading one."""
-    from .predict import PredictConfig, Predictor, parse_raw_text
+    from .predict import PredictConfig, Predictor, grammar_next, parse_raw_text
 
     data, out = Path(cfg.data), Path(cfg.out)
     if not data.is_dir():
@@ -283,7 +283,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
                                     desc=f"{cfg.val_split} clips (fusion weight)", unit="clip"):
                 r = scorer.predict(frames, rec.frame_indices, rec.clip_id)
                 md.append(_ids_dist(r.scores["next_model"]))
-                gd.append(grammar.next_distribution(NAME_TO_ID[r.prediction.dominant_operation]))
+                gd.append(grammar_next(grammar, r.scores))
                 vt.append(_truth(rec)["next"])
             weight, acc = tune_fuse_weight(md, gd, vt, mode=cfg.fuse_mode)
             tuning.update(fuse_weight=weight, tuned_on=cfg.val_split, val_clips=len(vt),
@@ -310,7 +310,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         span = (p.temporal_segment.start_frame, p.temporal_segment.end_frame)
         if grammar is not None:
             fused = fuse(_ids_dist(f["result"].scores["next_model"]),
-                         grammar.next_distribution(NAME_TO_ID[p.dominant_operation]), weight, cfg.fuse_mode)
+                         grammar_next(grammar, f["result"].scores), weight, cfg.fuse_mode)
             g_next = argmax_id(fused)
             systems["finetuned_grammar"].append(_record(t, NAME_TO_ID[p.dominant_operation], span, g_next))
             row["finetuned_grammar"] = {"anticipated_next_operation": ID_TO_NAME[g_next], "fuse_weight": weight}

@@ -122,6 +122,25 @@ class Grammar:
         out.update(p)
         return out
 
+    def expected_next_distribution(self, current: dict[int, float], exclude: int | None = None) -> dict[int, float]:
+        """Σ_c P(c) · P(next | c): the grammar's next-op distribution when the current operation is only known as a
+        distribution (the model's scores over the 11 classes), so a wrong argmax does not drag the answer along.
+        ``exclude`` (the operation the answer names as current) gets 0, as in ``next_distribution``; sums to 1."""
+        z = sum(max(0.0, float(v)) for v in current.values())
+        if not z > 0:
+            raise GrammarError("current-operation distribution has zero mass")
+        out = {i: 0.0 for i in OPERATION_IDS}
+        for c, pc in current.items():
+            if pc > 0:
+                for n, pn in self.next_distribution(int(c)).items():
+                    out[n] += pc / z * pn
+        if exclude is not None:
+            out[int(exclude)] = 0.0
+        total = sum(out.values())
+        if not total > 0:
+            raise GrammarError("expected next-op distribution has zero mass")
+        return {i: v / total for i, v in out.items()}
+
     def predict_next(self, cur_id: int, history: Sequence[int] | None = None) -> int:
         """Most probable next operation (ties broken by the lower class id)."""
         d = self.next_distribution(cur_id, history)

@@ -170,6 +170,14 @@ def _core_model(model):
     return core
 
 
+def grammar_next(grammar: Grammar, scores: dict) -> dict[int, float]:
+    """The grammar's next-op distribution for one answer: P(next | current) averaged over the model's dominant-op
+    probabilities (``scores["dominant"]``), the op named as dominant excluded. Used by the predictor and evaluation."""
+    dom_dist = {NAME_TO_ID[n]: p for n, p in scores["dominant"].items()}
+    dom = max(dom_dist, key=lambda i: (dom_dist[i], -i))
+    return grammar.expected_next_distribution(dom_dist, exclude=dom)
+
+
 def find_grammar(adapter: str | os.PathLike | None) -> Path | None:
     """Default grammar of an adapter: ``{adapter}/grammar.json``, else the run dir's ``{adapter}/../grammar.json``
     (training writes R/adapter and R/grammar.json); a run dir R itself is accepted too."""
@@ -361,7 +369,7 @@ class Predictor:
         }
         nxt_id = argmax_id(next_model)
         if self.grammar is not None:
-            g = self.grammar.next_distribution(NAME_TO_ID[dom])
+            g = grammar_next(self.grammar, scores)
             fused = fuse(next_model, g, self.fuse_weight, self.config.fuse_mode)
             nxt_id = argmax_id(fused)
             scores.update(next_grammar={ID_TO_NAME[i]: p for i, p in g.items()},

@@ -173,3 +173,21 @@ def test_fit_grammar_cli_prints_table_and_held_out_accuracy(tmp_path, capsys):
     assert g.meta["fitted_on"] == ["U0209/S0500", "U0102/S0500"] and g.meta["n_transitions"] == 192 + 140
     assert mod.main(["--samples", str(tmp_path / "nothing")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_expected_next_distribution_mixes_by_current_probabilities():
+    from openpack_vlm.grammar import Grammar
+
+    g = Grammar.fit([[100, 200, 300], [100, 200, 300]], alpha=0.5)
+    # certain current op -> the same as next_distribution
+    d = g.expected_next_distribution({100: 1.0})
+    assert d == pytest.approx(g.next_distribution(100))
+    # 50/50 between Picking and Relocate: next is Relocate (from Picking) or Assemble (from Relocate)
+    mix = g.expected_next_distribution({100: 0.5, 200: 0.5})
+    assert mix[200] == pytest.approx(0.5 * g.next_distribution(100)[200] + 0.5 * g.next_distribution(200)[200])
+    assert sum(mix.values()) == pytest.approx(1.0)
+    # the op named as current is excluded and the rest renormalised
+    ex = g.expected_next_distribution({100: 0.5, 200: 0.5}, exclude=200)
+    assert ex[200] == 0.0 and sum(ex.values()) == pytest.approx(1.0)
+    with pytest.raises(Exception, match="zero mass"):
+        g.expected_next_distribution({100: 0.0})
