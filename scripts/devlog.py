@@ -7,6 +7,8 @@
 One entry per commit, oldest first:
 
     - `1a2b3c4` 2026-11-26 · data · #12 · Subject line — 3 files (+120/-4): openpack_vlm/openpack.py, ...
+      - Request: #12 "issue title" (from ISSUE_TITLES)
+      - Kept as generated: ... / Changed: ...   (from docs/devlog_notes.json, keyed by hash prefix, when present)
 
 The phase (data, training, evaluation, serving, docs, infra) is guessed from keywords in the subject, then in the
 changed paths; the issue is the subject's "(#N)". Only the marked section changes; the file is written to a temp name
@@ -38,6 +40,20 @@ PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("docs", ("readme", "agents.md", "docs", "design", "devlog")),
     ("infra", ("ci", "install", "requirements", "makefile", "pyproject", "skeleton", "workflow")),
 )
+
+
+# The project's issues (the requests each change answers), for the log's "Request" line.
+ISSUE_TITLES: dict[str, str] = {
+    "#2": "Foundation: the package, OpenPack access on the real layout, a synthetic OpenPack root, a tiny offline "
+          "Qwen2-VL, and CI",
+    "#3": "Phase 2: data_pipeline.py — boundary clips, motion-adaptive sampling, 336² frames, WebDataset shards, "
+          "training pairs",
+    "#4": "Phase 3: QLoRA fine-tuning — training module, finetune.ipynb, resumable, multi-GPU",
+    "#5": "Phase 4: evaluate.py, closed-set prediction with real confidence, the procedural grammar prior, results.json",
+    "#6": "Phase 1: serve.py FastAPI service, Dockerfile and docker-compose, hardened against bad uploads",
+    "#7": "ARCHITECTURE.md, AGENTS.md and README from measured numbers",
+}
+NOTES_FILE = Path("docs") / "devlog_notes.json"  # {hash prefix: {"issues": [...], "kept": str, "changed": str}}
 
 
 class DevlogError(Exception):
@@ -99,7 +115,26 @@ def guess_issue(subject: str) -> str | None:
     return f"#{m.group(1)}" if m else None
 
 
-def entry(c: Commit) -> str:
+def load_notes(repo: Path) -> dict[str, dict]:
+    import json
+
+    path = repo / NOTES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        notes = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise DevlogError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(notes, dict):
+        raise DevlogError(f"{path}: expected an object keyed by commit hash")
+    return notes
+
+
+def note_for(c: Commit, notes: dict[str, dict]) -> dict:
+    return next((v for k, v in notes.items() if c.hash.startswith(k)), {})
+
+
+def entry(c: Commit, notes: dict[str, dict] | None = None) -> str:
     added = sum(a for _, a, _ in c.files if a > 0)
     deleted = sum(d for _, _, d in c.files if d > 0)
     shown = [p for p, _, _ in c.files[:MAX_FILES_SHOWN]]
@@ -107,14 +142,23 @@ def entry(c: Commit) -> str:
     files = ", ".join(shown) + (f", +{more} more" if more > 0 else "")
     n = len(c.files)
     summary = f"{n} file{'s' if n != 1 else ''} (+{added}/-{deleted}): {files}" if n else "no file changes"
-    tags = [f"`{c.hash[:7]}`", c.date, guess_phase(c)] + ([guess_issue(c.subject)] if guess_issue(c.subject) else [])
-    return f"- {' · '.join(tags)} · {c.subject} — {summary}"
+    note = note_for(c, notes or {})
+    issues = note.get("issues") or ([guess_issue(c.subject)] if guess_issue(c.subject) else [])
+    tags = [f"`{c.hash[:7]}`", c.date, guess_phase(c)] + issues
+    lines = [f"- {' · '.join(tags)} · {c.subject} — {summary}"]
+    for i in issues:
+        lines.append(f"  - Request: {i} \"{ISSUE_TITLES.get(i, 'untitled')}\"")
+    if note.get("kept"):
+        lines.append(f"  - Kept as generated: {note['kept']}")
+    if note.get("changed"):
+        lines.append(f"  - Changed in review: {note['changed']}")
+    return "\n".join(lines)
 
 
-def render(commits: list[Commit]) -> str:
+def render(commits: list[Commit], notes: dict[str, dict] | None = None) -> str:
     if not commits:
         return "_No commits yet._"
-    return "\n".join(entry(c) for c in commits)
+    return "\n".join(entry(c, notes) for c in commits)
 
 
 def split_sections(text: str, path: Path) -> tuple[str, str, str]:
@@ -142,7 +186,7 @@ def update(repo: Path, agents: Path) -> int:
     text = agents.read_text(encoding="utf-8")
     head, _, tail = split_sections(text, agents)
     commits = read_history(repo)
-    new = f"{head}{START}\n{render(commits)}\n{END}{tail}"
+    new = f"{head}{START}\n{render(commits, load_notes(repo))}\n{END}{tail}"
     if new != text:
         write_atomic(agents, new)
     return len(commits)
@@ -151,7 +195,7 @@ def update(repo: Path, agents: Path) -> int:
 def unknown_hashes(repo: Path, agents: Path) -> list[str]:
     text = agents.read_text(encoding="utf-8")
     split_sections(text, agents)
-    named = sorted(set(re.findall(r"`([0-9a-f]{7,40})`", text)))
+    named = sorted(set(re.findall(r"`([0-9a-f]{7,40})`", text)) | set(load_notes(repo)))
     history = git(repo, "rev-list", "HEAD").split()
     return [h for h in named if not any(full.startswith(h) for full in history)]
 

@@ -48,9 +48,11 @@ def test_rewrites_only_the_marked_section(repo, capsys):
     assert "2 commits" in capsys.readouterr().out
     text = (repo / "AGENTS.md").read_text()
     assert text.startswith(HEAD + devlog.START + "\n") and text.endswith(devlog.END + TAIL)
-    body = text.split(devlog.START)[1].split(devlog.END)[0].strip().splitlines()
+    lines = text.split(devlog.START)[1].split(devlog.END)[0].strip().splitlines()
+    body = [ln for ln in lines if ln.startswith("- ")]
     h1, h2 = _git(repo, "rev-list", "--reverse", "HEAD").split()
     assert len(body) == 2 and "old text" not in text
+    assert lines[1] == f'  - Request: #3 "{devlog.ISSUE_TITLES["#3"]}"' 
     assert body[0].startswith(f"- `{h1[:7]}` · 2026-11-26 · data · #3 · Synthetic OpenPack root and readers (#3)")
     assert "2 files (+13/-0): AGENTS.md, openpack_vlm/openpack.py" in body[0]
     assert body[1].startswith(f"- `{h2[:7]}` · 2026-11-26 · serving · FastAPI predict endpoint")
@@ -111,3 +113,21 @@ def test_this_repository_agents_md_names_only_real_commits(repo_root):
         pytest.skip("shallow clone: older commits named in AGENTS.md are legitimately absent")
     assert (repo_root / "AGENTS.md").is_file(), "AGENTS.md (with the devlog markers) is missing"
     assert devlog.main(["--repo", str(repo_root), "--check"]) == 0
+
+
+def test_review_notes_are_rendered_and_checked(repo, capsys):
+    import json
+
+    h1, h2 = _git(repo, "rev-list", "--reverse", "HEAD").split()
+    (repo / "docs").mkdir()
+    notes = {h2[:7]: {"issues": ["#6"], "kept": "the endpoint", "changed": "the error body"}}
+    (repo / "docs" / "devlog_notes.json").write_text(json.dumps(notes))
+    assert devlog.main(["--repo", str(repo)]) == 0
+    text = (repo / "AGENTS.md").read_text()
+    assert f'  - Request: #6 "{devlog.ISSUE_TITLES["#6"]}"' in text
+    assert "  - Kept as generated: the endpoint\n  - Changed in review: the error body" in text
+    assert devlog.main(["--repo", str(repo), "--check"]) == 0
+    notes["abcdef1"] = {"kept": "x"}  # a note for a commit that is not in the history
+    (repo / "docs" / "devlog_notes.json").write_text(json.dumps(notes))
+    assert devlog.main(["--repo", str(repo), "--check"]) == 1
+    assert "abcdef1" in capsys.readouterr().err
