@@ -462,7 +462,9 @@ def main(argv=None) -> int:
     except (TrainError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = json.loads((out / "train_summary.json").read_text()) if (out / "train_summary.json").is_file() else {}
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 writes the run's files and reports
+        return 0
+    summary = json.loads((out / "train_summary.json").read_text())
     print(f"wrote {out / 'adapter'}  (step {summary.get('global_step')}, train loss {summary.get('train_loss')}, "
           f"peak memory {summary.get('peak_memory', {}).get('bytes', 0) / 2**30:.2f} GiB "
           f"[{summary.get('peak_memory', {}).get('kind')}])")
