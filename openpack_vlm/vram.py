@@ -179,10 +179,7 @@ def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
     from .prompt import build_messages
 
     frame_indices = list(frame_indices) if frame_indices is not None else [0, 17, 33, 50, 66, 83, 100, 124]
-    truth = {"dominant_operation": "Attach Shipping Label",
-             "temporal_segment": {"start_frame": 12, "end_frame": 124},
-             "anticipated_next_operation": "Put on Back Table"}
-    msgs = build_messages(frame_indices, truth)
+    msgs = build_messages(frame_indices, _sample_truth())
     if tokenizer is not None:
         text = tokenizer.apply_chat_template(msgs, tokenize=False, chat_template=QWEN2VL_CHAT_TEMPLATE)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -197,8 +194,25 @@ def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
     return specials + math.ceil(len(plain) / 3.6), False
 
 
+def _sample_truth() -> dict:
+    return {"dominant_operation": "Attach Shipping Label", "temporal_segment": {"start_frame": 12, "end_frame": 124},
+            "anticipated_next_operation": "Put on Back Table"}
+
+
+def answer_tokens(tokenizer=None) -> tuple[int, bool]:
+    """Trained tokens of one sample (the answer JSON + <|im_end|>): the positions train.answer_only_loss projects
+    onto the vocabulary. Exact with the tokenizer, else characters / 3.6 (flagged as an estimate)."""
+    from .prompt import target_text
+
+    text = target_text(_sample_truth())
+    if tokenizer is not None:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1, True
+    return math.ceil(len(text) / 3.6) + 1, False
+
+
 def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: int | None = None,
              n_text: int | None = None, lora_r: int = 16, gradient_checkpointing: bool = True,
+             answer_logits_only: bool = True, n_answer: int | None = None,
              compute_bytes: int = 2, quantization: str = "4bit", cuda: bool = True) -> dict:
     """Memory components (bytes) of one QLoRA training step as model.py/train.py run it.
     ``quantization="none"``: every base weight in the compute dtype (``compute_bytes``: 2 on GPU, 4 on CPU)."""
@@ -226,7 +240,11 @@ def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: 
         acts = a.layers * tokens * h * compute_bytes + layer_full  # saved layer inputs + one recomputed layer
     else:
         acts = a.layers * layer_full
-    logits = tokens * a.vocab * (compute_bytes + 4 + 4)
+    if n_answer is None:
+        n_answer, _ = answer_tokens()
+    # train.answer_only_loss projects only the answer positions (TrainConfig.answer_logits_only); else every token
+    logit_tokens = batch * n_answer if answer_logits_only else tokens
+    logits = logit_tokens * a.vocab * (compute_bytes + 4 + 4)
     patches = batch * frames * visual_per_frame * a.merge**2
     vision_peak = patches * a.v_embed * compute_bytes * (4 + a.v_mlp_ratio)  # one block's transient tensors
     comp = {
@@ -240,7 +258,8 @@ def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: 
         "cuda_overhead": CUDA_OVERHEAD if cuda else 0,
     }
     comp["total"] = sum(comp.values())
-    comp["_meta"] = {"tokens_per_sample": seq, "text_tokens": n_text, "visual_tokens_per_frame": visual_per_frame,
+    comp["_meta"] = {"logit_tokens": logit_tokens, "answer_logits_only": answer_logits_only,
+                     "tokens_per_sample": seq, "text_tokens": n_text, "visual_tokens_per_frame": visual_per_frame,
                      "frames": frames, "batch": batch, "lora_params": n_lora, "vocab": a.vocab, "params": pc,
                      "gradient_checkpointing": gradient_checkpointing}
     return comp
@@ -285,7 +304,8 @@ def vram_math(rows: list[dict] | None = None) -> str:
         f"# LoRA params + grads + AdamW states (r=16, {m['lora_params'] / 1e6:.1f}M params): "
         f"{r['lora_and_optimizer']:.2f} GB",
         f"# Activations (batch {m['batch']}, {m['frames']} frames, gradient checkpointing): {r['activations']:.2f} GB",
-        f"# Logits + loss (vocab {m['vocab']}, fp16 logits + fp32 copy + fp32 log-softmax): {r['logits_and_loss']:.2f} GB",
+        f"# Logits + loss ({m['logit_tokens']} {'answer ' if m['answer_logits_only'] else ''}positions x vocab "
+        f"{m['vocab']}, fp16 logits + fp32 copy + fp32 log-softmax): {r['logits_and_loss']:.2f} GB",
         f"# Vision forward peak + CUDA overhead: {r['vision_forward_peak'] + r['cuda_overhead']:.2f} GB",
         f"# Total: {r['total']:.2f} GB -> {r['gpu']} {r['gpu_gb']:.0f} GB: {'fits' if r['fits'] else 'does NOT fit'}",
     ]

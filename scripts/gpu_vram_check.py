@@ -77,16 +77,17 @@ def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", 
     return out_dir
 
 
-def run_one(model_dir: Path, data_dir: Path, work: Path, dtype: str, ckpt: bool, steps: int, tag: str = "") -> dict:
+def run_one(model_dir: Path, data_dir: Path, work: Path, dtype: str, ckpt: bool, steps: int, tag: str = "",
+            answer_only: bool = True) -> dict:
     import torch
 
     from openpack_vlm import vram
     from openpack_vlm.train import TrainConfig, train
 
-    out = work / f"run-{dtype}-{'ckpt' if ckpt else 'nockpt'}{tag}"
+    out = work / f"run-{dtype}-{'ckpt' if ckpt else 'nockpt'}-{'answer' if answer_only else 'full'}{tag}"
     cfg = TrainConfig(data=str(data_dir), out=str(out), model_id=str(model_dir), quantization="4bit", dtype=dtype,
                       max_steps=steps, save_steps=steps, per_device_train_batch_size=2, gradient_accumulation_steps=1,
-                      gradient_checkpointing=ckpt, logging_steps=1, num_workers=0, shuffle_buffer=8,
+                      gradient_checkpointing=ckpt, answer_logits_only=answer_only, logging_steps=1, num_workers=0, shuffle_buffer=8,
                       report_to=("none",))
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -99,10 +100,11 @@ def run_one(model_dir: Path, data_dir: Path, work: Path, dtype: str, ckpt: bool,
     proc = AutoProcessor.from_pretrained(model_dir)
     vis = vram.visual_tokens_per_frame(proc.image_processor)
     n_text, _ = vram.text_tokens(tokenizer=proc.tokenizer)
+    n_answer, _ = vram.answer_tokens(tokenizer=proc.tokenizer)
     est = vram.estimate(str(model_dir / "config.json"), batch=2, frames=8, visual_per_frame=vis, n_text=n_text,
-                        gradient_checkpointing=ckpt)
+                        gradient_checkpointing=ckpt, answer_logits_only=answer_only, n_answer=n_answer)
     measured = summ["peak_memory"]["bytes"]
-    return {"dtype": dtype, "gradient_checkpointing": ckpt, "steps": summ["global_step"], "train_s": round(secs, 1),
+    return {"dtype": dtype, "gradient_checkpointing": ckpt, "answer_logits_only": answer_only, "steps": summ["global_step"], "train_s": round(secs, 1),
             "visual_tokens_per_frame": vis, "text_tokens": n_text, "measured_peak_bytes": measured,
             "measured_reserved_bytes": summ["peak_memory"].get("reserved_bytes"),
             "estimate_bytes": int(est["total"]), "ratio_estimate_to_measured": round(est["total"] / measured, 3),
@@ -137,21 +139,26 @@ def main(argv=None) -> int:
         model_dir = build_random_2b(work / "qwen2vl-2b-random", tiny, dt)
         data_dir = write_smoke_shards(work / "data", n=16)
         total = torch.cuda.get_device_properties(0).total_memory
-        runs = [(True, None), (False, None)] + ([(True, a.t4_cap_gb)] if a.t4_cap_gb > 0 else [])
-        for ckpt, cap in runs:
+        # (checkpointing, answer-only logits, memory cap): the default run, the two things it saves, and the T4 cap
+        runs = [(True, True, None), (True, False, None), (False, True, None)] + (
+            [(True, True, a.t4_cap_gb)] if a.t4_cap_gb > 0 else [])
+        for ckpt, answer_only, cap in runs:
             if cap:
                 torch.cuda.empty_cache()
                 torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 1e9 / total))
             try:
-                r = run_one(model_dir, data_dir, work, a.dtype, ckpt, a.steps, tag=f"cap{cap:g}" if cap else "")
+                r = run_one(model_dir, data_dir, work, a.dtype, ckpt, a.steps, tag=f"-cap{cap:g}" if cap else "",
+                            answer_only=answer_only)
             except Exception as e:
-                r = {"dtype": a.dtype, "gradient_checkpointing": ckpt, "error": f"{type(e).__name__}: {e}"[:500]}
+                r = {"dtype": a.dtype, "gradient_checkpointing": ckpt, "answer_logits_only": answer_only,
+                     "error": f"{type(e).__name__}: {e}"[:500]}
             finally:
                 if cap:
                     torch.cuda.set_per_process_memory_fraction(1.0)
             r["memory_cap_gb"] = cap
             reports.append(r)
-            label = f"checkpointing={ckpt}" + (f", capped at {cap:g} GB (T4)" if cap else "")
+            label = (f"checkpointing={ckpt}, logits={'answer' if answer_only else 'full'}"
+                     + (f", capped at {cap:g} GB (T4)" if cap else ""))
             if "error" in r:
                 print(f"  {label}: FAIL {r['error']}")
             else:

@@ -345,3 +345,41 @@ def test_gpu_smoke_script_runs_the_qlora_path_on_cpu(capsys):
     assert "fp32: ok" in out and "gpu_smoke: PASS" in out
     if not torch.cuda.is_available():
         assert smoke.main([]) == 2  # the default asks for CUDA and says so
+
+
+def test_answer_only_loss_equals_the_models_full_loss(tiny_model_dir, tmp_path):
+    """lm_head on the answer positions only gives the same loss and the same LoRA gradients as the full-vocabulary
+    loss the model computes from labels (which projects every prompt token)."""
+    import sys
+
+    import torch
+
+    from openpack_vlm.model import ModelConfig, load_model
+    from openpack_vlm.shards import iter_samples, shard_paths
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from gpu_smoke import write_smoke_shards
+
+    data = write_smoke_shards(tmp_path / "data", n=4)
+    model, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none", dtype="fp32",
+                                         device="cpu", lora_dropout=0.0), for_training=True)
+    batch = T.Collator(proc)(list(iter_samples(shard_paths(data / "train")))[:2])
+    n_items = int((batch["labels"][:, 1:] != T.IGNORE_INDEX).sum())
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full = model(**batch).loss
+    g_full = grads(full)
+    part = T.answer_only_loss(model, batch)
+    g_part = grads(part)
+    assert torch.allclose(full, part, rtol=1e-5, atol=1e-6), (float(full), float(part))
+    assert g_full.keys() == g_part.keys() and all(torch.allclose(g_full[k], g_part[k], atol=1e-6) for k in g_full)
+    # with num_items_in_batch (gradient accumulation): sum / items, as transformers' ForCausalLMLoss
+    summed = T.answer_only_loss(model, batch, num_items_in_batch=torch.tensor(2 * n_items))
+    assert torch.allclose(summed * 2, part, rtol=1e-5)
+    bad = dict(batch, labels=torch.full_like(batch["labels"], T.IGNORE_INDEX))
+    with pytest.raises(T.TrainError, match="no trained answer tokens"):
+        T.answer_only_loss(model, bad)
