@@ -228,8 +228,8 @@ def test_sampling_table_equals_the_committed_comparison(doc):
     body = section(doc, "## 2. Frame sampling rationale")
     labels = {("synthetic RGB", "rgb"): {"uniform": "uniform", "motion (the training sampler)": "motion",
                                          "motion, no end anchors": "motion_free", "random": "random"},
-              ("rendered pose", "pose"): {"uniform": "uniform", "motion (frame differences)": "motion",
-                                          "motion from keypoint speed": "motion_kpt"}}
+              ("rendered pose", "pose"): {"uniform": "uniform", "motion from pixel differences": "motion",
+                                          "motion from keypoint speed (the training sampler)": "motion_kpt"}}
     n_rows = 0
     for (src_label, src), names in labels.items():
         data = json.loads((FIGURES / f"sampling_comparison_{src}.json").read_text())

@@ -153,6 +153,15 @@ def test_pose_source(synthetic_root, tmp_path):
                   "--max-clips-per-session", "6"]) == 0
     recs = _manifest(out, "test")
     assert len(recs) == 6 and {r["source"] for r in recs} == {"pose"}
+    # skeleton clips are sampled by joint speed, and the indices are exactly what that motion signal gives
+    assert {r["sampler"] for r in recs} == {"motion_kpt"}
+    from openpack_vlm.frames import open_source
+    from openpack_vlm.sampling import SamplingConfig, motion_from_keypoints, sample_from_motion
+
+    src = open_source(synthetic_root, "U0108", "S0100", "pose")
+    for r in recs:
+        motion = motion_from_keypoints(src.kpts[src.source_indices(r["t0_ms"])])
+        assert r["frame_indices"] == sample_from_motion(motion, SamplingConfig())
     for rec, frames in iter_samples(shard_paths(out / "test")):
         arr = np.asarray(frames[0])
         assert arr.shape == (336, 336, 3) and arr[:60].max() < 30  # letterbox bars above the Kinect frame
