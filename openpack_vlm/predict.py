@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .grammar import Grammar, argmax_id, fuse
-from .labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, OPERATION_NAMES
+from .labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION_NAMES
 from .prompt import build_messages, target_text
 from .schema import CLIP_FRAMES, Prediction
 from .sampling import SamplingConfig, sample_clip
@@ -355,7 +355,10 @@ class Predictor:
             en_lp = self.score_texts(state, end_candidates(dom, start))
             j = max(range(len(en_lp)), key=lambda i: (en_lp[i], i))  # ties → the longer span
             end = start + j
-            nx_p = _softmax(self.score_texts(state, next_candidates(dom, start, end)))
+            nx_lp = self.score_texts(state, next_candidates(dom, start, end))
+            # the truth never names Null or the dominant operation itself as the next one (clips.py skips both):
+            # they are not candidates
+            nx_p = _softmax([lp if n not in (NULL_NAME, dom) else -math.inf for n, lp in zip(OPERATION_NAMES, nx_lp)])
             raw = self._generate(state) if self.config.free_text else ""
         next_model = {OPERATION_IDS[i]: p for i, p in enumerate(nx_p)}
         scores = {
