@@ -233,11 +233,11 @@ def test_parse_raw_text_is_lenient_but_never_invents():
     assert parse_raw_text('{"dominant_operation": ["Picking"]}') == {"op": None, "span": None, "next": None}
 
 
-def test_next_operation_is_never_null_or_the_dominant_one(predictor):
-    """The ground truth skips Null and repeats of the dominant op (clips.py), so neither is a next-op candidate."""
+def test_next_operation_is_never_null(predictor):
+    """The ground truth skips Null (clips.py), so it is not a next-op candidate."""
     for seed in range(4):
         r = predictor.predict(_images(10 + seed), IDX, f"c{seed}")
         nm = r.scores["next_model"]
         dom = r.prediction.dominant_operation
-        assert nm["Null"] == 0.0 and nm[dom] == 0.0 and sum(nm.values()) == pytest.approx(1.0)
-        assert r.prediction.anticipated_next_operation not in ("Null", dom)
+        assert nm["Null"] == 0.0 and nm[dom] > 0.0 and sum(nm.values()) == pytest.approx(1.0)
+        assert r.prediction.anticipated_next_operation != "Null"
