@@ -234,10 +234,10 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     if not 0 < cfg.n_clips and not cfg.all_clips:
         raise EvalError(f"n_clips must be > 0, got {cfg.n_clips}")
     if predictor is None:
-        from .model import ModelLoadError, _adapter_dir
+        from .model import ModelLoadError, adapter_dir
 
         try:
-            _adapter_dir(cfg.adapter)  # fail before minutes of model loading
+            adapter_dir(cfg.adapter)  # fail before minutes of model loading
         except ModelLoadError as e:
             raise EvalError(str(e)) from None
     rows = select_clips(data, cfg.split, None if cfg.all_clips else cfg.n_clips)

@@ -400,7 +400,7 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
         if adapter is not None:
-            model = PeftModel.from_pretrained(model, str(_adapter_dir(adapter)), is_trainable=True)
+            model = PeftModel.from_pretrained(model, str(adapter_dir(adapter)), is_trainable=True)
         else:
             model = get_peft_model(model, lora_config(cfg))
         for p in model.parameters():  # trainable weights in fp32: AMP's grad scaler refuses fp16 grads
@@ -409,14 +409,15 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
     elif adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(_adapter_dir(adapter)))
+        model = PeftModel.from_pretrained(model, str(adapter_dir(adapter)))
         model.eval()
     else:
         model.eval()
     return model, processor
 
 
-def _adapter_dir(adapter: str | os.PathLike) -> Path:
+def adapter_dir(adapter: str | os.PathLike) -> Path:
+    """The LoRA adapter folder of ``adapter`` (a training run dir R resolves to R/adapter); ModelLoadError if none."""
     p = Path(adapter)
     if (p / "adapter" / "adapter_config.json").is_file():  # a training run dir R -> R/adapter
         p = p / "adapter"
