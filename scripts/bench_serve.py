@@ -46,13 +46,14 @@ class BenchConfig:
     height: int = 480
     fps: int = 25
     texture: str = "noise"  # "noise": ~1 Mbit/s like camera footage | "flat": gradient, ~85 kbit/s (decodes faster)
+    crf: int = 23  # libx264 quality (23 = its default); lower = higher bitrate = more decoding work
     core: int = 0  # CPU core the server is pinned to; -1 = no pinning
     target_p50_s: float = 0.2  # overhead budget per clip (s)
     timeout_s: float = 300.0  # server start + ready limit
 
 
 def write_clip(path: Path, cfg: BenchConfig, seed: int = 0) -> Path:
-    """A moving scene encoded with libx264 at its default quality. ``texture="noise"`` (blocky noise + grain) makes
+    """A moving scene encoded with libx264 at quality ``cfg.crf``. ``texture="noise"`` (blocky noise + grain) makes
     the decoder work about as hard as on camera footage; ``"flat"`` (a gradient) is the easy case."""
     import av
 
@@ -67,6 +68,7 @@ def write_clip(path: Path, cfg: BenchConfig, seed: int = 0) -> Path:
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=cfg.fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(cfg.crf)}
         for i in range(n):
             img = np.roll(bg, i * 2, axis=1).copy()
             if cfg.texture == "noise":
@@ -178,7 +180,7 @@ def run(cfg: BenchConfig, log=print) -> dict:
     summary = {
         "config": asdict(cfg),
         "clip": {"bytes": len(data), "seconds": cfg.seconds, "size": f"{cfg.width}x{cfg.height}", "codec": "h264",
-                 "texture": cfg.texture},
+                 "texture": cfg.texture, "crf": cfg.crf, "kbit_per_s": round(len(data) * 8 / 1000 / cfg.seconds)},
         "cpu": {"server_cores": "all" if pin is None else sorted(pin), "machine_cores": os.cpu_count()},
         "p50_s": {k: round(_pct([r[k] for r in rows], 50), 4) for k in stages},
         "p95_s": {k: round(_pct([r[k] for r in rows], 95), 4) for k in stages},
@@ -199,25 +201,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--texture", choices=["noise", "flat"], default=d.texture)
+    p.add_argument("--crf", type=int, default=d.crf, help="libx264 quality of the clip (lower = higher bitrate)")
     p.add_argument("--core", type=int, default=d.core, help="pin the server to this core; -1 = no pinning")
     p.add_argument("--out", help="also write the summary JSON here")
     a = p.parse_args(argv)
-    if a.requests < 1 or a.warmup < 0 or a.seconds <= 0 or a.width < 16 or a.height < 16:
-        print("bench_serve.py: --requests >= 1, --warmup >= 0, --seconds > 0, --width/--height >= 16", file=sys.stderr)
+    if a.requests < 1 or a.warmup < 0 or a.seconds <= 0 or a.width < 16 or a.height < 16 or not 0 <= a.crf <= 51:
+        print("bench_serve.py: --requests >= 1, --warmup >= 0, --seconds > 0, --width/--height >= 16, --crf 0..51",
+              file=sys.stderr)
         return 2
     if a.core >= 0 and a.core not in os.sched_getaffinity(0):
         print(f"bench_serve.py: core {a.core} is not available (have {sorted(os.sched_getaffinity(0))})",
               file=sys.stderr)
         return 2
     cfg = BenchConfig(model=a.model, adapter=a.adapter, quantization=a.quantization, requests=a.requests,
-                      warmup=a.warmup, seconds=a.seconds, width=a.width, height=a.height, texture=a.texture, core=a.core)
+                      warmup=a.warmup, seconds=a.seconds, width=a.width, height=a.height, texture=a.texture, crf=a.crf,
+                      core=a.core)
     try:
         summary = run(cfg)
     except (RuntimeError, OSError) as exc:
         print(f"bench_serve.py: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     p50, p95 = summary["p50_s"], summary["p95_s"]
-    print(f"clip {summary['clip']['size']} {cfg.seconds:g} s h264 {cfg.texture} ({summary['clip']['bytes']} bytes), "
+    print(f"clip {summary['clip']['size']} {cfg.seconds:g} s h264 {cfg.texture} crf {cfg.crf} "
+          f"({summary['clip']['bytes']} bytes, {summary['clip']['kbit_per_s']} kbit/s), "
           f"server on core(s) {summary['cpu']['server_cores']}, {cfg.requests} requests, model {cfg.model}")
     for k in p50:
         print(f"  {k:<9} p50 {p50[k] * 1000:8.1f} ms   p95 {p95[k] * 1000:8.1f} ms")

@@ -154,12 +154,74 @@ def test_decode_video_resamples_to_25fps(tmp_path, fps_in):
     src_idx = np.floor(np.arange(50) * fps_in / 25 + 1e-6).astype(int)
     got = out[:, 168, 168, 0].astype(int)
     assert np.all(np.abs(got - (20 + 3 * src_idx)) <= 2), (got, src_idx)
-    # PyAV fallback gives the same frames
-    ts, get = F._decode_pyav(p, 336, None)
+    # the decord fallback picks the same source frames and gives the same pixels
+    ts, get = F._decode_decord(p, 336, None)
     _, src = F.video_ticks(ts)
     assert list(src) == list(src_idx)
-    assert np.abs(get(src).astype(int) - out.astype(int)).max() <= 3
+    np.testing.assert_array_equal(get(src), out)
     assert F.decode_video(p, max_seconds=1.0).shape[0] == 25
+
+
+@pytest.mark.parametrize("kind", ["h264_30fps", "h264_60fps_portrait", "mjpeg_avi", "vp9_webm", "h264_mkv_7s"])
+def test_decode_video_pyav_equals_decord(tmp_path, kind):
+    """decode_video's PyAV pass (uploads) gives exactly the frames of the decord path (training videos): the same
+    source frame at every 25-fps tick and the same pixels, for the codecs and shapes serve.py is tested with."""
+    from test_serve import make_video
+
+    kw = {"h264_30fps": dict(fps=30), "h264_60fps_portrait": dict(fps=60, size=(120, 160)),
+          "mjpeg_avi": dict(codec="mjpeg", container="avi"), "vp9_webm": dict(codec="libvpx-vp9", container="webm"),
+          "h264_mkv_7s": dict(seconds=7.0, container="matroska")}[kind]
+    p = make_video(tmp_path / "v.mp4", **kw)  # the container named by ``container`` where given
+    for cap in (None, 5.0):
+        ts_p, get_p = F._decode_pyav(p, 336, cap)
+        ts_d, get_d = F._decode_decord(p, 336, cap)
+        _, src_p = F.video_ticks(ts_p, max_seconds=cap)
+        _, src_d = F.video_ticks(ts_d, max_seconds=cap)
+        assert list(src_p) == list(src_d)
+        out = F.decode_video(p, max_seconds=cap)
+        assert out.shape[0] == len(src_d) == {(True, None): 175, (True, 5.0): 125}.get((kind.endswith("7s"), cap), 50)
+        np.testing.assert_array_equal(out, get_d(src_d))
+        np.testing.assert_array_equal(get_p(src_p), out)  # the PyAV pass itself, not a fallback inside decode_video
+
+
+def test_decode_video_pyav_keeps_only_frames_shown(tmp_path):
+    """At 60 fps, 25 of every 60 decoded frames are shown at a 25-fps tick; only those are converted and kept
+    (memory bounded by the output, not the stream); asking for another one fails loudly, never silently."""
+    from test_serve import make_video
+
+    p = make_video(tmp_path / "v60.mp4", seconds=2.0, fps=60)
+    ts, get = F._decode_pyav(p, 336, None)
+    assert len(ts) == 120
+    _, src = F.video_ticks(ts)
+    assert len(np.unique(src)) == 50
+    assert get(src).shape == (50, 336, 336, 3)
+    not_shown = sorted(set(range(120)) - set(src.tolist()))
+    assert len(not_shown) == 70
+    with pytest.raises(RuntimeError, match="not kept"):
+        get(np.asarray(not_shown[:1]))
+
+
+def test_decode_video_out_of_order_timestamps(tmp_path):
+    """Frames whose times go backwards (two packets' pts swapped): the pass restarts keeping every frame, and the
+    output still shows, at each tick, the last frame by TIME (not by decode order)."""
+    path = tmp_path / "swapped.mkv"
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("mjpeg", rate=25)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuvj420p"
+        packets = []
+        for i in range(50):
+            packets += list(st.encode(av.VideoFrame.from_ndarray(_grey(20 + 4 * i, 64, 48), format="rgb24")))
+        packets += list(st.encode())
+        for i, pkt in enumerate(packets):  # frames 10 and 11 trade timestamps; dts stays increasing
+            pkt.pts, pkt.dts = {10: 11, 11: 10}.get(i, i) + 1, i
+            out.mux(pkt)
+    with pytest.raises(F._Unordered):
+        F._decode_pyav(path, 336, None)
+    got = F.decode_video(path)[:, 168, 168, 0].astype(int)
+    order = [i for i in range(50)]
+    order[10], order[11] = 11, 10
+    assert len(got) == 50
+    assert np.all(np.abs(got - (20 + 4 * np.asarray(order))) <= 3), got
 
 
 def test_decode_video_errors(tmp_path):

@@ -181,3 +181,28 @@ def test_server_alive_clean_and_stops_cleanly(server):
     log = log_path.read_text()
     assert "Traceback" not in log, log[-3000:]
     assert "model ready" in log
+
+
+def test_bench_serve_script(repo_root, tmp_path, capsys):
+    """scripts/bench_serve.py end to end on a short clip: a real server, the Server-Timing stages, the ratio line."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_serve", repo_root / "scripts" / "bench_serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_serve"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--requests", "2", "--warmup", "1", "--seconds", "2", "--width", "160", "--height", "120",
+                       "--crf", "30", "--core", "-1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(out.read_text())
+    p50 = summary["p50_s"]
+    for stage in ("roundtrip", "overhead", "model", "save", "decode", "ipc", "sample", "total"):
+        assert p50[stage] >= 0, stage
+    assert 0 < p50["decode"] < p50["overhead"] < p50["roundtrip"]
+    assert summary["overhead_p50_over_target"] == round(p50["overhead"] / 0.2, 3)
+    assert summary["clip"]["crf"] == 30 and summary["clip"]["size"] == "160x120"
+    assert f"= {summary['overhead_p50_over_target']:.2f}" in printed
+    assert bench.main(["--crf", "60"]) == 2  # bad settings: one line, exit 2
+    assert "--crf 0..51" in capsys.readouterr().err
