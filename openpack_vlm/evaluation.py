@@ -142,7 +142,8 @@ def data_provenance(data: Path) -> dict:
             "data_settings": summary.get("settings")}
 
 
-def _git() -> dict:
+def git_provenance() -> dict:
+    """The checkout a measurement ran on: commit and whether the tree had uncommitted changes."""
     repo = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
@@ -364,7 +365,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     synthetic = prov["data"] != "real" or tiny
     provenance = prov | {"frame_sources": frame_sources, "model_id": cfg.model_id, "tiny_random_model": tiny,
                          "adapter": str(cfg.adapter), "quantization": cfg.quantization,
-                         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")} | _git()
+                         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")} | git_provenance()
     note = ("SYNTHETIC / TINY-MODEL RESULT: " + ("synthetic data" if prov["data"] == "synthetic" else
                                                   f"data provenance {prov['data']!r}") +
             (", tiny randomly initialised model" if tiny else "") +

@@ -184,7 +184,8 @@ def test_server_alive_clean_and_stops_cleanly(server):
 
 
 def test_bench_serve_script(repo_root, tmp_path, capsys):
-    """scripts/bench_serve.py end to end on a short clip: a real server, the Server-Timing stages, the ratio line."""
+    """scripts/bench_serve.py --sweep end to end on short clips: one real server, every clip's Server-Timing stages,
+    bitrate growing as crf falls, the ratio lines, provenance, JSON and PNG written."""
     import importlib.util
     import json
 
@@ -193,16 +194,22 @@ def test_bench_serve_script(repo_root, tmp_path, capsys):
     sys.modules["bench_serve"] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    assert bench.main(["--requests", "2", "--warmup", "1", "--seconds", "2", "--width", "160", "--height", "120",
-                       "--crf", "30", "--core", "-1", "--out", str(out)]) == 0
+    assert bench.main(["--sweep", "--requests", "2", "--warmup", "1", "--seconds", "2", "--width", "160",
+                       "--height", "120", "--core", "-1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    summary = json.loads(out.read_text())
-    p50 = summary["p50_s"]
-    for stage in ("roundtrip", "overhead", "model", "save", "decode", "ipc", "sample", "total"):
-        assert p50[stage] >= 0, stage
-    assert 0 < p50["decode"] < p50["overhead"] < p50["roundtrip"]
-    assert summary["overhead_p50_over_target"] == round(p50["overhead"] / 0.2, 3)
-    assert summary["clip"]["crf"] == 30 and summary["clip"]["size"] == "160x120"
-    assert f"= {summary['overhead_p50_over_target']:.2f}" in printed
+    result = json.loads(out.read_text())
+    assert [(r["clip"]["texture"], r["clip"]["crf"]) for r in result["runs"]] == list(bench.SWEEP)
+    for r in result["runs"]:
+        p50 = r["p50_s"]
+        assert r["requests"] == 2 and r["clip"]["size"] == "160x120"
+        assert 0 < p50["decode"] < p50["overhead"] < p50["roundtrip"] and p50["model"] > 0
+        assert r["overhead_p50_over_target"] == round(p50["overhead"] / 0.2, 3)
+        assert f"{r['clip']['kbit_per_s']} kbit/s" in printed and f"= {r['overhead_p50_over_target']:.2f}" in printed
+    noise = [r["clip"]["kbit_per_s"] for r in result["runs"] if r["clip"]["texture"] == "noise"]
+    assert noise == sorted(noise)  # crf 28 → 18: the bitrate rises
+    prov = result["provenance"]
+    assert prov["git_commit"] and prov["cpu"] and prov["pyav"] and prov["libavcodec"]
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert bench.main(["--crf", "60"]) == 2  # bad settings: one line, exit 2
     assert "--crf 0..51" in capsys.readouterr().err
