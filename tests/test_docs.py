@@ -272,3 +272,21 @@ def test_failure_modes_section_matches_its_evaluation_files(doc):
     maj = res["baselines"]["majority_class"]
     cells = [f"{maj[k]:.3f}" for k in ("OCA", "tIoU@0.5", "AA@1")]
     assert _row(body, "majority class of the train split (no model)") == cells
+
+
+def test_readme_latency_table_equals_the_committed_benchmark():
+    """README's serve-latency table is docs/figures/serve_latency.json (scripts/bench_serve.py --sweep), row by row,
+    with the commit it was measured on and its plot committed."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    bench = json.loads((FIGURES / "serve_latency.json").read_text())
+    assert "python scripts/bench_serve.py --sweep --out docs/figures/serve_latency.json" in readme
+    assert (FIGURES / "serve_latency.png").is_file()
+    prov = bench["provenance"]
+    assert not prov["git_dirty"], "benchmark the committed tree (git_dirty is true): rerun after committing"
+    assert f"commit {prov['git_commit'][:7]}" in readme, "README names another commit than serve_latency.json"
+    assert len(bench["runs"]) == 6
+    for r in bench["runs"]:
+        c, p50, p95 = r["clip"], r["p50_s"], r["p95_s"]
+        row = (f"| {c['texture']} crf {c['crf']} | {c['kbit_per_s']} | {p50['overhead'] * 1000:.0f} ms | "
+               f"{p95['overhead'] * 1000:.0f} ms | {p50['decode'] * 1000:.0f} ms | {r['overhead_p50_over_target']:.2f} |")
+        assert row in readme, f"README latency row differs from docs/figures/serve_latency.json: {row}"
