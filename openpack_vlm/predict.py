@@ -216,6 +216,11 @@ class Predictor:
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._dom_cands = dominant_candidates()
 
+    @property
+    def device(self):
+        """The torch device the model's inputs go to (cuda:0, cpu)."""
+        return self._device
+
     @classmethod
     def from_pretrained(cls, model_id: str, adapter: str | os.PathLike | None = None, quantization: str = "none",
                         device: str = "auto", grammar: str | os.PathLike | Grammar | None = "auto",

@@ -675,8 +675,11 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
             if model is not None and model.error:
                 return _error(503, "model_error", model.error)
             return _error(503, "loading", f"model {cfg.model_id} is loading")
+        info = dict(getattr(model.predictor, "info", None) or {})  # what was actually loaded, for operators
+        device = getattr(model.predictor, "device", None)
         return {"status": "ready", "model_id": cfg.model_id, "adapter": cfg.adapter_path,
-                "load_seconds": round(model.load_seconds or 0.0, 2)}
+                "quantization": info.get("quantization"), "device": None if device is None else str(device),
+                "grammar": info.get("grammar"), "load_seconds": round(model.load_seconds or 0.0, 2)}
 
     @app.post(
         "/predict",

@@ -149,11 +149,11 @@ def provenance() -> dict:
             "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))), **git_provenance()}
 
 
-def _start_server(cfg: BenchConfig, tmp: Path, max_seconds: float):
+def _start_server(cfg: BenchConfig, tmp: Path, max_seconds: float, extra_env: dict | None = None):
     port = _free_port()
     env = dict(os.environ, MODEL_ID=cfg.model, QUANTIZATION=cfg.quantization, OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", DECODE_WORKERS="1", UPLOAD_DIR=str(tmp), LOG_LEVEL="warning",
-               MAX_CLIP_SECONDS=str(max(30.0, max_seconds + 1)))
+               MAX_CLIP_SECONDS=str(max(30.0, max_seconds + 1)), **(extra_env or {}))
     if cfg.adapter:
         env["ADAPTER_PATH"] = cfg.adapter
     if cfg.model == "tiny":

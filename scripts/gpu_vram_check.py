@@ -27,7 +27,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", config_overrides: dict | None = None) -> Path:
+def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", config_overrides: dict | None = None,
+                    vision_overrides: dict | None = None) -> Path:
     """Qwen2-VL-2B architecture with random weights + the tiny tokenizer (its special-token ids wired in)."""
     import torch
     from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration
@@ -59,9 +60,10 @@ def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", 
     text_config.update(config_overrides or {})  # only for a CPU dry run of this script
     config = Qwen2VLConfig(
         text_config=text_config,
-        vision_config=dict(depth=v["depth"], embed_dim=v["embed_dim"], hidden_size=v["hidden_size"],
-                           num_heads=v["num_heads"], mlp_ratio=v["mlp_ratio"], patch_size=v["patch_size"],
-                           spatial_merge_size=v["spatial_merge_size"], temporal_patch_size=v["temporal_patch_size"]),
+        vision_config=dict(dict(depth=v["depth"], embed_dim=v["embed_dim"], hidden_size=v["hidden_size"],
+                                num_heads=v["num_heads"], mlp_ratio=v["mlp_ratio"], patch_size=v["patch_size"],
+                                spatial_merge_size=v["spatial_merge_size"], temporal_patch_size=v["temporal_patch_size"]),
+                           **(vision_overrides or {})),  # overrides: only for a CPU dry run
         tie_word_embeddings=c["tie_word_embeddings"],
         **ids,
     )

@@ -310,6 +310,7 @@ def test_health_answers_while_model_loads_then_ready(client, gate, media):
     gate.set()
     info = _wait_ready(client)
     assert info["status"] == "ready" and info["adapter"] is None
+    assert (info["quantization"], info["device"], info["grammar"]) == ("none", "cpu", None)  # what was loaded
 
 
 def test_predict_returns_schema_json_same_as_predictor(client, gate, media, tiny_model_dir):

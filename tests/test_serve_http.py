@@ -213,3 +213,27 @@ def test_bench_serve_script(repo_root, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert bench.main(["--crf", "60"]) == 2  # bad settings: one line, exit 2
     assert "--crf 0..51" in capsys.readouterr().err
+
+
+def test_gpu_serve_check_cpu_dry_run(tmp_path, capsys):
+    """scripts/gpu_serve_check.py's whole path on CPU: the Qwen2-VL-2B architecture's classes (small sizes), a LoRA
+    adapter of the real settings with grammar.json beside it, served by serve.py with ADAPTER_PATH set — the README's
+    "real model + adapter" route — answering schema-valid JSON and naming the adapter and grammar in /ready."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_serve_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_serve_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_serve_check"] = mod
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    assert mod.main(["--cpu-dry-run", "--requests", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "gpu_serve_check: PASS" in printed
+    report = json.loads(out.read_text())
+    assert all(report["checks"].values()) and len(report["checks"]) == 4
+    ready = report["ready"]
+    assert ready["adapter"].endswith("/run/adapter") and ready["grammar"].endswith("/run/grammar.json")
+    assert (ready["quantization"], ready["device"]) == ("none", "cpu")
+    assert report["timing"]["p50_s"]["model"] > 0
