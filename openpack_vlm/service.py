@@ -62,6 +62,9 @@ class ServeConfig:
     decode_timeout_s: float = 60.0  # DECODE_TIMEOUT_S: a decode running longer is killed → 422 (5 s clip: < 1 s)
     decode_memory_mb: int = 4096  # DECODE_MEMORY_MB: address-space cap of a decoder process (imports use ~1.4 GB)
     upload_dir: str | None = None  # UPLOAD_DIR: where upload temp files live; unset = the system temp dir
+    free_text: bool = False  # FREE_TEXT: also let the model write its free answer, to report in the X-Output-Repair
+    # header whether it fit the schema; off by default: the JSON never uses it and it costs up to 128 decode steps
+    # (seconds per request on a GPU: docs/gpu/gpu_serve_check_h100*.json)
     host: str = "0.0.0.0"  # HOST: uvicorn bind address (0.0.0.0 inside a container)
     port: int = 8000  # PORT
     log_level: str = "info"  # LOG_LEVEL
@@ -79,6 +82,7 @@ class ServeConfig:
         "decode_timeout_s": "DECODE_TIMEOUT_S",
         "decode_memory_mb": "DECODE_MEMORY_MB",
         "upload_dir": "UPLOAD_DIR",
+        "free_text": "FREE_TEXT",
         "host": "HOST",
         "port": "PORT",
         "log_level": "LOG_LEVEL",
@@ -95,6 +99,13 @@ class ServeConfig:
             if not raw:
                 continue
             kind = types[name]
+            if kind == "bool":
+                flag = {"1": True, "true": True, "yes": True, "on": True,
+                        "0": False, "false": False, "no": False, "off": False}.get(raw.lower())
+                if flag is None:
+                    raise ValueError(f"{var} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+                kwargs[name] = flag
+                continue
             try:
                 if kind == "int":
                     kwargs[name] = int(raw)
@@ -519,10 +530,11 @@ def resolve_quantization(quantization: str) -> str:
 
 def load_predictor(cfg: ServeConfig):
     """The shared Predictor (openpack_vlm.predict) for the configured base model (+ adapter)."""
-    from .predict import Predictor
+    from .predict import PredictConfig, Predictor
 
     return Predictor.from_pretrained(cfg.model_id, adapter=cfg.adapter_path,
-                                     quantization=resolve_quantization(cfg.quantization), device=cfg.device)
+                                     quantization=resolve_quantization(cfg.quantization), device=cfg.device,
+                                     config=PredictConfig(free_text=cfg.free_text))
 
 
 class ModelState:

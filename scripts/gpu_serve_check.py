@@ -91,7 +91,7 @@ class GpuMemoryPoller:
             self._thread.join(5)
 
 
-def run(requests: int, dry: bool, work: Path) -> dict:
+def run(requests: int, dry: bool, work: Path, free_text: bool = False) -> dict:
     import httpx2 as httpx
     import torch
 
@@ -116,13 +116,15 @@ def run(requests: int, dry: bool, work: Path) -> dict:
                          requests=requests, warmup=2, core=-1, texture="noise", crf=23)
     clip = bs.write_clip(work / "clip.mp4", cfg)
     report: dict = {"model": "Qwen2-VL-2B architecture, random weights" + (" (CPU dry-run size)" if dry else ""),
-                    "quantization_env": cfg.quantization, "device": device, "build_s": round(build_s, 1),
+                    "quantization_env": cfg.quantization, "device": device, "free_text": free_text,
+                    "build_s": round(build_s, 1),
                     "clip": {"bytes": clip.stat().st_size, "size": f"{cfg.width}x{cfg.height}", "seconds": cfg.seconds}}
     if not dry:
         report["gpu"] = torch.cuda.get_device_name(0)
     checks: dict[str, bool] = {}
     with GpuMemoryPoller() as mem:
-        proc, base, log = bs._start_server(cfg, work, cfg.seconds, extra_env={"DEVICE": device})
+        proc, base, log = bs._start_server(cfg, work, cfg.seconds,
+                                           extra_env={"DEVICE": device, "FREE_TEXT": "1" if free_text else "0"})
         try:
             t1 = time.time()
             bs._wait_ready(httpx, proc, base, log, timeout_s=600)
@@ -164,6 +166,10 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--cpu-dry-run", action="store_true", help="small config on CPU, no quantization: the same code")
     p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--free-text", action="store_true", help="serve with FREE_TEXT=1 (the model also writes its "
+                   "free answer; the default server does not)")
+    p.add_argument("--commit", default=None, help="the commit measured, recorded in the report (the GPU machine "
+                   "gets a copy of the tree without .git)")
     a = p.parse_args(argv)
     import torch
 
@@ -175,7 +181,8 @@ def main(argv=None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="serve_check_") as tmp:
         try:
-            report = run(a.requests, a.cpu_dry_run, Path(tmp))
+            report = run(a.requests, a.cpu_dry_run, Path(tmp), free_text=a.free_text)
+            report["commit"] = a.commit
         except Exception as e:  # noqa: BLE001 - a failed check is reported in one line, with the report so far
             print(f"gpu_serve_check: FAIL {type(e).__name__}: {' '.join(str(e).split())[:400]}", file=sys.stderr)
             return 1

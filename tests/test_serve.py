@@ -90,6 +90,9 @@ def test_settings_from_env_defaults_are_the_real_run():
     assert (cfg.model_id, cfg.max_upload_bytes, cfg.port, cfg.quantization, cfg.max_pending) == (
         "tiny", int(1.5 * 1024 * 1024), 9001, "none", 3)
     assert cfg.adapter_path is None  # empty variable = unset
+    assert cfg.free_text is False  # the free answer is not part of the response: not generated unless asked
+    assert ServeConfig.from_env({"FREE_TEXT": "1"}).free_text and ServeConfig.from_env({"FREE_TEXT": "True"}).free_text
+    assert not ServeConfig.from_env({"FREE_TEXT": "off"}).free_text
 
 
 @pytest.mark.parametrize("env, words", [
@@ -99,6 +102,7 @@ def test_settings_from_env_defaults_are_the_real_run():
     ({"QUANTIZATION": "8bit"}, ["QUANTIZATION", "8bit"]),
     ({"MAX_PENDING": "0"}, ["MAX_PENDING", "> 0"]),
     ({"ADAPTER_PATH": "/nonexistent/adapter"}, ["ADAPTER_PATH", "/nonexistent/adapter"]),
+    ({"FREE_TEXT": "maybe"}, ["FREE_TEXT", "true/false", "maybe"]),
 ])
 def test_settings_bad_values_one_line(env, words):
     from openpack_vlm.service import ServeConfig
@@ -423,6 +427,40 @@ def test_model_load_failure_is_reported_not_fatal(tmp_path):
         r = c.post("/predict", files={"file": ("a.mp4", io.BytesIO(b"x"), "video/mp4")})
         assert_error(r, 503, "model_error")
         assert c.get("/health").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("free_text", [False, True])
+def test_free_text_setting_decides_generation(tiny_model_dir, tmp_path, free_text):
+    """FREE_TEXT off (default): the predictor writes no free answer (the JSON never uses it; on a GPU it was most of
+    the model time) and no X-Output-Repair header is sent. On: the free answer is generated, and the random tiny
+    model's text, never valid JSON, is reported as repaired. The JSON answer is the same either way."""
+    from fastapi.testclient import TestClient
+
+    from openpack_vlm.service import ServeConfig, create_app, load_predictor
+
+    seen = []
+
+    class Recording:  # the real predictor; records what its predict_clip returned
+        def __init__(self, inner):
+            self.inner, self.config = inner, inner.config
+
+        def predict_clip(self, clip, clip_id):
+            seen.append(self.inner.predict_clip(clip, clip_id))
+            return seen[-1]
+
+    cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", decode_workers=1,
+                      free_text=free_text)
+    video = make_video(tmp_path / "v.mp4", seconds=2.0).read_bytes()
+    with TestClient(create_app(cfg, predictor_factory=lambda c: Recording(load_predictor(c)))) as c:
+        _wait_ready(c)
+        assert c.app.state.model.predictor.config.free_text is free_text
+        r = c.post("/predict", files={"file": ("v.mp4", video, "video/mp4")})
+    assert r.status_code == 200, r.text
+    assert seen[0].prediction.model_dump() == r.json()
+    if free_text:
+        assert seen[0].raw_text and seen[0].repair and r.headers["x-output-repair"]
+    else:
+        assert seen[0].raw_text == "" and seen[0].repair is None and "x-output-repair" not in r.headers
 
 
 def test_busy_and_health_during_prediction(tiny_model_dir, tmp_path):
