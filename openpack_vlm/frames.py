@@ -266,6 +266,7 @@ def _decode_pyav(path: Path, size: int, max_seconds: float | None, fps: int = FP
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {path}")
         stream = container.streams.video[0]
+        stream.thread_count = 1  # one thread: the service runs DECODE_WORKERS decoder processes, one per core
         rate = float(stream.average_rate or fps)
         box, held = None, None  # held: the previous frame, kept until the next one's time decides whether it shows
 
