@@ -327,11 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  server overhead p50 / target {cfg.target_p50_s:g} s = {ratio:.2f} "
               f"({'within' if ratio <= 1 else 'OVER'} target)")
     if a.out:
+        from openpack_vlm.pipeline import write_atomic
+
         out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        write_atomic(out, json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
         if a.sweep:
             plot(result, out.with_suffix(".png"))

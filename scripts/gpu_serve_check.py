@@ -196,11 +196,9 @@ def main(argv=None) -> int:
     for name, ok in report["checks"].items():
         print(f"  {name}: {'ok' if ok else 'FAIL'}")
     if a.json:
-        out = Path(a.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, out)
+        from openpack_vlm.pipeline import write_atomic
+
+        write_atomic(Path(a.json), json.dumps(report, indent=2) + "\n")
     ok = all(report["checks"].values())
     print(f"gpu_serve_check: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
