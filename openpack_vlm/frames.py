@@ -269,6 +269,7 @@ def _decode_pyav(path: Path, size: int, max_seconds: float | None, fps: int = FP
         stream.thread_count = 1  # one thread: the service runs DECODE_WORKERS decoder processes, one per core
         rate = float(stream.average_rate or fps)
         box, held = None, None  # held: the previous frame, kept until the next one's time decides whether it shows
+        eps = 1e-6 * fps  # video_ticks' 1 µs tolerance, in ticks
 
         def keep(i: int, fr) -> None:
             nonlocal box
@@ -285,7 +286,6 @@ def _decode_pyav(path: Path, size: int, max_seconds: float | None, fps: int = FP
                 a, b = (ts[-1] - ts[0]) * fps, (t - ts[0]) * fps  # previous and this frame, in ticks
                 if b < a and not keep_all:
                     raise _Unordered
-                eps = 1e-6 * fps  # video_ticks' 1 µs tolerance, in ticks
                 if keep_all or np.ceil(a - eps) < b - eps:  # a tick k with a <= k < b (within eps) shows it
                     keep(len(ts) - 1, held)
             ts.append(t)
@@ -297,7 +297,8 @@ def _decode_pyav(path: Path, size: int, max_seconds: float | None, fps: int = FP
 
     def get(indices: np.ndarray) -> np.ndarray:
         missing = [int(i) for i in indices if int(i) not in frames]
-        if missing:  # a selection rule out of step with video_ticks: fail loudly, never show a wrong frame
+        if missing:  # a selection rule out of step with video_ticks: fail (decode_video then uses decord), never
+            # show a wrong frame; tests/test_frames.py calls this getter directly, so such a bug cannot hide
             raise RuntimeError(f"frames {missing[:5]} of {path.name} were not kept while decoding")
         return np.stack([frames[int(i)] for i in indices])
 
