@@ -4,13 +4,18 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo results vram devlog
+.PHONY: install test test-fast demo results vram devlog
 
 install:
 	bash scripts/install.sh
 
+# the README's full suite (what CI runs through .ci/run)
 test: install
 	$(PY) -m pytest -q
+
+# the development loop: everything but the tests marked slow (training runs, real servers, notebook, demo); no install
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
 
 # synthetic root -> data_pipeline.py -> tiny LoRA run -> evaluate.py, into out/demo (fresh each time)
 demo: install
@@ -22,7 +27,7 @@ results: demo
 	cp out/demo/eval/results.json results.json.tmp && mv results.json.tmp results.json
 
 vram:
-	$(PY) -m openpack_vlm.vram
+	$(PY) -m openpack_vlm.model.vram
 
 devlog:
 	$(PY) scripts/devlog.py

@@ -8,9 +8,10 @@
     curl -F file=@clip.mp4 http://127.0.0.1:8000/predict
     curl http://127.0.0.1:8000/health ; curl http://127.0.0.1:8000/ready ; open http://127.0.0.1:8000/docs
 
-Settings (environment; see openpack_vlm.service.ServeConfig): MODEL_ID, ADAPTER_PATH, QUANTIZATION (auto|4bit|none),
-DEVICE, MAX_UPLOAD_MB, MAX_CLIP_SECONDS, MAX_FRAME_PIXELS, MAX_PENDING, DECODE_WORKERS, DECODE_TIMEOUT_S,
-DECODE_MEMORY_MB, UPLOAD_DIR, HOST, PORT, LOG_LEVEL. Command-line options override the environment. The model loads
+Settings: the environment variables of openpack_vlm.serving.settings.ServeConfig (README lists them, generated from
+it); each has a flag of the same name (``--max_upload_mb`` / ``--max-upload-mb``) that overrides the environment. The
+run contract (RUN_CONFIG, else run.json beside ADAPTER_PATH) sets K, the sampler, the JPEG round trip, the grammar and
+its tuned weight. The model loads
 after the server starts (``/ready`` is 503 until then); importing this module loads nothing.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ import argparse
 import logging
 import sys
 
-from openpack_vlm.service import ServeConfig, create_app
+from openpack_vlm.serving.settings import ServeConfig
+from openpack_vlm.serving.app import create_app
 
 _APP = None
 
@@ -38,14 +40,13 @@ def __getattr__(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One flag per ServeConfig field (``--model_id`` / ``--model-id``, help from the field's description); a flag
+    given overrides the environment variable of the same name."""
     p = argparse.ArgumentParser(description="Serve POST /predict (video clip -> operation JSON) with uvicorn.")
-    p.add_argument("--host", help="bind address (env HOST, default 0.0.0.0)")
-    p.add_argument("--port", type=int, help="port (env PORT, default 8000)")
-    p.add_argument("--model", dest="model_id", help="MODEL_ID: hub id, local dir or 'tiny'")
-    p.add_argument("--adapter", dest="adapter_path", help="ADAPTER_PATH: LoRA adapter dir (a training run's adapter/)")
-    p.add_argument("--quantization", choices=["auto", "4bit", "none"], help="QUANTIZATION (default auto)")
-    p.add_argument("--device", help="DEVICE: auto | cuda | cpu")
-    p.add_argument("--log-level", dest="log_level", choices=["critical", "error", "warning", "info", "debug"])
+    for name, f in ServeConfig.model_fields.items():
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        flags += {"model_id": ["--model"], "adapter_path": ["--adapter"]}.get(name, [])
+        p.add_argument(*flags, dest=name, default=None, help=f"{name.upper()}: {f.description}")
     p.add_argument("--healthcheck", action="store_true",
                    help="GET http://127.0.0.1:PORT/health once; exit 0 if it answers 200 (Docker HEALTHCHECK)")
     return p

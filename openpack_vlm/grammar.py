@@ -217,13 +217,10 @@ class Grammar:
         return g
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write JSON to a temp name, then rename (never a half-written file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
-        return path
+        """Write the JSON atomically (never a half-written file)."""
+        from .io_utils import write_json
+
+        return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Grammar":

@@ -25,20 +25,21 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from openpack_vlm import openpack
-from openpack_vlm.clips import ClipConfig, make_clips
-from openpack_vlm.frames import VideoFrameSource, open_source, resample_indices, tick_times
-from openpack_vlm.sampling import sample_clip
-from openpack_vlm.pipeline import write_atomic
+from openpack_vlm.data import openpack
+from openpack_vlm.data.clips import ClipConfig, make_clips
+from openpack_vlm.data.sources import VideoFrameSource, open_source
+from openpack_vlm.data.timegrid import resample_indices, tick_times
+from openpack_vlm.data.sampling import sample_clip
+from openpack_vlm.io_utils import write_atomic
 from openpack_vlm.schema import CLIP_SECONDS
-from openpack_vlm.shards import encode_jpeg
+from openpack_vlm.data.shards import encode_jpeg
 
 
 def write_bench_root(root: Path, user: str, session: str, seconds: float) -> None:
     """A synthetic session at the real frame size plus an H.264 video of its RGB frames."""
     import av
 
-    from openpack_vlm.synthetic import SyntheticConfig, write_synthetic_root
+    from openpack_vlm.data.synthetic import SyntheticConfig, write_synthetic_root
 
     write_synthetic_root(root, SyntheticConfig(users=(user,), sessions=(session,), session_seconds=seconds))
     ts, paths = openpack.rgb_frames(root, user, session)

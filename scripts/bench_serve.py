@@ -134,7 +134,7 @@ def provenance() -> dict:
 
     import av
 
-    from openpack_vlm.evaluation import git_provenance
+    from openpack_vlm.evaluation.evaluate import git_provenance
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -275,10 +275,9 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"POST /predict overhead, model {cfg['model']}, server on core(s) {result['cpu']['server_cores']}"
                  f"\n{prov['cpu']}, commit {str(prov.get('git_commit'))[:7]}", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from openpack_vlm.io_utils import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  server overhead p50 / target {cfg.target_p50_s:g} s = {ratio:.2f} "
               f"({'within' if ratio <= 1 else 'OVER'} target)")
     if a.out:
-        from openpack_vlm.pipeline import write_atomic
+        from openpack_vlm.io_utils import write_atomic
 
         out = Path(a.out)
         write_atomic(out, json.dumps(result, indent=2) + "\n")

@@ -4,7 +4,7 @@
                                   [--stride-ms 200] [--json docs/figures/class_stats_U0209_S0500.json]
 
 Default input: the real U0209/S0500 annotation shipped in tests/data/openpack (v1.0.0 interval file, 193 operations).
-The timeline is read with openpack_vlm.openpack.load_timeline (gaps -> Null 8100, adjacent equal operations merged),
+The timeline is read with openpack_vlm.data.openpack.load_timeline (gaps -> Null 8100, adjacent equal operations merged),
 exactly as the data pipeline reads it. Prints three tables:
 
 1. per class: segments, total time, share of annotated time, duration mean / median / min / max (s), share of
@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from openpack_vlm import openpack
-from openpack_vlm.clips import CLIP_MS, ClipConfig, ClipError, clip_truth, make_clips
+from openpack_vlm.data import openpack
+from openpack_vlm.io_utils import write_atomic
+from openpack_vlm.data.clips import CLIP_MS, ClipConfig, ClipError, clip_truth, make_clips
 from openpack_vlm.grammar import op_sequence
 from openpack_vlm.labels import ID_TO_NAME, NAME_TO_ID, NULL_ID, OPERATION_IDS
 
@@ -180,9 +180,7 @@ def main(argv=None) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(stats, indent=1) + "\n")
-        os.replace(tmp, out)
+        write_atomic(out, json.dumps(stats, indent=1) + "\n")
         print(f"wrote {out}")
     return 0
 

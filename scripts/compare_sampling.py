@@ -22,19 +22,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from openpack_vlm import openpack
-from openpack_vlm.clips import ClipConfig, make_clips
-from openpack_vlm.frames import FrameError, PoseFrameSource, open_source
+from openpack_vlm.data import openpack
+from openpack_vlm.data.clips import ClipConfig, make_clips
+from openpack_vlm.data.errors import FrameError
+from openpack_vlm.data.sources import PoseFrameSource, open_source
 from openpack_vlm.labels import NAME_TO_ID
-from openpack_vlm.pipeline import DEFAULT_SPLITS, write_atomic
-from openpack_vlm.sampling import SamplingConfig, motion_from_keypoints, sample_clip, sample_from_motion, sample_uniform
+from openpack_vlm.data.pipeline import DEFAULT_SPLITS, parse_splits
+from openpack_vlm.io_utils import save_figure, write_atomic
+from openpack_vlm.data.sampling import (
+    SamplingConfig,
+    motion_from_keypoints,
+    sample_clip,
+    sample_from_motion,
+    sample_uniform,
+)
 from openpack_vlm.schema import CLIP_FRAMES, FPS
 
 
@@ -126,10 +133,7 @@ def plot(per: dict[str, dict], summary: dict[str, dict], path: Path, title: str)
     a2.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:
@@ -137,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=None, help="OpenPack root (default: $OPENPACK_ROOT)")
     ap.add_argument("--out", required=True, help="JSON output path")
     ap.add_argument("--plot", default=None, help="PNG output path (default: --out with .png)")
-    ap.add_argument("--users", nargs="+", default=DEFAULT_SPLITS["val"])
+    ap.add_argument("--users", nargs="+", default=parse_splits(DEFAULT_SPLITS)["val"])
     ap.add_argument("--source", default="auto", choices=["auto", "rgb", "pose"])
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)

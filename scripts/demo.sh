@@ -3,7 +3,7 @@
 #
 #   bash scripts/demo.sh [OUT_DIR=out/demo]        # env: STEPS=300 (training steps), N_CLIPS=30 (test clips)
 #
-# synthetic OpenPack root -> data_pipeline.py -> LoRA training (openpack_vlm.train, tiny model, no quantisation)
+# synthetic OpenPack root -> data_pipeline.py -> LoRA training (openpack_vlm.model.train, tiny model, no quantisation)
 # -> evaluate.py (base vs fine-tuned vs fine-tuned + grammar) -> prints the table. Nothing is downloaded.
 # The numbers check that the pipeline runs and learns; they are NOT OpenPack results (results.json says so).
 set -euo pipefail
@@ -20,14 +20,14 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 step() { printf '\n== %s\n' "$*"; }
 
 step "1/4 synthetic OpenPack root -> $OUT/root"
-python -m openpack_vlm.synthetic --out "$OUT/root"
+python -m openpack_vlm.data.synthetic --out "$OUT/root"
 
 step "2/4 data pipeline -> $OUT/data"
 python data_pipeline.py --root "$OUT/root" --out "$OUT/data"
 
 step "3/4 LoRA training of the tiny model, $STEPS steps -> $OUT/run"
 # --num-workers 0: the tiny model's batches are cheap to build; no dataloader processes on a 2-core CPU
-python -m openpack_vlm.train --data "$OUT/data" --out "$OUT/run" --model tiny --quantization none \
+python -m openpack_vlm.model.train --data "$OUT/data" --out "$OUT/run" --model tiny --quantization none \
     --max-steps "$STEPS" --num-workers 0 --report-to none
 
 step "4/4 evaluation on the held-out user U0108 -> $OUT/eval"

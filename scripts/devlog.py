@@ -18,13 +18,13 @@ one is not a commit reachable from HEAD. Exit codes: 0 ok, 1 unknown hash, 2 usa
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from openpack_vlm.io_utils import write_atomic
 
 START = "<!-- devlog:start -->"
 END = "<!-- devlog:end -->"
@@ -169,18 +169,6 @@ def split_sections(text: str, path: Path) -> tuple[str, str, str]:
     return head, body, tail
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def update(repo: Path, agents: Path) -> int:
     """Rewrite the marked section; returns the number of entries."""
     text = agents.read_text(encoding="utf-8")
@@ -188,7 +176,7 @@ def update(repo: Path, agents: Path) -> int:
     commits = read_history(repo)
     new = f"{head}{START}\n{render(commits, load_notes(repo))}\n{END}{tail}"
     if new != text:
-        write_atomic(agents, new)
+        write_atomic(agents, new.encode("utf-8"))  # bytes: no newline translation
     return len(commits)
 
 

@@ -16,10 +16,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # runnable as a plain script from anywhere
-    sys.path.insert(0, str(REPO))
-
-from openpack_vlm.grammar import Grammar, GrammarError, op_sequence  # noqa: E402
+from openpack_vlm.grammar import Grammar, GrammarError, op_sequence
 
 DEFAULT_SAMPLES = REPO / "tests" / "data" / "openpack"
 FALLBACK_SAMPLES = Path("/work/shared/openpack-samples")
@@ -32,14 +29,14 @@ def default_samples() -> Path:
 
 def load_u0209(samples: Path) -> list[int]:
     """Op-id sequence of U0209/S0500 from the v1.0.0 interval annotation (Null gaps dropped, repeats merged)."""
-    from openpack_vlm.openpack import load_timeline
+    from openpack_vlm.data.openpack import load_timeline
 
     return op_sequence(seg.op_id for seg in load_timeline(samples / "v1.0.0", "U0209", "S0500"))
 
 
 def load_u0102(samples: Path) -> list[int]:
     """Op-id sequence of U0102/S0500 from the v0.3.0 1 Hz activity file (run-length of its `operation` column)."""
-    from openpack_vlm.openpack import load_timeline
+    from openpack_vlm.data.openpack import load_timeline
 
     path = samples / V030_FILE
     if not path.is_file():

@@ -30,7 +30,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # --cpu-dry-run: a few-MB model of the same classes (the 2B vision tower alone is too slow for CPU over 8 frames)
 DRY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -45,7 +44,7 @@ def make_adapter(model_dir: Path, out: Path, quantization: str, device: str) -> 
 
     from fit_grammar import default_samples, load_u0209
     from openpack_vlm.grammar import Grammar
-    from openpack_vlm.model import ModelConfig, load_model
+    from openpack_vlm.model.loading import ModelConfig, load_model
 
     model, _ = load_model(ModelConfig(model_id=str(model_dir), quantization=quantization, device=device),
                           for_training=True)
@@ -96,8 +95,8 @@ def run(requests: int, dry: bool, work: Path, free_text: bool = False) -> dict:
     import torch
 
     import bench_serve as bs
-    from gpu_vram_check import build_random_2b
-    from openpack_vlm.model import build_tiny_model
+    from openpack_vlm.model.vram import build_random_2b
+    from openpack_vlm.model.loading import build_tiny_model
     from openpack_vlm.schema import Prediction
 
     device = "cpu" if dry else "cuda"
@@ -196,7 +195,7 @@ def main(argv=None) -> int:
     for name, ok in report["checks"].items():
         print(f"  {name}: {'ok' if ok else 'FAIL'}")
     if a.json:
-        from openpack_vlm.pipeline import write_atomic
+        from openpack_vlm.data.pipeline import write_atomic
 
         write_atomic(Path(a.json), json.dumps(report, indent=2) + "\n")
     ok = all(report["checks"].values())

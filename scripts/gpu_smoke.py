@@ -1,4 +1,4 @@
-"""GPU smoke test of the QLoRA path: a few 4-bit training steps of the tiny Qwen2-VL through openpack_vlm.train.
+"""GPU smoke test of the QLoRA path: a few 4-bit training steps of the tiny Qwen2-VL through openpack_vlm.model.train.
 
     python scripts/gpu_smoke.py [--steps 4] [--json smoke.json]          # on a CUDA machine: fp16, and bf16 if supported
     python scripts/gpu_smoke.py --device cpu --steps 2                    # same path on bitsandbytes' CPU backend (fp32)
@@ -26,29 +26,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def write_smoke_shards(data_dir: Path, n: int = 16) -> Path:
-    """n clips in the pipeline's shard format (colour = operation), enough for a few steps."""
-    import numpy as np
-    from PIL import Image
-
-    from openpack_vlm.labels import OPERATION_NAMES
-    from openpack_vlm.shards import ClipRecord, ShardWriter, encode_jpeg
-
-    rng = np.random.default_rng(0)
-    with ShardWriter(data_dir / "train") as w:
-        for i in range(n):
-            a, b = OPERATION_NAMES[i % 4], OPERATION_NAMES[i % 4 + 1]
-            idx = sorted(rng.choice(125, 8, replace=False).tolist())
-            truth = {"dominant_operation": a, "temporal_segment": {"start_frame": 0, "end_frame": 99},
-                     "anticipated_next_operation": b}
-            rec = ClipRecord(clip_id=f"smoke_{i:03d}", user="U0101", session="S0100", t0_ms=5000 * i, source="rgb",
-                             frame_indices=idx, truth=truth, split="train")
-            jpegs = [encode_jpeg(Image.fromarray(np.full((336, 336, 3), 20 * (i % 4) + (k < 100) * 100, np.uint8)))
-                     for k in idx]
-            w.write(rec, jpegs)
-    return data_dir
-
-
 def _raw(model) -> dict:
     """Parameters as raw bytes (packed 4-bit storage compares exactly; NaN bit patterns cannot fool equality)."""
     import torch
@@ -60,8 +37,8 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
     import torch
     from transformers import TrainerCallback
 
-    from openpack_vlm.model import ModelConfig, load_model, quantized_modules
-    from openpack_vlm.train import TrainConfig, train
+    from openpack_vlm.model.loading import ModelConfig, load_model, quantized_modules
+    from openpack_vlm.model.train import TrainConfig, train
 
     snap = {}
 
@@ -106,7 +83,7 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
     model, proc = load_model(ModelConfig(model_id=str(model_dir), quantization="4bit", dtype=dtype, device=device),
                              adapter=out)
     from openpack_vlm.prompt import build_messages
-    from openpack_vlm.shards import iter_samples, shard_paths
+    from openpack_vlm.data.shards import iter_samples, shard_paths
 
     rec, frames = next(iter(iter_samples(shard_paths(data_dir / "train"))))
     text = proc.apply_chat_template(build_messages(rec.frame_indices), tokenize=False, add_generation_prompt=True)
@@ -128,6 +105,8 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
 
 
 def main(argv=None) -> int:
+    from openpack_vlm.data.shards import write_smoke_shards
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--device", default="cuda", help='"cuda" (default) or "cpu" (bitsandbytes CPU backend, fp32)')
@@ -136,7 +115,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from openpack_vlm.model import build_tiny_model
+    from openpack_vlm.model.loading import build_tiny_model
 
     if a.device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -170,9 +149,9 @@ def main(argv=None) -> int:
                     print(f"    non-LoRA tensors changed (max |delta| {r['max_abs_change_non_lora']:.3g}): "
                           f"{r['changed_non_lora']}")
     if a.json:
-        tmp = Path(a.json + ".tmp")
-        tmp.write_text(json.dumps({"device": where, "reports": reports}, indent=2))
-        os.replace(tmp, a.json)
+        from openpack_vlm.io_utils import write_json
+
+        write_json(a.json, {"device": where, "reports": reports}, indent=2)
     ok = all(r["ok"] for r in reports)
     print("gpu_smoke: PASS" if ok else "gpu_smoke: FAIL")
     return 0 if ok else 1

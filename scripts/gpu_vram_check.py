@@ -3,7 +3,7 @@
     python scripts/gpu_vram_check.py [--steps 3] [--dtype fp16] [--json vram_check.json]
 
 No download is needed (GPU machines here have no network): the script builds a RANDOMLY initialised model with
-Qwen2-VL-2B-Instruct's exact architecture (config values from openpack_vlm.vram.QWEN2VL_2B_CONFIG, real image-
+Qwen2-VL-2B-Instruct's exact architecture (config values from openpack_vlm.model.vram.QWEN2VL_2B_CONFIG, real image-
 processor settings, so a 336x336 frame costs the real 144 visual tokens), saves it with save_pretrained, and then
 trains it through the project's own path: model.load_model (4-bit NF4, double quant, vision tower + lm_head
 unquantised, prepare_model_for_kbit_training, LoRA) and train.train (Trainer, batch 2, 8 frames per clip, gradient
@@ -24,67 +24,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", config_overrides: dict | None = None,
-                    vision_overrides: dict | None = None) -> Path:
-    """Qwen2-VL-2B architecture with random weights + the tiny tokenizer (its special-token ids wired in)."""
-    import torch
-    from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    from openpack_vlm.vram import QWEN2VL_2B_CONFIG, QWEN2VL_IMAGE_PROCESSOR
-
-    proc = AutoProcessor.from_pretrained(tiny_dir)
-    for sub in (proc.image_processor, getattr(proc, "video_processor", None)):
-        if sub is None:
-            continue
-        sub.min_pixels = QWEN2VL_IMAGE_PROCESSOR["min_pixels"]
-        sub.max_pixels = QWEN2VL_IMAGE_PROCESSOR["max_pixels"]
-        if isinstance(getattr(sub, "size", None), dict):
-            sub.size = {"shortest_edge": sub.min_pixels, "longest_edge": sub.max_pixels}
-    tiny = json.loads((tiny_dir / "config.json").read_text())
-    tok = proc.tokenizer
-    ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
-    c, v = QWEN2VL_2B_CONFIG, QWEN2VL_2B_CONFIG["vision_config"]
-    text_config = dict(
-            vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
-            num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
-            num_key_value_heads=c["num_key_value_heads"], max_position_embeddings=c["max_position_embeddings"],
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
-                             "mrope_section": c["rope_scaling"]["mrope_section"]},
-            rms_norm_eps=1e-6, tie_word_embeddings=c["tie_word_embeddings"],
-            bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-    )
-    text_config.update(config_overrides or {})  # only for a CPU dry run of this script
-    config = Qwen2VLConfig(
-        text_config=text_config,
-        vision_config=dict(dict(depth=v["depth"], embed_dim=v["embed_dim"], hidden_size=v["hidden_size"],
-                                num_heads=v["num_heads"], mlp_ratio=v["mlp_ratio"], patch_size=v["patch_size"],
-                                spatial_merge_size=v["spatial_merge_size"], temporal_patch_size=v["temporal_patch_size"]),
-                           **(vision_overrides or {})),  # overrides: only for a CPU dry run
-        tie_word_embeddings=c["tie_word_embeddings"],
-        **ids,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2VLForConditionalGeneration(config).to(dtype)
-    n = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(out_dir)
-    proc.save_pretrained(out_dir)
-    del model
-    torch.cuda.empty_cache()
-    print(f"gpu_vram_check: random Qwen2-VL-2B architecture, {n / 1e9:.3f}B params, saved to {out_dir}")
-    return out_dir
 
 
 def run_one(model_dir: Path, data_dir: Path, work: Path, dtype: str, ckpt: bool, steps: int, tag: str = "",
             answer_only: bool = True) -> dict:
     import torch
 
-    from openpack_vlm import vram
-    from openpack_vlm.train import TrainConfig, train
+    from openpack_vlm.model import vram
+    from openpack_vlm.model.train import TrainConfig, train
 
     out = work / f"run-{dtype}-{'ckpt' if ckpt else 'nockpt'}-{'answer' if answer_only else 'full'}{tag}"
     cfg = TrainConfig(data=str(data_dir), out=str(out), model_id=str(model_dir), quantization="4bit", dtype=dtype,
@@ -115,6 +62,8 @@ def run_one(model_dir: Path, data_dir: Path, work: Path, dtype: str, ckpt: bool,
 
 
 def main(argv=None) -> int:
+    from openpack_vlm.model.vram import build_random_2b
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
@@ -128,9 +77,9 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("gpu_vram_check: needs a CUDA GPU", file=sys.stderr)
         return 2
-    from gpu_smoke import write_smoke_shards
+    from openpack_vlm.data.shards import write_smoke_shards
 
-    from openpack_vlm.model import build_tiny_model
+    from openpack_vlm.model.loading import build_tiny_model
 
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
     gpu = torch.cuda.get_device_name(0)

@@ -8,9 +8,9 @@ PY=${PYTHON:-python3}
 if ! command -v ffmpeg >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
-      || echo "install.sh: apt could not install ffmpeg; the imageio-ffmpeg binary from requirements.txt is used"
+      || echo "install.sh: apt could not install ffmpeg (optional: decoding uses the libav bundled with PyAV and decord)"
   else
-    echo "install.sh: no ffmpeg on PATH; the imageio-ffmpeg binary from requirements.txt is used"
+    echo "install.sh: no ffmpeg on PATH (optional: decoding uses the libav bundled with PyAV and decord)"
   fi
 fi
 $PY -m pip install -q --disable-pip-version-check -r requirements.txt

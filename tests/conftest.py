@@ -32,7 +32,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     Only the JPEG size differs from the default (320x180 instead of the real 1280x720): ~5 s instead of ~20 s to
     write; keypoints stay in 1280x720 px and frame sources resize to 336x336 either way."""
-    from openpack_vlm.synthetic import SyntheticConfig, write_synthetic_root
+    from openpack_vlm.data.synthetic import SyntheticConfig, write_synthetic_root
 
     root = tmp_path_factory.mktemp("openpack_root")
     return write_synthetic_root(root, SyntheticConfig(rgb_size=(320, 180)))
@@ -58,6 +58,6 @@ def pipeline_out(synthetic_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny random Qwen2-VL, built offline and saved with save_pretrained."""
-    from openpack_vlm.model import build_tiny_model
+    from openpack_vlm.model.loading import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from openpack_vlm import openpack
-from openpack_vlm.clips import CLIP_MS, ClipConfig, ClipError, clip_id_for, clip_truth, make_clips
+from openpack_vlm.data import openpack
+from openpack_vlm.data.clips import CLIP_MS, ClipConfig, ClipError, clip_id_for, clip_truth, make_clips
 from openpack_vlm.labels import NULL_ID
-from openpack_vlm.openpack import Segment, iso_to_ms
+from openpack_vlm.data.openpack import Segment, iso_to_ms
 
 # Real U0209/S0500: Picking 14:25:22.143-14:25:30.304, Relocate Item Label -14:25:56.039, Assemble Box -14:25:59.614
 SESSION_START = iso_to_ms("2022-03-29 14:25:22.143+09:00")

@@ -12,8 +12,7 @@ import pytest
 
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path, repo_root):
-    sys.path.insert(0, str(repo_root / "scripts"))
-    from gpu_smoke import write_smoke_shards
+    from openpack_vlm.data.shards import write_smoke_shards
 
     data = write_smoke_shards(tmp_path / "data", n=16)
     out = tmp_path / "run"
@@ -21,7 +20,7 @@ def test_torchrun_two_processes(tmp_path, repo_root):
     # this machine allows loopback traffic only); --standalone lets torchrun pick its own free rendezvous port
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GLOO_SOCKET_IFNAME="lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "openpack_vlm.train", "--data", str(data), "--out", str(out),
+           "-m", "openpack_vlm.model.train", "--data", str(data), "--out", str(out),
            "--model", "tiny", "--quantization", "none", "--max-steps", "3", "--save-steps", "3", "--num-workers", "0",
            "--report-to", "none"]
     proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)

@@ -65,7 +65,7 @@ def section(text: str, prefix: str) -> str:
 
 
 def commands(text: str) -> list[tuple[str, str]]:
-    """(kind, target) of every command named in ``text``: ("module", "openpack_vlm.vram"), ("file", "scripts/x.py")."""
+    """(kind, target) of every command named in ``text``: ("module", "openpack_vlm.model.vram"), ("file", "scripts/x.py")."""
     out = []
     for m in COMMAND_RE.finditer(text):
         if m.group("mod"):
@@ -147,12 +147,12 @@ def test_commits_named_in_the_provenance_exist(doc):
 
 # ------------------------------------------------------------------------ numbers equal what the commands print
 def test_vram_block_equals_the_command_output(doc, capsys):
-    from openpack_vlm import vram
+    from openpack_vlm.model import vram
 
     assert vram.main([]) == 0
     out = capsys.readouterr().out.strip()
     assert out.count("\n") >= 8
-    assert out in doc, ("the VRAM block in ARCHITECTURE.md differs from `python -m openpack_vlm.vram`; "
+    assert out in doc, ("the VRAM block in ARCHITECTURE.md differs from `python -m openpack_vlm.model.vram`; "
                         "paste its current output into section 1")
 
 
@@ -164,7 +164,7 @@ def _row(doc: str, label: str) -> list[str]:
 
 def test_candidate_vram_table_equals_the_formula(doc):
     """The 4-model comparison table: each total is vram.vram_table on the config named in the doc."""
-    from openpack_vlm import vram
+    from openpack_vlm.model import vram
 
     configs = [None] + [FIGURES / f"vram_config_{m}.json" for m in ("qwen2.5-vl-3b", "llava-next-video-7b",
                                                                   "videollama2-7b")]
@@ -185,7 +185,7 @@ def test_candidate_vram_table_equals_the_formula(doc):
         want["total, 16 frames"].append(f"{t16[0]['total']:.2f} {fits(t16[0])}")
         want["total, 32 frames"].append(f"{t32[0]['total']:.2f} {fits(t32[0])}")
     for label, cells in want.items():
-        assert _row(doc, label) == cells, (f"row {label!r} differs from `python -m openpack_vlm.vram --config ...`: "
+        assert _row(doc, label) == cells, (f"row {label!r} differs from `python -m openpack_vlm.model.vram --config ...`: "
                                            f"doc {_row(doc, label)} vs now {cells}")
 
 
@@ -290,3 +290,14 @@ def test_readme_latency_table_equals_the_committed_benchmark():
         row = (f"| {c['texture']} crf {c['crf']} | {c['kbit_per_s']} | {p50['overhead'] * 1000:.0f} ms | "
                f"{p95['overhead'] * 1000:.0f} ms | {p50['decode'] * 1000:.0f} ms | {r['overhead_p50_over_target']:.2f} |")
         assert row in readme, f"README latency row differs from docs/figures/serve_latency.json: {row}"
+
+
+def test_readme_settings_table_is_generated_from_the_code():
+    """Every serving setting is documented from ServeConfig itself (names, defaults, descriptions)."""
+    from openpack_vlm.serving.settings import env_names, settings_table
+
+    readme = (REPO / "README.md").read_text()
+    body = readme.split("<!-- settings-table:start -->\n", 1)[1].split("\n<!-- settings-table:end -->", 1)[0]
+    assert body == settings_table(), "README's settings table is stale: regenerate it from settings_table()"
+    for var in ("FREE_TEXT", "OPENPACK_VLM_CACHE", "RUN_CONFIG", "FRAMES_PER_CLIP"):
+        assert var in env_names() and f"`{var}`" in body

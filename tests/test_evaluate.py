@@ -1,4 +1,4 @@
-"""evaluate.py on the data pipeline's synthetic output + a tiny model trained a few steps by openpack_vlm.train:
+"""evaluate.py on the data pipeline's synthetic output + a tiny model trained a few steps by openpack_vlm.model.train:
 output files, results.json shape, metrics consistent with the per-clip predictions, provenance, error paths."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from openpack_vlm.evaluation import data_provenance
+from openpack_vlm.evaluation.evaluate import data_provenance
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.labels import NAME_TO_ID
-from openpack_vlm.metrics import evaluate_predictions, majority_class
-from openpack_vlm.predict import parse_raw_text
+from openpack_vlm.evaluation.metrics import evaluate_predictions, majority_class
+from openpack_vlm.model.predict import parse_raw_text
 from openpack_vlm.schema import Prediction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def _evaluate_cli():
 @pytest.fixture(scope="module")
 def run_dir(pipeline_out, tiny_model_dir, tmp_path_factory) -> Path:
     """A real (short) training run: R/adapter, R/grammar.json (copied from D/grammar.json), R/config.json."""
-    from openpack_vlm import train
+    from openpack_vlm.model import train
 
     out = tmp_path_factory.mktemp("run") / "run"
     rc = train.main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
@@ -208,8 +208,8 @@ def test_data_provenance_real_synthetic_unknown(tmp_path, synthetic_root):
 
 def test_base_model_is_exactly_the_base(eval_out, pipeline_out, tiny_model_dir):
     """The base system runs the fine-tuned model with its LoRA disabled: it must answer like the plain base model."""
-    from openpack_vlm.evaluation import load_clips, select_clips
-    from openpack_vlm.predict import Predictor
+    from openpack_vlm.evaluation.evaluate import load_clips, select_clips
+    from openpack_vlm.model.predict import Predictor
 
     rows = _rows(eval_out / "predictions.jsonl")[:2]
     clips = load_clips(pipeline_out, "test", select_clips(pipeline_out, "test", 2))

@@ -8,8 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from openpack_vlm import frames as F
-from openpack_vlm import openpack
+from openpack_vlm.data import errors
+from openpack_vlm.data import letterbox as lb
+from openpack_vlm.data import skeleton
+from openpack_vlm.data import sources
+from openpack_vlm.data import timegrid as tg
+from openpack_vlm.data import video
+from openpack_vlm.data import openpack
 
 
 def _grey(v: int, w: int = 1280, h: int = 720) -> np.ndarray:
@@ -17,33 +22,33 @@ def _grey(v: int, w: int = 1280, h: int = 720) -> np.ndarray:
 
 
 def test_letterbox_keeps_aspect_with_black_bars():
-    out = F.letterbox(_grey(200))
+    out = lb.letterbox(_grey(200))
     assert out.shape == (336, 336, 3) and out.dtype == np.uint8
-    box = F.Letterbox.for_shape(1280, 720)
+    box = lb.Letterbox.for_shape(1280, 720)
     assert (box.new_w, box.new_h, box.off_x, box.off_y) == (336, 189, 0, 73)
     assert out[:73].max() == 0 and out[73 + 189 :].max() == 0  # bars
     assert out[73 : 73 + 189].min() == 200  # the whole frame is kept
-    tall = F.letterbox(_grey(90, w=100, h=400))
+    tall = lb.letterbox(_grey(90, w=100, h=400))
     assert tall[:, :100].max() == 0 and tall[:, 168].min() == 90  # pillarbox for portrait uploads
-    with pytest.raises(F.FrameError):
-        F.letterbox(np.zeros((10, 10), np.uint8))
+    with pytest.raises(errors.FrameError):
+        lb.letterbox(np.zeros((10, 10), np.uint8))
 
 
 def test_15hz_to_25fps_by_timestamps_not_by_count():
     # 15 Hz stream with jitter and one dropped frame: the frame shown at each 40-ms tick is the last one <= tick
     src = np.array([0, 66, 133, 201, 266, 400, 466, 533, 600, 667, 733, 800])  # 333 dropped
-    ticks = F.tick_times(0, 20)
+    ticks = tg.tick_times(0, 20)
     assert list(ticks[:4]) == [0, 40, 80, 120]
-    idx = F.resample_indices(src, ticks)
+    idx = tg.resample_indices(src, ticks)
     for t, i in zip(ticks, idx):
         assert src[i] <= t and (i == len(src) - 1 or src[i + 1] > t)
     assert list(idx[:8]) == [0, 0, 1, 1, 2, 2, 3, 4]  # ticks 0,40,80,120,160,200,240,280
     assert idx[9] == 4  # tick 360 -> frame at 266 (333 missing), not a count-based guess
-    assert F.resample_indices(np.array([100, 167]), np.array([40, 60])).tolist() == [0, 0]  # before first: first
-    with pytest.raises(F.FrameGapError, match="no frame within"):
-        F.resample_indices(src, F.tick_times(0, 40))  # ticks up to 1560 ms run past the stream's end
-    with pytest.raises(F.FrameGapError):
-        F.resample_indices(np.array([0, 67, 900]), F.tick_times(0, 25))  # an 833-ms hole
+    assert tg.resample_indices(np.array([100, 167]), np.array([40, 60])).tolist() == [0, 0]  # before first: first
+    with pytest.raises(errors.FrameGapError, match="no frame within"):
+        tg.resample_indices(src, tg.tick_times(0, 40))  # ticks up to 1560 ms run past the stream's end
+    with pytest.raises(errors.FrameGapError):
+        tg.resample_indices(np.array([0, 67, 900]), tg.tick_times(0, 25))  # an 833-ms hole
 
 
 def _write_rgb_session(root: Path, user: str, session: str, ts: list[int], size=(1280, 720)) -> Path:
@@ -59,17 +64,17 @@ def test_rgb_source_resamples_kinect_frames_by_name_time(tmp_path):
     t0 = 1648531522143
     ts = [t0 + round(i * 1000 / 15) for i in range(40)]  # 15 Hz, 2.6 s
     _write_rgb_session(tmp_path, "U0101", "S0100", ts)
-    src = F.open_source(tmp_path, "U0101", "S0100", "auto")
-    assert src.name == "rgb" and isinstance(src, F.RgbFrameSource)
+    src = sources.open_source(tmp_path, "U0101", "S0100", "auto")
+    assert src.name == "rgb" and isinstance(src, sources.RgbFrameSource)
     clip = src.clip(t0 + 100, n=50)
     assert clip.shape == (50, 336, 336, 3) and clip.dtype == np.uint8
-    expect = F.resample_indices(np.array(ts), F.tick_times(t0 + 100, 50))
+    expect = tg.resample_indices(np.array(ts), tg.tick_times(t0 + 100, 50))
     got = clip[:, 168, 168, 0].astype(int)
     assert np.all(np.abs(got - (10 + 3 * expect)) <= 2)  # JPEG-exact-ish grey levels identify the source frame
     assert clip[:, :70].max() == 0  # letterboxed
     assert len(set(expect.tolist())) < 50  # 15 -> 25 fps repeats frames
     with pytest.raises(openpack.OpenPackError):
-        F.open_source(tmp_path, "U0101", "S0100", "pose")  # no keypoints in this root
+        sources.open_source(tmp_path, "U0101", "S0100", "pose")  # no keypoints in this root
 
 
 def test_rgb_source_corrupt_and_missing_frame(tmp_path):
@@ -78,13 +83,13 @@ def test_rgb_source_corrupt_and_missing_frame(tmp_path):
     d = _write_rgb_session(tmp_path, "U0101", "S0100", ts)
     bad = d / openpack.frame_name(ts[10])
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    src = F.open_source(tmp_path, "U0101", "S0100", "rgb")
+    src = sources.open_source(tmp_path, "U0101", "S0100", "rgb")
     assert src.clip(t0, n=10).shape == (10, 336, 336, 3)  # frames 0..6 are fine
-    with pytest.raises(F.CorruptFrameError, match="cannot decode frame"):
+    with pytest.raises(errors.CorruptFrameError, match="cannot decode frame"):
         src.clip(t0, n=25)
     bad.unlink()
-    src2 = F.RgbFrameSource(np.array(ts), [d / openpack.frame_name(t) for t in ts])
-    with pytest.raises(F.CorruptFrameError, match="missing"):
+    src2 = sources.RgbFrameSource(np.array(ts), [d / openpack.frame_name(t) for t in ts])
+    with pytest.raises(errors.CorruptFrameError, match="missing"):
         src2.clip(t0, n=25)
 
 
@@ -99,21 +104,21 @@ def _skeleton(score: float = 1.0) -> np.ndarray:
 
 
 def test_pose_render_colours_hands_and_opacity():
-    img = F.render_pose(_skeleton())
+    img = skeleton.render_pose(_skeleton())
     assert img.shape == (336, 336, 3) and img.dtype == np.uint8
     s, oy = 336 / 1280, 73
     lx, ly = int(400 * s), int(500 * s + oy)
     rx, ry = int(880 * s), int(500 * s + oy)
-    assert tuple(img[ly, lx]) == F.LEFT  # left wrist: warm disc
-    assert tuple(img[ry, rx]) == F.RIGHT  # right wrist: cool disc
-    wrist_px = np.all(img == np.array(F.LEFT, np.uint8), axis=-1).sum()
+    assert tuple(img[ly, lx]) == skeleton.LEFT  # left wrist: warm disc
+    assert tuple(img[ry, rx]) == skeleton.RIGHT  # right wrist: cool disc
+    wrist_px = np.all(img == np.array(skeleton.LEFT, np.uint8), axis=-1).sum()
     assert wrist_px > 30  # hands emphasised: a disc, not a dot
     assert img[:oy].max() == 0  # drawn in the letterboxed Kinect frame
-    dim = F.render_pose(_skeleton(0.5))
+    dim = skeleton.render_pose(_skeleton(0.5))
     assert 0 < dim[ly, lx, 0] < img[ly, lx, 0]  # score as opacity over black
-    assert F.render_pose(_skeleton(0.0)).max() == 0  # undetected joints are not drawn
-    with pytest.raises(F.FrameError):
-        F.render_pose(np.zeros((5, 3)))
+    assert skeleton.render_pose(_skeleton(0.0)).max() == 0  # undetected joints are not drawn
+    with pytest.raises(errors.FrameError):
+        skeleton.render_pose(np.zeros((5, 3)))
 
 
 def test_pose_source_15hz_keypoints_to_25fps():
@@ -121,14 +126,14 @@ def test_pose_source_15hz_keypoints_to_25fps():
     ts = t0 + np.round(np.arange(30) * 1000 / 15).astype(np.int64)
     k = np.repeat(_skeleton()[None], 30, axis=0)
     k[:, 9, 0] = 300 + 10 * np.arange(30)  # left wrist moves right
-    src = F.PoseFrameSource(ts, k)
+    src = sources.PoseFrameSource(ts, k)
     clip = src.clip(t0, n=40)
     assert clip.shape == (40, 336, 336, 3) and src.name == "pose"
     idx = src.source_indices(t0, n=40)
     assert list(idx[:5]) == [0, 0, 1, 1, 2]
     # frames showing the same keypoint frame are identical; different ones differ
     assert np.array_equal(clip[0], clip[1]) and not np.array_equal(clip[1], clip[2])
-    with pytest.raises(F.FrameGapError):
+    with pytest.raises(errors.FrameGapError):
         src.clip(t0, n=125)  # 5 s from a 2-s stream
 
 
@@ -149,17 +154,17 @@ def _write_video(path: Path, n: int, fps: int, size=(160, 96)) -> None:
 def test_decode_video_resamples_to_25fps(tmp_path, fps_in):
     p = tmp_path / f"v{fps_in}.mp4"
     _write_video(p, 2 * fps_in, fps_in)  # 2 s
-    out = F.decode_video(p)
+    out = video.decode_video(p)
     assert out.shape == (50, 336, 336, 3) and out.dtype == np.uint8
     src_idx = np.floor(np.arange(50) * fps_in / 25 + 1e-6).astype(int)
     got = out[:, 168, 168, 0].astype(int)
     assert np.all(np.abs(got - (20 + 3 * src_idx)) <= 2), (got, src_idx)
     # the decord fallback picks the same source frames and gives the same pixels
-    ts, get = F._decode_decord(p, 336, None)
-    _, src = F.video_ticks(ts)
+    ts, get = video._decode_decord(p, 336, None)
+    _, src = tg.video_ticks(ts)
     assert list(src) == list(src_idx)
     np.testing.assert_array_equal(get(src), out)
-    assert F.decode_video(p, max_seconds=1.0).shape[0] == 25
+    assert video.decode_video(p, max_seconds=1.0).shape[0] == 25
 
 
 @pytest.mark.parametrize("kind", ["h264_30fps", "h264_60fps_portrait", "mjpeg_avi", "vp9_webm", "h264_mkv_7s"])
@@ -173,12 +178,12 @@ def test_decode_video_pyav_equals_decord(tmp_path, kind):
           "h264_mkv_7s": dict(seconds=7.0, container="matroska")}[kind]
     p = make_video(tmp_path / "v.mp4", **kw)  # the container named by ``container`` where given
     for cap in (None, 5.0):
-        ts_p, get_p = F._decode_pyav(p, 336, cap)
-        ts_d, get_d = F._decode_decord(p, 336, cap)
-        _, src_p = F.video_ticks(ts_p, max_seconds=cap)
-        _, src_d = F.video_ticks(ts_d, max_seconds=cap)
+        ts_p, get_p = video._decode_pyav(p, 336, cap)
+        ts_d, get_d = video._decode_decord(p, 336, cap)
+        _, src_p = tg.video_ticks(ts_p, max_seconds=cap)
+        _, src_d = tg.video_ticks(ts_d, max_seconds=cap)
         assert list(src_p) == list(src_d)
-        out = F.decode_video(p, max_seconds=cap)
+        out = video.decode_video(p, max_seconds=cap)
         assert out.shape[0] == len(src_d) == {(True, None): 175, (True, 5.0): 125}.get((kind.endswith("7s"), cap), 50)
         np.testing.assert_array_equal(out, get_d(src_d))
         np.testing.assert_array_equal(get_p(src_p), out)  # the PyAV pass itself, not a fallback inside decode_video
@@ -190,9 +195,9 @@ def test_decode_video_pyav_keeps_only_frames_shown(tmp_path):
     from test_serve import make_video
 
     p = make_video(tmp_path / "v60.mp4", seconds=2.0, fps=60)
-    ts, get = F._decode_pyav(p, 336, None)
+    ts, get = video._decode_pyav(p, 336, None)
     assert len(ts) == 120
-    _, src = F.video_ticks(ts)
+    _, src = tg.video_ticks(ts)
     assert len(np.unique(src)) == 50
     assert get(src).shape == (50, 336, 336, 3)
     not_shown = sorted(set(range(120)) - set(src.tolist()))
@@ -215,9 +220,9 @@ def test_decode_video_out_of_order_timestamps(tmp_path):
         for i, pkt in enumerate(packets):  # frames 10 and 11 trade timestamps; dts stays increasing
             pkt.pts, pkt.dts = {10: 11, 11: 10}.get(i, i) + 1, i
             out.mux(pkt)
-    with pytest.raises(F._Unordered):
-        F._decode_pyav(path, 336, None)
-    got = F.decode_video(path)[:, 168, 168, 0].astype(int)
+    with pytest.raises(video._Unordered):
+        video._decode_pyav(path, 336, None)
+    got = video.decode_video(path)[:, 168, 168, 0].astype(int)
     order = [i for i in range(50)]
     order[10], order[11] = 11, 10
     assert len(got) == 50
@@ -225,41 +230,41 @@ def test_decode_video_out_of_order_timestamps(tmp_path):
 
 
 def test_decode_video_errors(tmp_path):
-    with pytest.raises(F.VideoDecodeError, match="not found"):
-        F.decode_video(tmp_path / "nope.mp4")
+    with pytest.raises(errors.VideoDecodeError, match="not found"):
+        video.decode_video(tmp_path / "nope.mp4")
     (tmp_path / "empty.mp4").write_bytes(b"")
-    with pytest.raises(F.VideoDecodeError, match="empty"):
-        F.decode_video(tmp_path / "empty.mp4")
+    with pytest.raises(errors.VideoDecodeError, match="empty"):
+        video.decode_video(tmp_path / "empty.mp4")
     (tmp_path / "junk.mp4").write_bytes(b"this is not a video" * 100)
-    with pytest.raises(F.VideoDecodeError, match="cannot decode video junk.mp4") as e:
-        F.decode_video(tmp_path / "junk.mp4")
+    with pytest.raises(errors.VideoDecodeError, match="cannot decode video junk.mp4") as e:
+        video.decode_video(tmp_path / "junk.mp4")
     assert "\n" not in str(e.value)
 
 
 def test_video_source_uses_start_time(tmp_path):
     p = tmp_path / "s.mp4"
     _write_video(p, 60, 30)
-    src = F.VideoFrameSource(p, start_ms=5_000)
+    src = sources.VideoFrameSource(p, start_ms=5_000)
     clip = src.clip(5_000 + 400, n=25)  # ticks 400..1360 ms into the video
     assert clip.shape == (25, 336, 336, 3) and src.name == "video"
     expect = np.floor((400 + np.arange(25) * 40) * 30 / 1000 + 1e-6).astype(int)
     assert np.all(np.abs(clip[:, 168, 168, 0].astype(int) - (20 + 3 * expect)) <= 2)
-    with pytest.raises(F.FrameGapError):
+    with pytest.raises(errors.FrameGapError):
         src.clip(5_000 + 1_500, n=125)
 
 
 def test_to_clip_rule():
     long = np.arange(200, dtype=np.uint8)[:, None, None, None].repeat(3, -1)
-    c = F.to_clip(long)
+    c = video.to_clip(long)
     assert c.shape[0] == 125 and c[0, 0, 0, 0] == 0 and c[-1, 0, 0, 0] == 124  # first 5 s
     short = long[:60]
-    c = F.to_clip(short)
+    c = video.to_clip(short)
     assert c.shape[0] == 125 and np.all(c[59:, 0, 0, 0] == 59)  # padded with the last frame
-    assert F.to_clip(long[:125]).shape[0] == 125
-    with pytest.raises(F.FrameError, match="too short"):
-        F.to_clip(long[:49])
-    with pytest.raises(F.FrameError):
-        F.to_clip(np.zeros((10, 4, 4), np.uint8))
+    assert video.to_clip(long[:125]).shape[0] == 125
+    with pytest.raises(errors.FrameError, match="too short"):
+        video.to_clip(long[:49])
+    with pytest.raises(errors.FrameError):
+        video.to_clip(np.zeros((10, 4, 4), np.uint8))
 
 
 def test_open_source_picks_video_when_no_rgb_frames(tmp_path):
@@ -268,10 +273,10 @@ def test_open_source_picks_video_when_no_rgb_frames(tmp_path):
     _write_video(v, 60, 30)
     v.with_suffix(".json").write_text('{"start_unixtime_ms": 1000000}')
     for kind in ("auto", "rgb"):
-        src = F.open_source(tmp_path, "U0101", "S0100", kind)
-        assert isinstance(src, F.VideoFrameSource) and src.name == "video"
-        assert src.span_ms()[0] == 1_000_000
+        src = sources.open_source(tmp_path, "U0101", "S0100", kind)
+        assert isinstance(src, sources.VideoFrameSource) and src.name == "video"
+        assert src.ts_ms[0] == 1_000_000
     clip = src.clip(1_000_000, n=40)
     assert abs(int(clip[0, 168, 168, 0]) - 20) <= 2 and abs(int(clip[39, 168, 168, 0]) - (20 + 3 * 46)) <= 2
     with pytest.raises(ValueError, match="unknown frame source"):
-        F.open_source(tmp_path, "U0101", "S0100", "depth")
+        sources.open_source(tmp_path, "U0101", "S0100", "depth")

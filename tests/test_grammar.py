@@ -8,15 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from openpack_vlm.grammar import (
-    SUPPORT,
-    Grammar,
-    GrammarError,
-    argmax_id,
-    fuse,
-    op_sequence,
-    tune_fuse_weight,
-)
+from openpack_vlm.grammar import SUPPORT, Grammar, GrammarError, argmax_id, fuse, op_sequence, tune_fuse_weight
 from openpack_vlm.labels import NULL_ID, OPERATION_IDS
 
 REPO = Path(__file__).resolve().parents[1]

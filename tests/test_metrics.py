@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from openpack_vlm.labels import OPERATION_IDS
-from openpack_vlm.metrics import (
+from openpack_vlm.evaluation.metrics import (
     aa_at_1,
     as_span,
     bootstrap_ci,

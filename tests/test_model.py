@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from openpack_vlm import model as M
-from openpack_vlm import vram
+from openpack_vlm.model import loading as M
+from openpack_vlm.model import vram
 from openpack_vlm.prompt import build_messages, target_text
 
 torch.set_num_threads(1)

@@ -23,7 +23,7 @@ def test_committed_notebook_shape():
     for name in ("MODEL_ID", "DATA_DIR", "OUT_DIR", "QUANTIZATION", "MAX_STEPS"):
         assert f"\n{name} = " in "\n" + params[0].source
     src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert "# VRAM MATH" in src and "openpack_vlm.train" in src
+    assert "# VRAM MATH" in src and "openpack_vlm.model.train" in src
     assert "Trainer(" not in src and "get_peft_model" not in src  # no training logic in the notebook
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
 

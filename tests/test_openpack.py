@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from openpack_vlm import openpack as op
-from openpack_vlm.openpack import OpenPackError, Segment
+from openpack_vlm.data import openpack as op
+from openpack_vlm.data.openpack import OpenPackError, Segment
 
 U, S = "U0209", "S0500"
 

@@ -15,7 +15,7 @@ from openpack_toolkit.configs.datasets.annotations import (
 from openpack_toolkit.configs.datasets.streams import KINECT_2D_KPT_STREAM
 from openpack_toolkit.data import load_and_resample_operation_labels, load_keypoints
 
-from openpack_vlm import openpack as op
+from openpack_vlm.data import openpack as op
 
 
 def test_versions_as_installed():

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from openpack_vlm import openpack
-from openpack_vlm.clips import clip_truth
-from openpack_vlm.frames import open_source
+from openpack_vlm.data import openpack
+from openpack_vlm.data.clips import clip_truth
+from openpack_vlm.data.sources import open_source
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.prompt import frame_label, target_text
-from openpack_vlm.shards import ClipRecord, encode_jpeg, iter_samples, shard_paths
+from openpack_vlm.data.shards import ClipRecord, encode_jpeg, iter_samples, shard_paths
 
 SPLITS = {"train": [f"U010{i}" for i in range(1, 7)], "val": ["U0107"], "test": ["U0108"]}
 
@@ -144,7 +144,7 @@ def test_parallel_resume_and_settings_guard(pipeline_out, synthetic_root, tmp_pa
     capsys.readouterr()
     assert _main(args2 + ["--k", "4"]) == 2  # other settings into the same --out are refused
     err = capsys.readouterr().err
-    assert "other settings (k)" in err and err.count("\n") == 1
+    assert "other settings (k, sampler)" in err and err.count("\n") == 1
 
 
 def test_pose_source(synthetic_root, tmp_path):
@@ -155,8 +155,8 @@ def test_pose_source(synthetic_root, tmp_path):
     assert len(recs) == 6 and {r["source"] for r in recs} == {"pose"}
     # skeleton clips are sampled by joint speed, and the indices are exactly what that motion signal gives
     assert {r["sampler"] for r in recs} == {"motion_kpt"}
-    from openpack_vlm.frames import open_source
-    from openpack_vlm.sampling import SamplingConfig, motion_from_keypoints, sample_from_motion
+    from openpack_vlm.data.sources import open_source
+    from openpack_vlm.data.sampling import SamplingConfig, motion_from_keypoints, sample_from_motion
 
     src = open_source(synthetic_root, "U0108", "S0100", "pose")
     for r in recs:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.labels import NAME_TO_ID, OPERATION_NAMES
-from openpack_vlm.predict import (
+from openpack_vlm.model.predict import (
     PredictConfig,
     PredictError,
     Predictor,
@@ -24,7 +24,7 @@ from openpack_vlm.predict import (
     start_candidates,
 )
 from openpack_vlm.prompt import target_text
-from openpack_vlm.sampling import sample_clip
+from openpack_vlm.data.sampling import sample_clip
 from openpack_vlm.schema import Prediction
 
 torch.set_num_threads(1)

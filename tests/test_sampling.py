@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from openpack_vlm.sampling import (
+from openpack_vlm.data.sampling import (
     SamplingConfig,
     motion_from_frames,
     motion_from_keypoints,

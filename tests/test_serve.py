@@ -80,7 +80,7 @@ def assert_error(resp, status: int, error: str, *words: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- settings
 def test_settings_from_env_defaults_are_the_real_run():
-    from openpack_vlm.service import ServeConfig
+    from openpack_vlm.serving.settings import ServeConfig
 
     cfg = ServeConfig.from_env({})
     assert cfg.model_id == "Qwen/Qwen2-VL-2B-Instruct" and cfg.adapter_path is None
@@ -105,7 +105,7 @@ def test_settings_from_env_defaults_are_the_real_run():
     ({"FREE_TEXT": "maybe"}, ["FREE_TEXT", "true/false", "maybe"]),
 ])
 def test_settings_bad_values_one_line(env, words):
-    from openpack_vlm.service import ServeConfig
+    from openpack_vlm.serving.settings import ServeConfig
 
     with pytest.raises(ValueError) as ei:
         ServeConfig.from_env(env)
@@ -162,14 +162,14 @@ def test_importing_serve_loads_no_model(monkeypatch):
     (None, "a" * 200 + ".mp4", "a" * 64),
 ])
 def test_sanitize_clip_id(value, filename, expected):
-    from openpack_vlm.service import sanitize_clip_id
+    from openpack_vlm.serving.uploads import sanitize_clip_id
 
     assert sanitize_clip_id(value, filename) == expected
 
 
 # ---------------------------------------------------------------------------------------------------- probing
 def test_probe_recognises_by_bytes_not_name(tmp_path):
-    from openpack_vlm.service import UploadError, probe_upload
+    from openpack_vlm.serving.uploads import UploadError, probe_upload
 
     ok = make_video(tmp_path / "looks_like.jpg", codec="mjpeg", container="avi")  # an AVI named .jpg
     info = probe_upload(ok, 30, 3840 * 2160)
@@ -196,8 +196,9 @@ def test_probe_recognises_by_bytes_not_name(tmp_path):
 
 def test_decode_upload_is_the_training_normalisation(tmp_path):
     """Upload path = frames.decode_video (25 fps by timestamps, 336² letterbox) + frames.to_clip, nothing else."""
-    from openpack_vlm.frames import decode_video, to_clip
-    from openpack_vlm.service import ServeConfig, UploadError, decode_upload
+    from openpack_vlm.data.video import decode_video, to_clip
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.uploads import UploadError, decode_upload
 
     cfg = ServeConfig(max_clip_seconds=15)
     portrait = make_video(tmp_path / "p.mp4", seconds=2.0, fps=30, size=(240, 320))
@@ -223,8 +224,10 @@ def test_decoder_pool_survives_crash_hang_and_memory_bomb(tmp_path):
     """A decoder process that segfaults/aborts, hangs or runs out of memory costs its request a 422, not the server."""
     import signal
 
-    from openpack_vlm.frames import decode_video, to_clip
-    from openpack_vlm.service import DecoderPool, ServeConfig, UploadError
+    from openpack_vlm.data.video import decode_video, to_clip
+    from openpack_vlm.serving.decoders import DecoderPool
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.uploads import UploadError
 
     video = make_video(tmp_path / "v.mkv", seconds=2.0, container="matroska")
     pool = DecoderPool(workers=1, timeout_s=3.0, memory_mb=2048).start()
@@ -280,7 +283,8 @@ def client(tiny_model_dir, upload_dir, gate):
     import torch
     from fastapi.testclient import TestClient
 
-    from openpack_vlm.service import ServeConfig, create_app, load_predictor
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.app import create_app, load_predictor
 
     torch.set_num_threads(1)
     cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", max_upload_mb=0.5,
@@ -318,7 +322,8 @@ def test_health_answers_while_model_loads_then_ready(client, gate, media):
 
 
 def test_predict_returns_schema_json_same_as_predictor(client, gate, media, tiny_model_dir):
-    from openpack_vlm.service import ServeConfig, decode_upload
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.uploads import decode_upload
 
     gate.set()
     _wait_ready(client)
@@ -371,7 +376,8 @@ def test_upload_cap_cuts_a_chunked_body_while_it_streams():
     """No Content-Length: the body is counted as it arrives and refused right after the cap, not read to the end."""
     import asyncio
 
-    from openpack_vlm.service import ServeConfig, create_app
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.app import create_app
 
     app = create_app(ServeConfig(max_upload_mb=1))
     boundary = b"b0undary"
@@ -417,7 +423,8 @@ def test_openapi_documents_response_model_errors_and_clip_rule(client):
 def test_model_load_failure_is_reported_not_fatal(tmp_path):
     from fastapi.testclient import TestClient
 
-    from openpack_vlm.service import ServeConfig, create_app, load_predictor
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.app import create_app, load_predictor
 
     cfg = ServeConfig(model_id=str(tmp_path / "no_such_model"), quantization="none", device="cpu", decode_workers=1)
     with TestClient(create_app(cfg, predictor_factory=load_predictor)) as c:
@@ -436,7 +443,8 @@ def test_free_text_setting_decides_generation(tiny_model_dir, tmp_path, free_tex
     model's text, never valid JSON, is reported as repaired. The JSON answer is the same either way."""
     from fastapi.testclient import TestClient
 
-    from openpack_vlm.service import ServeConfig, create_app, load_predictor
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.app import create_app, load_predictor
 
     seen = []
 
@@ -467,7 +475,8 @@ def test_busy_and_health_during_prediction(tiny_model_dir, tmp_path):
     """One model call at a time, off the event loop: /health answers while a prediction runs; past MAX_PENDING, 503."""
     from fastapi.testclient import TestClient
 
-    from openpack_vlm.service import ServeConfig, create_app, load_predictor
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.app import create_app, load_predictor
 
     release, entered = threading.Event(), threading.Event()
 
@@ -592,16 +601,18 @@ def test_compose_files_validate_against_the_compose_spec(repo_root):
                       ("merged cpu", cpu)):
         errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
         assert not errors, (name, errors)
-    from openpack_vlm.service import ServeConfig
+    from openpack_vlm.serving.settings import env_names
 
     for doc, gpu in ((base, True), (cpu, False)):
         api = doc["services"]["api"]
-        assert api["ports"] == ["${PORT:-8000}:8000"]
+        assert api["ports"] == ["${PORT:-8000}:${PORT:-8000}"]
         assert api["healthcheck"]["test"] == ["CMD", "python", "serve.py", "--healthcheck"]
         assert api["shm_size"] == "512mb"  # the decoder slots' shared memory (2 × 42 MB) does not fit Docker's 64 MB
         assert any(v.endswith(":/models") for v in api["volumes"]) and any(":/adapters" in v for v in api["volumes"])
-        unknown = set(api["environment"]) - set(ServeConfig.ENV.values()) - {"HF_HUB_OFFLINE"}
+        unknown = set(api["environment"]) - set(env_names()) - {"HF_HUB_OFFLINE"}
         assert not unknown, f"compose sets variables serve.py does not read: {unknown}"
+        missing = set(env_names()) - set(api["environment"])
+        assert not missing, f"compose does not pass these settings through: {missing}"
         devices = (api.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices", [])
         assert bool(devices) == gpu and (not gpu or devices[0]["capabilities"] == ["gpu"])
     assert base["services"]["api"]["build"]["args"]["BASE_IMAGE"].startswith("nvidia/cuda:")

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from openpack_vlm import openpack as op
-from openpack_vlm import synthetic as sy
+from openpack_vlm.data import openpack as op
+from openpack_vlm.data import synthetic as sy
 from openpack_vlm.labels import NULL_ID, OPERATION_IDS
 
 FIXTURE_SIZE = (320, 180)  # tests/conftest.py::synthetic_root

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from openpack_vlm import train as T
+from openpack_vlm.model import train as T
 from openpack_vlm.labels import OPERATION_NAMES
 from openpack_vlm.prompt import target_text
-from openpack_vlm.shards import ClipRecord, ShardWriter, encode_jpeg, iter_samples, shard_paths
+from openpack_vlm.data.shards import ClipRecord, ShardWriter, encode_jpeg, iter_samples, shard_paths
 
 torch.set_num_threads(1)
 
@@ -64,7 +64,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def processor(tiny_model_dir):
-    from openpack_vlm.model import load_processor
+    from openpack_vlm.model.loading import load_processor
 
     return load_processor(str(tiny_model_dir))
 
@@ -290,9 +290,9 @@ def e2e_data(pipeline_out) -> Path:
 
 
 def _predictor_scores(model, processor, samples) -> dict:
-    """openpack_vlm.predict's constrained answers (the evaluator's and the API's path), without the grammar prior,
+    """openpack_vlm.model.predict's constrained answers (the evaluator's and the API's path), without the grammar prior,
     so the next-operation accuracy is the model's own."""
-    from openpack_vlm.predict import PredictConfig, Predictor
+    from openpack_vlm.model.predict import PredictConfig, Predictor
 
     pred = Predictor(model, processor, grammar=None, config=PredictConfig(free_text=False))
     op = nxt = 0
@@ -307,7 +307,7 @@ def _predictor_scores(model, processor, samples) -> dict:
 def test_finetuned_beats_untrained_on_held_out(e2e_data, tiny_model_dir, tmp_path):
     import time
 
-    from openpack_vlm.model import ModelConfig, load_model
+    from openpack_vlm.model.loading import ModelConfig, load_model
 
     # held out = users never trained on: U0108 (test) and U0107 (val)
     held_out = list(iter_samples(shard_paths(e2e_data / "test"))) + list(iter_samples(shard_paths(e2e_data / "val")))
@@ -350,15 +350,13 @@ def test_gpu_smoke_script_runs_the_qlora_path_on_cpu(capsys):
 def test_answer_only_loss_equals_the_models_full_loss(tiny_model_dir, tmp_path):
     """lm_head on the answer positions only gives the same loss and the same LoRA gradients as the full-vocabulary
     loss the model computes from labels (which projects every prompt token)."""
-    import sys
 
     import torch
 
-    from openpack_vlm.model import ModelConfig, load_model
-    from openpack_vlm.shards import iter_samples, shard_paths
+    from openpack_vlm.model.loading import ModelConfig, load_model
+    from openpack_vlm.data.shards import iter_samples, shard_paths
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from gpu_smoke import write_smoke_shards
+    from openpack_vlm.data.shards import write_smoke_shards
 
     data = write_smoke_shards(tmp_path / "data", n=4)
     model, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none", dtype="fp32",

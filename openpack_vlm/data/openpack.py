@@ -54,7 +54,8 @@ from openpack_toolkit.configs.datasets.annotations import (
 from openpack_toolkit.configs.datasets.streams import KINECT_2D_KPT_STREAM
 from openpack_toolkit.data import load_keypoints as _optk_load_keypoints
 
-from .labels import ID_TO_NAME, NULL_ID
+from ..labels import ID_TO_NAME, NULL_ID
+from .timegrid import at_or_before
 
 ROOT_ENV = "OPENPACK_ROOT"
 DATASET_VERSION = "v1.0.0"
@@ -415,7 +416,7 @@ def labels_at(timeline: list[Segment], ts_ms: np.ndarray) -> np.ndarray:
     starts = np.array([s.start_ms for s in timeline], np.int64)
     ends = np.array([s.end_ms for s in timeline], np.int64)
     ops = np.array([s.op_id for s in timeline], np.int64)
-    i = np.searchsorted(starts, ts_ms, side="right") - 1
+    i = at_or_before(starts, ts_ms, clip=False)
     inside = (i >= 0) & (ts_ms < ends[np.clip(i, 0, None)])
     return np.where(inside, ops[np.clip(i, 0, None)], NULL_ID)
 

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .labels import NULL_ID, to_name
-from .schema import CLIP_FRAMES, FPS, ClipTruth
+from ..labels import NULL_ID, to_name
+from ..schema import CLIP_FRAMES, FPS, ClipTruth
+from .timegrid import at_or_before, tick_times
 
 CLIP_MS = CLIP_FRAMES * 1000 // FPS  # 5000 ms
 
@@ -76,8 +77,8 @@ def frame_labels(timeline, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> 
     """
     starts = np.array([s.start_ms for s in timeline], dtype=np.int64)
     ends = np.array([s.end_ms for s in timeline], dtype=np.int64)
-    ticks = int(t0_ms) + np.round(np.arange(n) * 1000.0 / fps).astype(np.int64)
-    seg = np.searchsorted(starts, ticks, side="right") - 1
+    ticks = tick_times(t0_ms, n, fps)
+    seg = at_or_before(starts, ticks, clip=False)
     bad = (seg < 0) | (ticks >= ends[np.clip(seg, 0, len(ends) - 1)])
     if bad.any():
         t = int(ticks[np.argmax(bad)])

@@ -9,7 +9,8 @@ Outputs under ``out``:
   {split}/pairs.jsonl         chat-format training pairs; image items name their shard member
   summary.json                counts, skipped items with reasons, sources used, timing of this run
   grammar.json                Grammar fitted on the train split's timelines
-  run.json                    the settings that define the data (a rerun with other settings is refused)
+  run.json                    the run contract's data section (contract.py): what shapes a sample, the grammar's
+                              sha256; a rerun with other settings is refused
 
 Resume: a shard is logged in progress.jsonl right after it is renamed from ``.tmp``; a rerun keeps the logged shards,
 deletes unlogged ``shard-*.tar``/``.tmp`` files, and processes only clips not yet in a logged shard. Sessions run in
@@ -28,7 +29,7 @@ import shutil
 import tarfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +37,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import clips as clipsmod
-from .frames import SOURCE_KINDS, FrameError, PoseFrameSource, VideoDecodeError, one_line, open_source
-from .prompt import build_messages
+from .sources import SOURCE_KINDS, PoseFrameSource, open_source
+from .errors import FrameError, VideoDecodeError
+from ..cli import setting
+from ..contract import RUN_FILE, ContractError, DataSection, RunContract, file_sha256
+from ..io_utils import one_line, write_atomic, write_json, write_jsonl
+from .letterbox import SIZE
+from ..prompt import build_messages
 from .sampling import SamplingConfig, motion_from_keypoints, sample_clip
 from .shards import SHARD_PATTERN, ClipRecord, ShardWriter, encode_jpeg, frame_member
 
 log = logging.getLogger("openpack_vlm.pipeline")
 
-DEFAULT_SPLITS: dict[str, list[str]] = {
-    "train": ["U0101", "U0102", "U0103", "U0104", "U0105", "U0106"],
-    "val": ["U0107"],
-    "test": ["U0108"],
-}
+DEFAULT_SPLITS = ("train=U0101-U0106", "val=U0107", "test=U0108")
 
 
 class PipelineError(RuntimeError):
@@ -56,29 +58,50 @@ class PipelineError(RuntimeError):
 
 @dataclass
 class PipelineConfig:
-    root: str | None = None  # OpenPack root; None -> $OPENPACK_ROOT
-    out: str = "out/data"
-    source: str = "auto"  # auto | rgb | pose (frames.open_source)
-    workers: int = 1  # sessions processed in parallel (processes)
-    shard_mb: int = 256  # shard size target (MB): within WebDataset's recommended 100-500 MB
-    k: int = 8  # sampled frames per clip
-    seed: int = 0  # clip jitter and within-clip placement
-    splits: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SPLITS.items()})
-    sessions: list[str] | None = None  # restrict to these sessions (None = all)
-    within_share: float = 0.2  # share of clips inside one operation (clips.ClipConfig)
-    null_boundaries: bool = False  # clips at boundaries with Null on one side (clips.ClipConfig)
-    jpeg_quality: int = 90  # JPEG quality of the stored frames
-    max_clips_per_session: int | None = None  # cap (evenly spread over the session) for quick runs; None = all
-    samples_out: str | None = None  # also export n_samples examples (frames + pair JSON) here
-    n_samples: int = 20
-    overwrite: bool = False  # replace an existing output made with other settings
+    """The data pipeline's settings (data_pipeline.py's flags are generated from these fields)."""
 
-    def data_settings(self) -> dict:
-        """The settings that define the data (a resumed run must match them)."""
-        d = asdict(self)
-        for k in ("out", "workers", "samples_out", "n_samples", "overwrite", "root"):
-            d.pop(k)
-        return d
+    out: str = setting("out/data", "output directory D")
+    root: str | None = setting(None, "OpenPack root (default: $OPENPACK_ROOT)")
+    source: str = setting("auto", "frames from RGB (frames or video) or rendered 2D keypoints; auto = rgb where "
+                          "present", choices=SOURCE_KINDS)
+    workers: int = setting(1, "sessions processed in parallel (processes)")
+    shard_mb: int = setting(256, "shard size target in MB (WebDataset recommends 100-500 MB)")
+    k: int = setting(8, "sampled frames per clip (8 x 144 visual tokens at 336 px)")
+    seed: int = setting(0, "clip jitter and within-clip placement")
+    splits: list[str] = setting(default_factory=lambda: list(DEFAULT_SPLITS),
+                                help="NAME=USERS items, e.g. train=U0101-U0106 val=U0107 test=U0108")
+    sessions: list[str] | None = setting(None, "only these sessions, e.g. S0100 S0500 (default: all)")
+    within_share: float = setting(0.2, "share of clips inside one operation (clips.ClipConfig)")
+    null_boundaries: bool = setting(False, "also clips at boundaries with Null on one side (clips.ClipConfig)")
+    jpeg_quality: int = setting(90, "JPEG quality of the stored frames (serving round-trips through it too)")
+    max_clips_per_session: int | None = setting(None, "cap, evenly spread over the session, for quick runs")
+    samples_out: str | None = setting(None, "also export n_samples examples (frames + pair JSON) here")
+    n_samples: int = setting(20, "examples exported to samples_out")
+    overwrite: bool = setting(False, "replace data in out made with other settings")
+
+    def __post_init__(self):
+        if self.source not in SOURCE_KINDS:
+            raise PipelineError(f"unknown --source {self.source!r}; choose one of {', '.join(SOURCE_KINDS)}")
+        if self.k < 1 or self.shard_mb < 1 or self.workers < 1:
+            raise PipelineError("--k, --shard_mb and --workers must be >= 1")
+        if not 0 <= self.within_share < 1:
+            raise PipelineError(f"--within_share must be in [0, 1), got {self.within_share}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise PipelineError(f"--jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if isinstance(self.splits, dict):  # {split: [users]} from Python callers
+            self.splits = [f"{k}={','.join(v)}" for k, v in self.splits.items()]
+        self.split_users = parse_splits(self.splits)
+
+    def contract(self) -> RunContract:
+        """The data section of the run contract: what shapes a sample (a resumed run must match it)."""
+        sampling = SamplingConfig(k=self.k)
+        return RunContract(data=DataSection(
+            source=self.source, k=self.k, jpeg_quality=self.jpeg_quality, frame_size=SIZE,
+            sampler={"name": "motion", "params": asdict(sampling),
+                     "pose_motion": "keypoint speed (sampling.motion_from_keypoints) for pose clips"},
+            splits=self.split_users, seed=self.seed, within_share=self.within_share,
+            null_boundaries=self.null_boundaries, sessions=self.sessions,
+            max_clips_per_session=self.max_clips_per_session))
 
 
 # ------------------------------------------------------------------------------------------------------- workers
@@ -105,10 +128,6 @@ class SessionResult:
     seconds: dict
 
 
-def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {one_line(e)}"
-
-
 def process_session(task: SessionTask) -> SessionResult:
     """Frames, sampling and JPEGs for the clips of one session (runs in a worker process)."""
     from .openpack import OpenPackError
@@ -120,7 +139,7 @@ def process_session(task: SessionTask) -> SessionResult:
     try:
         src = open_source(task.root, task.user, task.session, task.source)
     except (OpenPackError, FrameError, VideoDecodeError, OSError, ValueError) as e:
-        reason = f"no usable frame source ({_one_line(e)})"
+        reason = f"no usable frame source ({one_line(e, with_type=True)})"
         skipped.append({"user": task.user, "session": task.session, "clips": len(task.specs), "reason": reason})
         return SessionResult(task.split, task.user, task.session, items, skipped, None, secs)
     secs["open"] += time.perf_counter() - t
@@ -141,7 +160,7 @@ def process_session(task: SessionTask) -> SessionResult:
             t3 = time.perf_counter()
         except (FrameError, VideoDecodeError, OSError, ValueError) as e:
             skipped.append({"user": task.user, "session": task.session, "clip_id": spec.clip_id,
-                            "reason": _one_line(e)})
+                            "reason": one_line(e, with_type=True)})
             continue
         secs["frames"] += t1 - t
         secs["sampling"] += t2 - t1
@@ -202,23 +221,12 @@ def read_progress(split_dir: Path) -> list[dict]:
             if (split_dir / e["shard"]).is_file():
                 entries.append(e)
     logged = {e["shard"] for e in entries}
-    for p in list(split_dir.glob("shard-*.tar")) + list(split_dir.glob("shard-*.tar.tmp")):
+    # temp files of a crashed run: io_utils.AtomicPath's ".shard-*.tmp" (and "shard-*.tar.tmp" of older versions)
+    for p in [*split_dir.glob("shard-*.tar"), *split_dir.glob(".shard-*.tmp"), *split_dir.glob("shard-*.tar.tmp")]:
         if p.name not in logged:
             p.unlink()
-    write_atomic(prog, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+    write_jsonl(prog, entries)
     return entries
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write a file under a temp name, then rename it: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(text, bytes):
-        tmp.write_bytes(text)
-    else:
-        tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def pair_for(record: dict) -> dict:
@@ -250,7 +258,7 @@ def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[st
     ccfg = clipsmod.ClipConfig(within_share=cfg.within_share, null_boundaries=cfg.null_boundaries, seed=cfg.seed)
     plan: dict[str, list] = {}
     train_sequences: list[list[int]] = []
-    for split, users in cfg.splits.items():
+    for split, users in cfg.split_users.items():
         plan[split] = []
         for user in users:
             if user not in users_in_root:
@@ -264,7 +272,7 @@ def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[st
                 try:
                     timeline = openpack.load_timeline(root, user, session)
                 except (openpack.OpenPackError, OSError, ValueError) as e:
-                    skipped.append({**where, "reason": f"no usable timeline ({_one_line(e)})"})
+                    skipped.append({**where, "reason": f"no usable timeline ({one_line(e, with_type=True)})"})
                     continue
                 if not timeline:
                     skipped.append({**where, "reason": "empty timeline"})
@@ -285,39 +293,40 @@ def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[st
     return plan, train_sequences
 
 
-def _check_settings(out: Path, cfg: PipelineConfig) -> None:
-    run_json = out / "run.json"
-    settings = cfg.data_settings()
-    if run_json.exists():
-        old = json.loads(run_json.read_text())
-        if old != settings:
+def _check_settings(out: Path, cfg: PipelineConfig) -> RunContract:
+    """D/run.json = this run's contract; data made with other settings is refused (or removed with overwrite)."""
+    contract = cfg.contract()
+    path = out / RUN_FILE
+    if path.exists():
+        try:
+            old = RunContract.load(path).data.settings()
+        except ContractError:  # data made before run contracts existed (or a damaged record)
+            old = {"run.json": "not a version-%d run contract" % contract.version}
+        new = contract.data.settings()
+        if old != new:
             if not cfg.overwrite:
-                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise PipelineError(f"{out} holds data made with other settings ({', '.join(diff)}); "
                                     "use a new --out or pass --overwrite")
-            for split in old.get("splits", {}):
+            for split in set(old.get("splits") or {}) | set(new["splits"]):
                 if (out / split).is_dir():
                     shutil.rmtree(out / split)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_json, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    contract.save(out)
+    return contract
 
 
 def run(cfg: PipelineConfig) -> dict:
     """Run the pipeline; returns the summary (also written to out/summary.json)."""
     from . import openpack
-    from .grammar import Grammar
+    from ..grammar import Grammar
 
     t_start = time.perf_counter()
-    if cfg.source not in SOURCE_KINDS:
-        raise PipelineError(f"unknown --source {cfg.source!r}; choose one of {', '.join(SOURCE_KINDS)}")
-    if cfg.k < 1 or cfg.shard_mb < 1 or cfg.workers < 1:
-        raise PipelineError("--k, --shard-mb and --workers must be >= 1")
     try:
         root = openpack.resolve_root(cfg.root)
     except openpack.OpenPackError as e:
         raise PipelineError(str(e)) from None
     out = Path(cfg.out)
-    _check_settings(out, cfg)
+    contract = _check_settings(out, cfg)
 
     skipped: list[dict] = []
     try:
@@ -325,7 +334,7 @@ def run(cfg: PipelineConfig) -> dict:
     except openpack.OpenPackError as e:
         raise PipelineError(str(e)) from None
     if not any(plan.values()):
-        raise PipelineError(f"no session under {root} yields clips for splits {sorted(cfg.splits)} "
+        raise PipelineError(f"no session under {root} yields clips for splits {sorted(cfg.split_users)} "
                             f"({len(skipped)} skipped; first: {skipped[0]['reason'] if skipped else 'none'})")
 
     # resume: clips already in logged shards are not redone
@@ -385,9 +394,8 @@ def run(cfg: PipelineConfig) -> dict:
     for split in plan:
         entries = read_progress(out / split)
         records = [r for e in entries for r in e["records"]]
-        write_atomic(out / split / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        write_atomic(out / split / "pairs.jsonl",
-                      "".join(json.dumps(pair_for(r), sort_keys=True) + "\n" for r in records))
+        write_jsonl(out / split / "manifest.jsonl", records)
+        write_jsonl(out / split / "pairs.jsonl", [pair_for(r) for r in records])
         counts[split] = {
             "clips": len(records),
             "shards": len(entries),
@@ -397,10 +405,9 @@ def run(cfg: PipelineConfig) -> dict:
             "dominant_operation": dict(sorted(Counter(r["truth"]["dominant_operation"] for r in records).items())),
         }
     if train_sequences:
-        grammar = Grammar.fit(train_sequences)
-        tmp = out / "grammar.json.tmp.json"
-        grammar.save(tmp)
-        os.replace(tmp, out / "grammar.json")
+        Grammar.fit(train_sequences).save(out / "grammar.json")
+        contract.data.grammar = {"file": "grammar.json", "sha256": file_sha256(out / "grammar.json")}
+        contract.save(out)
     else:
         log.warning("no train sessions: grammar.json not written")
 
@@ -408,7 +415,7 @@ def run(cfg: PipelineConfig) -> dict:
     work = sum(seconds[k] for k in ("frames", "sampling", "encode"))
     summary = {
         "root": str(root),
-        "settings": cfg.data_settings(),
+        "settings": contract.data.settings(),
         "splits": counts,
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(re.sub(r"\d{6,}", "N", s["reason"]) for s in skipped)),
@@ -423,7 +430,7 @@ def run(cfg: PipelineConfig) -> dict:
             "sampling_share": round(seconds["sampling"] / work, 4) if work > 0 else None,
         },
     }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    write_json(out / "summary.json", summary)
     if not any(c["clips"] for c in counts.values()):
         whole = [x for x in skipped if "t0_ms" not in x and "clip_id" not in x]  # sessions/users skipped entirely
         first = (f"{whole[0].get('user', '')}/{whole[0].get('session', '')}: {whole[0]['reason']}" if whole
@@ -457,9 +464,9 @@ def _describe_input(root: Path) -> tuple[str, str]:
     if meta.is_file():
         c = json.loads(meta.read_text())["config"]
         w, h = c["rgb_size"]
-        what = (f"synthetic OpenPack root (openpack_vlm.synthetic, seed {c['seed']}, users {' '.join(c['users'])}, "
+        what = (f"synthetic OpenPack root (openpack_vlm.data.synthetic, seed {c['seed']}, users {' '.join(c['users'])}, "
                 f"sessions {' '.join(c['sessions'])}, {c['session_seconds']:g} s, RGB frames {w}x{h}); not real data.")
-        cmd = (f"    python -m openpack_vlm.synthetic --out /tmp/openpack-synth --seed {c['seed']} "
+        cmd = (f"    python -m openpack_vlm.data.synthetic --out /tmp/openpack-synth --seed {c['seed']} "
                f"--users {' '.join(c['users'])} --sessions {' '.join(c['sessions'])} "
                f"--seconds {c['session_seconds']:g} --rgb-size {w}x{h}" + ("" if c["rgb"] else " --no-rgb") + "\n"
                "    python data_pipeline.py --root /tmp/openpack-synth --out /tmp/openpack-data "
@@ -492,7 +499,7 @@ def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path)
         for r in recs:
             pair = pair_for(r)
             body = {"record": r, "messages": pair["messages"]}
-            write_atomic(dest / f"{r['clip_id']}.json", json.dumps(body, indent=1, sort_keys=True) + "\n")
+            write_json(dest / f"{r['clip_id']}.json", body)
             wanted.add(f"{r['clip_id']}.json")
     what, cmd = _describe_input(root)
     write_atomic(dest / "README.md", SAMPLES_README.format(n=len(chosen), input=what, command=cmd.format(n=n)))

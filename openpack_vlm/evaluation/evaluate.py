@@ -12,16 +12,18 @@ Baselines (no model): majority class of the train split (dominant and next op, w
 given the fine-tuned model's dominant op and given the TRUE dominant op, whole-clip span [0, 124].
 Outputs in ``out``: results.json (the assignment's shape + extras), predictions.jsonl (per clip: truth, each system's
 prediction, confidence, raw model text and its repair), confusion.json / confusion.png, failure_modes.json, and
-grammar.json (the grammar used, its tuned fusion weight in meta: ``Predictor``/serving pick it up from there).
+grammar.json (the grammar used) and run.json (the run contract with its evaluation section: the tuned fusion
+weight and mode; the adapter's R/run.json gets the same section, so serving the adapter serves the tuned weight).
 Provenance says whether the data are real OpenPack or synthetic and whether the model is the tiny random one;
 synthetic/tiny numbers are flagged and never OpenPack results.
 """
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import gc
+import logging
 import json
-import os
 import subprocess
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -29,16 +31,23 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .grammar import Grammar, GrammarError, argmax_id, fuse, tune_fuse_weight
-from .labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, to_id
-from .metrics import (
-    confusion_dict,
-    confusion_matrix,
-    evaluate_predictions,
-    majority_class,
-    most_confused_pair,
+from ..cli import setting
+from ..contract import (
+    RUN_FILE,
+    ContractError,
+    EvaluationSection,
+    RunContract,
+    assumed_contract,
+    file_sha256,
+    find_run,
 )
-from .schema import CLIP_FRAMES
+from ..grammar import Grammar, GrammarError, argmax_id, fuse, tune_fuse_weight
+from ..io_utils import save_figure, write_atomic, write_json, write_jsonl
+from ..labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, to_id
+from .metrics import confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair
+from ..schema import CLIP_FRAMES
+
+log = logging.getLogger("openpack_vlm.evaluation")
 
 HEADLINE = ("OCA", "tIoU@0.5", "AA@1")
 SYSTEMS = ("base_model", "finetuned_model", "finetuned_grammar")
@@ -51,25 +60,27 @@ class EvalError(RuntimeError):
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings. Defaults = the real run (Qwen2-VL-2B + QLoRA adapter on U0108)."""
+    """Evaluation settings (evaluate.py's flags are generated from these fields). Defaults = the real run
+    (Qwen2-VL-2B + QLoRA adapter on U0108)."""
 
-    data: str  # data_pipeline.py output dir D (D/test, D/val, D/summary.json)
-    out: str  # output dir E
-    adapter: str  # LoRA adapter dir (R/adapter) or run dir R
-    model_id: str = "Qwen/Qwen2-VL-2B-Instruct"  # hub id, local dir or "tiny"
-    quantization: str = "4bit"  # as trained (QLoRA); "none" on CPU
-    device: str = "auto"
-    split: str = "test"  # held-out user U0108
-    n_clips: int = 30  # first N test clips by clip_id (~3 min per system for 2B on a T4)
-    all_clips: bool = False  # every test clip instead
-    val_split: str = "val"
-    val_clips: int = 30  # val clips used to tune the grammar fusion weight
-    grammar: str | None = None  # grammar JSON; None → the run's grammar.json, else D/grammar.json
-    fuse_weight: float | None = None  # None → tuned on val
-    fuse_mode: str = "linear"
-    free_text: bool = True  # also record each model's free (greedy) answer
-    n_boot: int = 1000  # bootstrap resamples for the 95 % intervals
-    seed: int = 0
+    data: str = setting(help="data_pipeline.py output dir D (D/test, D/val, D/summary.json, D/run.json)")
+    out: str = setting(help="output dir E")
+    adapter: str = setting(help="LoRA adapter dir (R/adapter) or run dir R")
+    model_id: str = setting("Qwen/Qwen2-VL-2B-Instruct", 'base model: hub id, local dir or "tiny"',
+                            aliases=["--model"])
+    quantization: str = setting("4bit", "as trained (QLoRA); none on CPU", choices=["4bit", "none"])
+    device: str = setting("auto", "auto | cpu | cuda")
+    split: str = setting("test", "split to evaluate (test = the held-out user U0108)")
+    n_clips: int = setting(30, "first N clips sorted by clip_id (~3 min per system for 2B on a T4)")
+    all_clips: bool = setting(False, "every clip of the split instead of the first n_clips", aliases=["--all"])
+    val_split: str = setting("val", "split used to tune the grammar fusion weight")
+    val_clips: int = setting(30, "val clips used to tune the grammar fusion weight")
+    grammar: str | None = setting(None, "grammar JSON; unset = the run's grammar.json, else D/grammar.json")
+    fuse_weight: float | None = setting(None, "grammar weight in [0, 1]; unset = tuned on val")
+    fuse_mode: str = setting("linear", "how model and grammar are mixed (grammar.fuse)", choices=["linear", "loglinear"])
+    free_text: bool = setting(True, "also record each model's free (greedy) answer; --no_free_text is faster")
+    n_boot: int = setting(1000, "bootstrap resamples for the 95 % intervals")
+    seed: int = setting(0, "bootstrap seed")
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -99,7 +110,7 @@ def select_clips(data: Path, split: str, n: int | None) -> list[dict]:
 def iter_clips(data: Path, split: str, rows: list[dict]):
     """Stream (record, PIL frames) of the chosen clips in shard order; only one clip's frames in memory at a time.
     Raises EvalError at the end if a manifest clip was not found in the shards."""
-    from .shards import iter_samples, shard_paths
+    from ..data.shards import iter_samples, shard_paths
 
     want = {r["clip_id"] for r in rows}
     try:
@@ -167,13 +178,65 @@ def _majority_from_train(data: Path) -> tuple[int, int, str]:
             majority_class([r["truth"]["anticipated_next_operation"] for r in rows]), str(path))
 
 
-def _find_grammar(cfg: EvalConfig) -> Path | None:
-    from .predict import find_grammar
+def _find_grammar(cfg: EvalConfig, contract: RunContract) -> Path | None:
+    from ..model.predict import find_grammar
 
     if cfg.grammar:
         return Path(cfg.grammar)
+    if contract.path is not None and contract.grammar_path() is not None and contract.grammar_path().is_file():
+        return contract.grammar_path()
     return find_grammar(cfg.adapter) or ((Path(cfg.data) / "grammar.json") if (Path(cfg.data) / "grammar.json").is_file()
                                          else None)
+
+
+# settings that must agree between the data evaluated and the data the adapter was trained on
+SAMPLE_SHAPING = ("k", "frame_size", "spatial", "jpeg_quality", "sampler", "fps", "clip_frames", "classes")
+
+
+def run_contract(cfg: EvalConfig, data: Path) -> RunContract:
+    """The adapter's run contract (R/run.json; assumed with a warning for runs made before it existed), checked
+    against the evaluated data's D/run.json: a model trained on K=16 frames is not scored on K=8 clips."""
+    found = find_run(cfg.adapter)
+    try:
+        contract = RunContract.load(found) if found else assumed_contract(str(cfg.adapter))
+        if (data / RUN_FILE).is_file():
+            d_new, d_run = RunContract.load(data).data, contract.data
+            for key in SAMPLE_SHAPING:
+                if getattr(d_new, key) != getattr(d_run, key) and found:
+                    raise EvalError(f"{key} differs: the adapter's run ({found}) has {getattr(d_run, key)!r}, the "
+                                    f"data to evaluate ({data / RUN_FILE}) {getattr(d_new, key)!r}")
+    except ContractError as e:
+        raise EvalError(str(e)) from None
+    return contract
+
+
+def record_evaluation(contract: RunContract, out: Path, grammar_path: Path | None, weight: float | None,
+                      cfg: EvalConfig, tuning: dict) -> dict:
+    """Add the evaluation section (tuned fusion weight and mode) to the run contract: E/run.json (with the grammar
+    used copied beside it, byte for byte) and, when that grammar is the run's own, R/run.json — so serving the
+    adapter fuses with the tuned weight. Returns where it was written."""
+    section = EvaluationSection(fuse_weight=weight, fuse_mode=cfg.fuse_mode, eval_dir=str(out),
+                                tuned_on=(f"{tuning['tuned_on']}: {tuning.get('val_clips')} clips" if
+                                          tuning.get("tuned_on") else "given (--fuse_weight)" if weight is not None
+                                          else "no grammar"))
+    e_contract = copy.deepcopy(contract)
+    e_contract.evaluation = section
+    if grammar_path is not None:
+        write_atomic(out / "grammar.json", Path(grammar_path).read_bytes())
+        e_contract.data.grammar = {"file": "grammar.json", "sha256": file_sha256(out / "grammar.json")}
+    e_contract.save(out)
+    written = {"eval": str(out / RUN_FILE), "run": None}
+    own = contract.grammar_path()
+    same_grammar = grammar_path is None or (own is not None and own.is_file()
+                                            and file_sha256(own) == file_sha256(grammar_path))
+    if contract.path is not None and same_grammar:
+        contract.evaluation = section
+        contract.save(contract.path)
+        written["run"] = str(contract.path)
+    elif contract.path is not None:
+        log.warning("grammar %s is not the run's own: the tuned weight is recorded in %s only (serve with "
+                    "RUN_CONFIG=%s)", grammar_path, out / RUN_FILE, out / RUN_FILE)
+    return written
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -211,23 +274,14 @@ def _plot_confusions(path: Path, cms: dict) -> None:
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if cm[i, j] > cm.max() / 2 else "black")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     """Run the evaluation; writes the files in cfg.out and returns results.json's content.
 
     ``predictor``: an already loaded fine-tuned ``Predictor`` (a PeftModel inside) to use instead of loading one."""
-    from .predict import PredictConfig, Predictor, grammar_next, parse_raw_text
+    from ..model.predict import PredictConfig, Predictor, grammar_next, parse_raw_text
 
     data, out = Path(cfg.data), Path(cfg.out)
     if not data.is_dir():
@@ -235,7 +289,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     if not 0 < cfg.n_clips and not cfg.all_clips:
         raise EvalError(f"n_clips must be > 0, got {cfg.n_clips}")
     if predictor is None:
-        from .model import ModelLoadError, adapter_dir
+        from ..model.loading import ModelLoadError, adapter_dir
 
         try:
             adapter_dir(cfg.adapter)  # fail before minutes of model loading
@@ -243,7 +297,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             raise EvalError(str(e)) from None
     rows = select_clips(data, cfg.split, None if cfg.all_clips else cfg.n_clips)
     maj_op, maj_next, maj_src = _majority_from_train(data)
-    grammar_path = _find_grammar(cfg)
+    contract = run_contract(cfg, data)
+    grammar_path = _find_grammar(cfg, contract)
     grammar = Grammar.load(grammar_path) if grammar_path else None
     if grammar is None and cfg.fuse_weight is not None:
         raise EvalError("--fuse-weight given but no grammar found (pass --grammar)")
@@ -252,7 +307,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     pcfg = PredictConfig(free_text=cfg.free_text, fuse_mode=cfg.fuse_mode)
     if predictor is None:
         predictor = Predictor.from_pretrained(cfg.model_id, adapter=cfg.adapter, quantization=cfg.quantization,
-                                              device=cfg.device, grammar=None, config=pcfg)
+                                              device=cfg.device, grammar=None, config=pcfg, run=contract)
     if not hasattr(predictor.model, "disable_adapter"):
         raise EvalError("the fine-tuned model has no LoRA adapter attached (need a PeftModel)")
     # base = the same weights with the LoRA switched off: one load, and exactly the base model
@@ -348,17 +403,15 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     # confusion + failure modes
     cms = {name: confusion_matrix([r["true_op"] for r in systems[name]], [r["pred_op"] for r in systems[name]])
            for name in ("base_model", "finetuned_model")}
-    _write_json(out / "confusion.json", {name: confusion_dict(cm) for name, cm in cms.items()})
+    write_json(out / "confusion.json", {name: confusion_dict(cm) for name, cm in cms.items()})
     _plot_confusions(out / "confusion.png", cms)
     failure = _failure_modes(cms["finetuned_model"], systems["finetuned_model"], per_clip)
-    _write_json(out / "failure_modes.json", failure)
-    if grammar is not None:
-        grammar.meta.update(fuse_weight=weight, fuse_mode=cfg.fuse_mode, fuse_weight_source=tuning.get("tuned_on")
-                            or "given", source_file=str(grammar_path))
-        grammar.save(out / "grammar.json")
+    write_json(out / "failure_modes.json", failure)
+    tuning["run_contract"] = record_evaluation(contract, out, grammar_path, weight if grammar is not None else None,
+                                               cfg, tuning)
 
     prov = data_provenance(data)
-    from .model import is_tiny
+    from ..model.loading import is_tiny
 
     tiny = is_tiny(cfg.model_id)
     frame_sources = dict(Counter(rec.source for rec in recs))
@@ -396,10 +449,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         "provenance": provenance,
         "config": asdict(cfg),
     }
-    tmp = out / "predictions.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in per_clip))
-    os.replace(tmp, out / "predictions.jsonl")
-    _write_json(out / "results.json", results)
+    write_jsonl(out / "predictions.jsonl", per_clip)
+    write_json(out / "results.json", results)
     gc.collect()
     return results
 

@@ -1,6 +1,6 @@
 """QLoRA fine-tuning of Qwen2-VL on the data pipeline's WebDataset shards.
 
-    python -m openpack_vlm.train --data D --out R [--model tiny] [--quantization none] [--max-steps N] ...
+    python -m openpack_vlm.model.train --data D --out R [--model tiny] [--quantization none] [--max-steps N] ...
 
 Reads ``D/train/shard-*.tar`` as a stream (never the whole set in memory), builds each sample's chat with
 ``prompt.build_messages(record.frame_indices, record.truth)`` exactly as the pipeline wrote it, collates through the
@@ -10,14 +10,15 @@ with ``transformers.Trainer``. Writes::
     R/checkpoint-*/    every save_steps (last save_total_limit kept); a rerun with the same R resumes from the last
     R/adapter/         the LoRA adapter only (PEFT format)
     R/grammar.json     copy of D/grammar.json (next-operation prior used by the predictor)
+    R/run.json         the run contract: D/run.json's data section + this run's training section (contract.py)
     R/config.json      the run config (TrainConfig + ModelConfig + world size + versions)
     R/train_summary.json  steps, losses, runtime and the measured peak memory
     R/logs/            TensorBoard event files
 
 Two GPUs (Kaggle 2xT4)::
 
-    torchrun --nproc_per_node 2 -m openpack_vlm.train --data D --out R
-    # or: accelerate launch --num_processes 2 -m openpack_vlm.train --data D --out R
+    torchrun --nproc_per_node 2 -m openpack_vlm.model.train --data D --out R
+    # or: accelerate launch --num_processes 2 -m openpack_vlm.model.train --data D --out R
 
 Each process loads the 4-bit model on its own GPU (device_map = LOCAL_RANK), DDP runs with
 find_unused_parameters=False (every LoRA weight gets a gradient each step; non-reentrant checkpointing), and every
@@ -26,20 +27,21 @@ The effective batch is per_device_train_batch_size x gradient_accumulation_steps
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .model import REAL_MODEL_ID, ModelConfig, ModelLoadError
-from .prompt import build_messages
-from .shards import ClipRecord, decode_sample, shard_paths
+from ..cli import build_parser, parse, setting
+from ..contract import RUN_FILE, ContractError, RunContract, TrainingSection, assumed_contract
+from ..io_utils import atomic_path, write_atomic, write_json
+from .loading import REAL_MODEL_ID, ModelConfig, ModelLoadError
+from ..prompt import build_messages
+from ..data.shards import ClipRecord, decode_sample, shard_paths
 
 IGNORE_INDEX = -100  # label value the loss skips
 
@@ -48,40 +50,75 @@ class TrainError(RuntimeError):
     """A training run cannot start as asked (one-line message)."""
 
 
+# The tiny random model (0.25M params, hidden 64) needs a different recipe than 2B to learn in ~100 CPU steps:
+# its random lm_head has tiny logits, and with LoRA alone the loss stalls at ~5.3 nats (measured: 0 % valid JSON after
+# 60 steps), so lm_head is trained in full (a 33k-param copy; for 2B it would be 233M params + Adam states: never);
+# a larger LR and the usual clip norm 1.0 instead of QLoRA's 0.3 (measured: 100 % valid JSON after 120 steps).
+TINY_RECIPE = {"learning_rate": 5e-3, "modules_to_save": ("lm_head",), "max_grad_norm": 1.0}
+
+
 @dataclass
 class TrainConfig:
-    """One training run. Defaults = the real QLoRA run of Qwen2-VL-2B on a 16 GB T4 (or A100)."""
+    """One training run. Defaults = the real QLoRA run of Qwen2-VL-2B on a 16 GB T4 (or A100). The CLI's flags are
+    generated from these fields (``--max_steps`` / ``--max-steps``; short aliases such as ``--model``, ``--lr``)."""
 
-    data: str = "data"  # data_pipeline.py --out dir (reads data/train/shard-*.tar)
-    out: str = "runs/qlora"  # run dir R
-    model_id: str = REAL_MODEL_ID
-    quantization: str = "4bit"  # 4bit needs CUDA; "none" for CPU / tiny
-    dtype: str = "auto"  # bf16 where supported (A100), fp16 on T4, fp32 on CPU
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    modules_to_save: tuple[str, ...] = ()  # ("lm_head",) only for the tiny model (see TINY_RECIPE)
-    per_device_train_batch_size: int = 2  # 2 clips x 8 frames x 144 visual tokens ~ 2.8k tokens: fits T4 with 4-bit
-    gradient_accumulation_steps: int = 8  # effective batch 16 clips per GPU
-    learning_rate: float = 2e-4  # the QLoRA paper's LR for small models
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: int = 20  # ~3% of max_steps
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.3  # QLoRA paper value
-    max_steps: int = 600  # ~9.6k clips seen at batch 16: a few passes over the OpenPack train boundary clips
-    save_steps: int = 50  # Kaggle sessions end at 9-12 h: a checkpoint every ~15 min on T4
-    save_total_limit: int = 3
-    logging_steps: int = 10
-    seed: int = 42
-    shuffle_buffer: int = 256  # samples held for shuffling (~256 x 8 JPEG frames decoded: ~0.3 GB)
-    num_workers: int = 2  # dataloader processes decoding JPEGs and running the processor
-    gradient_checkpointing: bool = True  # ~5x less activation memory; required for batch 2 on T4
-    answer_logits_only: bool = True  # lm_head only on the ~50 answer positions: full-vocab logits of every prompt
-    #                                  token were 4.4 GB of the 10.6 GB peak (measured on the 2B architecture)
-    report_to: tuple[str, ...] = ("tensorboard",)
-    optim: str = "adamw_torch"  # LoRA params are few (~18M): plain AdamW states are ~0.15 GB
-    attn_implementation: str = "sdpa"
-    device: str = "auto"  # cuda:LOCAL_RANK when CUDA, else cpu; "cpu" + 4bit runs bitsandbytes' CPU backend (tests)
+    data: str = setting("data", "data_pipeline.py output dir D (reads D/train/shard-*.tar and D/run.json)")
+    out: str = setting("runs/qlora", "run dir R; rerunning with the same dir resumes from its last checkpoint")
+    model_id: str = setting(REAL_MODEL_ID, 'base model: hub id, local dir, or "tiny"', aliases=["--model"])
+    quantization: str = setting("4bit", "4bit needs CUDA; none for CPU / tiny", choices=["4bit", "none"])
+    dtype: str = setting("auto", "bf16 where supported (A100), fp16 on T4, fp32 on CPU",
+                         choices=["auto", "bf16", "fp16", "fp32"])
+    lora_r: int = setting(16, "LoRA rank")
+    lora_alpha: int = setting(32, "LoRA alpha (2r, the usual QLoRA scaling)")
+    lora_dropout: float = setting(0.05, "LoRA dropout")
+    modules_to_save: list[str] | None = setting(
+        None, f"modules trained in full besides LoRA; unset = none, {list(TINY_RECIPE['modules_to_save'])} for the "
+        "tiny model (for 2B lm_head would be 233M params + Adam states: never)")
+    per_device_train_batch_size: int = setting(2, "clips per step per GPU (2 x 8 frames x 144 visual tokens ~ 2.8k "
+                                               "tokens: fits a T4 in 4-bit)", aliases=["--batch-size"])
+    gradient_accumulation_steps: int = setting(8, "effective batch = this x batch size x GPUs (16 clips per GPU)",
+                                               aliases=["--grad-accum"])
+    learning_rate: float | None = setting(None, f"unset = 2e-4 (the QLoRA paper's LR for small models); "
+                                          f"{TINY_RECIPE['learning_rate']} for the tiny model", aliases=["--lr"])
+    lr_scheduler_type: str = setting("cosine", "transformers scheduler name", aliases=["--scheduler"])
+    warmup_steps: int = setting(20, "~3 % of max_steps")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    max_grad_norm: float | None = setting(None, f"unset = 0.3 (QLoRA paper); {TINY_RECIPE['max_grad_norm']} for "
+                                          "the tiny model")
+    max_steps: int = setting(600, "optimizer steps (~9.6k clips seen at batch 16)")
+    save_steps: int = setting(50, "checkpoint every N steps (Kaggle sessions end at 9-12 h: ~15 min on a T4)")
+    save_total_limit: int = setting(3, "checkpoints kept")
+    logging_steps: int = setting(10, "log every N steps")
+    seed: int = setting(42, "seed of the model init, the shuffle and dropout")
+    shuffle_buffer: int = setting(256, "samples held for shuffling (~256 x 8 JPEG frames decoded: ~0.3 GB)")
+    num_workers: int = setting(2, "dataloader processes decoding JPEGs and running the processor")
+    gradient_checkpointing: bool = setting(True, "recompute activations (~5x less memory; required for batch 2 on a "
+                                           "T4); --no_gradient_checkpointing turns it off")
+    full_logits: bool = setting(False, "project every position onto the vocabulary (the Trainer's default loss); "
+                                "off = lm_head only on the ~50 answer positions (full logits were 4.4 GB of the "
+                                "10.6 GB peak on the 2B architecture)")
+    report_to: list[str] = setting(default_factory=lambda: ["tensorboard"], help='e.g. "tensorboard" or "none"')
+    optim: str = setting("adamw_torch", "LoRA params are few (~18M): plain AdamW states are ~0.15 GB")
+    attn_implementation: str = setting("sdpa", "attention kernel")
+    device: str = setting("auto", "cuda:LOCAL_RANK when CUDA, else cpu; cpu + 4bit runs bitsandbytes' CPU backend")
+
+    def __post_init__(self):
+        from .loading import is_tiny
+
+        recipe = TINY_RECIPE if is_tiny(self.model_id) else {}  # "tiny" or its dir; explicit values win
+        if self.learning_rate is None:
+            self.learning_rate = recipe.get("learning_rate", 2e-4)
+        if self.max_grad_norm is None:
+            self.max_grad_norm = recipe.get("max_grad_norm", 0.3)
+        if self.modules_to_save is None:
+            self.modules_to_save = list(recipe.get("modules_to_save", ()))
+        self.report_to = [x for x in self.report_to if x != "none"] or ["none"]
+        if self.max_steps <= 0:
+            raise TrainError(f"max_steps must be > 0 (got {self.max_steps})")
+
+    @property
+    def answer_logits_only(self) -> bool:
+        return not self.full_logits
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -98,17 +135,9 @@ class TrainConfig:
         )
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["modules_to_save"] = list(self.modules_to_save)
-        d["report_to"] = list(self.report_to)
-        return d
+        return asdict(self)
 
 
-# The tiny random model (0.25M params, hidden 64) needs a different recipe than 2B to learn in ~100 CPU steps:
-# its random lm_head has tiny logits, and with LoRA alone the loss stalls at ~5.3 nats (measured: 0 % valid JSON after
-# 60 steps), so lm_head is trained in full (a 33k-param copy; for 2B it would be 233M params + Adam states: never);
-# a larger LR and the usual clip norm 1.0 instead of QLoRA's 0.3 (measured: 100 % valid JSON after 120 steps).
-TINY_RECIPE = {"learning_rate": 5e-3, "modules_to_save": ("lm_head",), "max_grad_norm": 1.0}
 
 
 # ----------------------------------------------------------------------------------------------------------------- data
@@ -287,12 +316,6 @@ def _versions() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def training_arguments(cfg: TrainConfig, use_cuda: bool, compute_dtype):
     import torch
     from transformers import TrainingArguments
@@ -331,6 +354,17 @@ def training_arguments(cfg: TrainConfig, use_cuda: bool, compute_dtype):
     )
 
 
+def data_contract(data: Path) -> RunContract:
+    """The data's run contract (D/run.json), which the run carries on; data made before contracts existed gets the
+    pipeline's defaults, with a warning."""
+    if (data / RUN_FILE).is_file():
+        try:
+            return RunContract.load(data)
+        except ContractError as e:
+            raise TrainError(str(e)) from None
+    return assumed_contract(str(data))
+
+
 def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     """Run (or resume) one training run; returns the run dir R."""
     import torch
@@ -342,8 +376,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
         paths = shard_paths(data / "train")
     except FileNotFoundError:
         raise TrainError(f"no training shards: expected {data / 'train' / 'shard-*.tar'} (run data_pipeline.py)") from None
-    if cfg.max_steps <= 0:
-        raise TrainError(f"max_steps must be > 0 (got {cfg.max_steps})")
+    contract = data_contract(data)
     out.mkdir(parents=True, exist_ok=True)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")  # transformers 5 reads the TB dir from here
 
@@ -359,7 +392,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     mcfg = cfg.model_config()
     model, processor = _load(mcfg)
     use_cuda = next(model.parameters()).is_cuda
-    from .model import pick_dtype
+    from .loading import pick_dtype
 
     compute_dtype = pick_dtype(cfg.dtype, "cuda" if use_cuda else "cpu")
     args = training_arguments(cfg, use_cuda, compute_dtype)
@@ -400,15 +433,15 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     runtime = time.time() - t0
 
     if trainer.is_world_process_zero():
-        tmp = out / "adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(tmp)
-        shutil.rmtree(out / "adapter", ignore_errors=True)
-        os.replace(tmp, out / "adapter")
+        with atomic_path(out / "adapter", directory=True) as tmp:
+            trainer.model.save_pretrained(tmp)
         if (data / "grammar.json").is_file():
-            shutil.copyfile(data / "grammar.json", out / "grammar.json.tmp")
-            os.replace(out / "grammar.json.tmp", out / "grammar.json")
-        _write_json(out / "config.json", {
+            write_atomic(out / "grammar.json", (data / "grammar.json").read_bytes())
+        contract.training = TrainingSection(model_id=cfg.model_id, quantization=cfg.quantization,
+                                            settings=cfg.to_json(), data_dir=str(data))
+        contract.evaluation = None  # a new adapter: any earlier tuned weight belonged to other weights
+        contract.save(out)
+        write_json(out / "config.json", {
             "train": cfg.to_json(),
             "model": mcfg.to_json(),
             "world_size": args.world_size,
@@ -416,9 +449,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
             "versions": _versions(),
         })
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        from .model import trainable_summary
+        from .loading import trainable_summary
 
-        _write_json(out / "train_summary.json", {
+        write_json(out / "train_summary.json", {
             "global_step": trainer.state.global_step,
             "resumed_from": str(last) if last else None,
             "train_loss": result.training_loss,
@@ -433,7 +466,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
 
 def _load(mcfg: ModelConfig):
-    from .model import load_model
+    from .loading import load_model
 
     try:
         return load_model(mcfg, for_training=True)
@@ -443,61 +476,14 @@ def _load(mcfg: ModelConfig):
 
 # ------------------------------------------------------------------------------------------------------------------ CLI
 def parse_args(argv=None) -> TrainConfig:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m openpack_vlm.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="data_pipeline.py output dir (uses DATA/train/shard-*.tar)")
-    p.add_argument("--out", required=True, help="run dir; rerunning with the same dir resumes from its last checkpoint")
-    p.add_argument("--model", default=d.model_id, help='hub id, local dir, or "tiny"')
-    p.add_argument("--quantization", default=d.quantization, choices=["4bit", "none"])
-    p.add_argument("--dtype", default=d.dtype, choices=["auto", "bf16", "fp16", "fp32"])
-    p.add_argument("--lora-r", type=int, default=d.lora_r)
-    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    p.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    p.add_argument("--modules-to-save", nargs="*", default=None,
-                   help=f"modules trained in full besides LoRA (default none; {list(TINY_RECIPE['modules_to_save'])} "
-                   "for --model tiny)")
-    p.add_argument("--batch-size", type=int, default=d.per_device_train_batch_size)
-    p.add_argument("--grad-accum", type=int, default=d.gradient_accumulation_steps)
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate (default {d.learning_rate}; {TINY_RECIPE['learning_rate']} for --model tiny)")
-    p.add_argument("--max-grad-norm", type=float, default=None,
-                   help=f"default {d.max_grad_norm}; {TINY_RECIPE['max_grad_norm']} for --model tiny")
-    p.add_argument("--scheduler", default=d.lr_scheduler_type)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--save-steps", type=int, default=d.save_steps)
-    p.add_argument("--save-total-limit", type=int, default=d.save_total_limit)
-    p.add_argument("--logging-steps", type=int, default=d.logging_steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--device", default=d.device, help='"auto" (cuda:LOCAL_RANK when CUDA, else cpu), "cpu", "cuda"')
-    p.add_argument("--no-gradient-checkpointing", action="store_true")
-    p.add_argument("--full-logits", action="store_true",
-                   help="project every position onto the vocabulary (the Trainer's default loss; +4 GB on 2B)")
-    p.add_argument("--report-to", nargs="*", default=list(d.report_to), help='e.g. "tensorboard" or "none"')
-    a = p.parse_args(argv)
-    from .model import is_tiny
-
-    recipe = dict(TINY_RECIPE) if is_tiny(a.model) else {}  # "tiny" or its dir; explicit flags win over the recipe
-    lr = a.lr if a.lr is not None else recipe.get("learning_rate", d.learning_rate)
-    mts = a.modules_to_save if a.modules_to_save is not None else recipe.get("modules_to_save", d.modules_to_save)
-    mgn = a.max_grad_norm if a.max_grad_norm is not None else recipe.get("max_grad_norm", d.max_grad_norm)
-    return TrainConfig(
-        data=a.data, out=a.out, model_id=a.model, quantization=a.quantization, dtype=a.dtype, lora_r=a.lora_r,
-        lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, modules_to_save=tuple(mts), max_grad_norm=mgn,
-        per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum, learning_rate=lr,
-        lr_scheduler_type=a.scheduler, warmup_steps=a.warmup_steps, max_steps=a.max_steps, save_steps=a.save_steps,
-        save_total_limit=a.save_total_limit, logging_steps=a.logging_steps, seed=a.seed,
-        shuffle_buffer=a.shuffle_buffer, num_workers=a.num_workers,
-        gradient_checkpointing=not a.no_gradient_checkpointing, answer_logits_only=not a.full_logits, device=a.device,
-        report_to=tuple(x for x in a.report_to if x != "none") or ("none",),
-    )
+    """TrainConfig from command-line flags (one flag per field, generated by cli.build_parser)."""
+    parser = build_parser(TrainConfig, prog="python -m openpack_vlm.model.train", description=__doc__.split("\n\n")[0])
+    return parse(parser, argv)[0]
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
     try:
+        cfg = parse_args(argv)
         out = train(cfg)
     except (TrainError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)

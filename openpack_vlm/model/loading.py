@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..io_utils import atomic_path
 
 REAL_MODEL_ID = "Qwen/Qwen2-VL-2B-Instruct"
 TINY_MODEL_ID = "tiny"
@@ -114,9 +114,9 @@ def _tokenizer_corpus(seed: int) -> list[str]:
     """Text the tiny BPE is trained on: the real prompt, chat-template words, class names, digits and target JSON."""
     import random
 
-    from .labels import OPERATION_NAMES
-    from .prompt import SYSTEM_PROMPT, USER_PREFIX, USER_SUFFIX, frame_label, target_text
-    from .schema import CLIP_FRAMES
+    from ..labels import OPERATION_NAMES
+    from ..prompt import SYSTEM_PROMPT, USER_PREFIX, USER_SUFFIX, frame_label, target_text
+    from ..schema import CLIP_FRAMES
 
     rng = random.Random(seed)
     lines = [SYSTEM_PROMPT, USER_PREFIX, USER_SUFFIX, "system", "user", "assistant", "You are a helpful assistant."]
@@ -256,15 +256,8 @@ def _tiny_cached(seed: int = 0) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if ok():
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_DIRNAME}-", dir=base))
-        try:
+        with atomic_path(final, directory=True) as tmp:  # replaces a stale version in one rename
             build_tiny_model(tmp, seed=seed)
-            if final.exists():  # stale version
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

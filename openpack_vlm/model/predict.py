@@ -20,6 +20,7 @@ boundary are the ones the model learned.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -30,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .grammar import Grammar, argmax_id, fuse
-from .labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION_NAMES
-from .prompt import build_messages, target_text
-from .schema import CLIP_FRAMES, Prediction
-from .sampling import SamplingConfig, sample_clip
+from ..grammar import Grammar, argmax_id, fuse
+from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION_NAMES
+from ..prompt import build_messages, target_text
+from ..schema import CLIP_FRAMES, Prediction
+from ..contract import RunContract, assumed_contract, find_run
+from ..data.sampling import SamplingConfig, sample_clip
+from ..data.shards import jpeg_round_trip
 
 DEFAULT_FUSE_WEIGHT = 0.3  # used only when no tuned weight is given or stored in the grammar's meta
 
@@ -53,6 +56,8 @@ class PredictConfig:
     max_new_tokens: int = 128  # target JSON is ~45 tokens with Qwen's tokenizer, up to ~110 with the tiny BPE
     score_batch: int = 32  # candidates per forward: the prompt cache is copied per row (2B, 1.6k tokens: ~46 MB/row)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # predict_clip's frame choice, as in training
+    jpeg_quality: int | None = 90  # predict_clip round-trips the sampled frames through the shards' JPEG (training
+    #                                saw decoded JPEGs); None = raw frames. Set from the run contract.
 
 
 @dataclass
@@ -61,10 +66,6 @@ class PredictResult:
     raw_text: str  # the model's free (greedy) answer, "" when free_text is off
     repair: str | None  # why raw_text was not a valid answer as is; None when it was (or free_text is off)
     scores: dict  # distributions and timings behind the prediction (see Predictor.predict)
-
-    def to_json(self) -> dict:
-        return {"prediction": self.prediction.model_dump(), "raw_text": self.raw_text, "repair": self.repair,
-                "scores": self.scores}
 
 
 # ------------------------------------------------------------------------------------------------ target-text pieces
@@ -144,7 +145,7 @@ def parse_raw_text(text: str) -> dict:
     """What the free answer says, read leniently (surrounding text/code fences ignored, aliases accepted):
     {"op": id|None, "span": (start, end)|None, "next": id|None}; a part that is missing or invalid is None.
     Scores the model as if its free text were trusted (evaluation's *_free_text systems)."""
-    from .metrics import as_span, pred_id
+    from ..evaluation.metrics import as_span, pred_id
 
     s = text.strip()
     d = None
@@ -224,25 +225,65 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, model_id: str, adapter: str | os.PathLike | None = None, quantization: str = "none",
                         device: str = "auto", grammar: str | os.PathLike | Grammar | None = "auto",
-                        fuse_weight: float | None = None, config: PredictConfig | None = None) -> "Predictor":
-        """Load through ``model.load_model``. ``grammar="auto"``: the adapter's grammar.json if there is one
-        (see ``find_grammar``); None: no grammar; a path or a Grammar: that one."""
-        from .model import ModelConfig, load_model
+                        fuse_weight: float | None = None, config: PredictConfig | None = None,
+                        run: str | os.PathLike | RunContract | None = "auto",
+                        frames_per_clip: int | None = None) -> "Predictor":
+        """Load through ``model.load_model`` and apply the run contract (contract.py).
 
-        model, processor = load_model(ModelConfig(model_id=model_id, quantization=quantization, device=device),
-                                      adapter=adapter)
+        ``run="auto"``: the adapter's run.json (``find_run``); a path or a RunContract: that one; None: no contract
+        (the code's defaults). With a contract, its K and sampler parameters, JPEG round trip, grammar (checked
+        against the recorded sha256) and tuned fusion weight are used, and ``frames_per_clip`` (if given) must equal
+        its K. An adapter without run.json loads with a warning naming the assumed values. ``grammar="auto"``: the
+        contract's grammar, else the adapter's grammar.json (``find_grammar``); None: no grammar; a path or a
+        Grammar: that one. ``fuse_weight`` overrides the contract's."""
+        from ..data.letterbox import SIZE
+        from .loading import ModelConfig, load_model
+
+        contract = None
+        if isinstance(run, RunContract):
+            contract = run
+        elif run == "auto":
+            found = find_run(adapter)
+            if found is not None:
+                contract = RunContract.load(found)
+            elif adapter is not None:
+                contract = assumed_contract(str(adapter))
+        elif run is not None:
+            contract = RunContract.load(run)
+        if contract is not None:
+            contract.check(frame_size=SIZE, frames_per_clip=frames_per_clip)
+
         grammar_path = None
         if isinstance(grammar, str) and grammar == "auto":
-            grammar_path = find_grammar(adapter)
+            grammar_path = (contract.grammar_path() if contract is not None and contract.path else None)
+            grammar_path = grammar_path or find_grammar(adapter)
             g = Grammar.load(grammar_path) if grammar_path else None
         elif grammar is None or isinstance(grammar, Grammar):
             g = grammar
         else:
             grammar_path = Path(grammar)
             g = Grammar.load(grammar_path)
+        if contract is not None and grammar_path is not None and contract.path is not None:
+            contract.check_grammar(grammar_path)
+
+        config = copy.copy(config) if config is not None else PredictConfig()
+        if contract is not None:
+            config.sampling = contract.sampling_config()
+            config.jpeg_quality = contract.data.jpeg_quality
+            ev = contract.evaluation
+            if ev is not None and ev.fuse_weight is not None and fuse_weight is None and config.fuse_weight is None:
+                fuse_weight, config.fuse_mode = ev.fuse_weight, ev.fuse_mode  # the tuned pair, as evaluated
+        elif frames_per_clip is not None:
+            config.sampling = dataclasses.replace(config.sampling, k=frames_per_clip)
+
+        model, processor = load_model(ModelConfig(model_id=model_id, quantization=quantization, device=device),
+                                      adapter=adapter)
         info = {"model_id": model_id, "adapter": str(adapter) if adapter else None, "quantization": quantization,
-                "grammar": str(grammar_path) if grammar_path else ("given" if g is not None else None)}
-        return cls(model, processor, grammar=g, fuse_weight=fuse_weight, config=config, info=info)
+                "grammar": str(grammar_path) if grammar_path else ("given" if g is not None else None),
+                "run": contract.summary() if contract is not None else None}
+        predictor = cls(model, processor, grammar=g, fuse_weight=fuse_weight, config=config, info=info)
+        predictor.info["fuse_weight"] = predictor.fuse_weight if g is not None else None
+        return predictor
 
     # -------------------------------------------------------------------------------------------- model plumbing
     def _encode_prompt(self, images, frame_indices):
@@ -390,11 +431,15 @@ class Predictor:
                              repair=check_raw_text(raw) if self.config.free_text else None, scores=scores)
 
     def predict_clip(self, frames: np.ndarray, clip_id: str) -> PredictResult:
-        """Answer for a whole (125, H, W, 3) uint8 clip: frames chosen by ``sampling.sample_clip`` as in training."""
+        """Answer for a whole (125, H, W, 3) uint8 clip: frames chosen by ``sampling.sample_clip`` as in training
+        (the run contract's K and parameters), then through the shards' JPEG encode/decode at the run's quality, so
+        the model sees what it was trained on."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[0] != CLIP_FRAMES or frames.shape[-1] != 3:
             raise PredictError(f"clip must be ({CLIP_FRAMES}, H, W, 3) frames, got shape {frames.shape}")
         if frames.dtype != np.uint8:
             raise PredictError(f"clip frames must be uint8, got {frames.dtype}")
         idx = sample_clip(frames, self.config.sampling)
-        return self.predict([frames[i] for i in idx], idx, clip_id)
+        q = self.config.jpeg_quality
+        images = [frames[i] if q is None else jpeg_round_trip(frames[i], q) for i in idx]
+        return self.predict(images, idx, clip_id)

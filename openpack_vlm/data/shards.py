@@ -3,7 +3,7 @@
 One sample per clip, key = clip_id:
   ``{clip_id}.json``     metadata (see ``ClipRecord``): truth, sampled frame indices, source, times
   ``{clip_id}.f00.jpg`` … ``f{K-1}.jpg``  the K sampled frames, 336×336 JPEG, in frame order
-Shards are written as ``shard-%06d.tar.tmp`` and renamed to ``shard-%06d.tar`` only when complete, so a
+Shards are written under a temporary name (io_utils.AtomicPath) and renamed to ``shard-%06d.tar`` only when complete, so a
 ``.tar`` on disk is never half-written.
 """
 from __future__ import annotations
@@ -12,12 +12,13 @@ import io
 import json
 import os
 import tarfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
+
+from ..io_utils import AtomicPath
 
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -57,6 +58,17 @@ def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def decode_jpeg(data: bytes) -> Image.Image:
+    """A stored frame as training and evaluation see it (PIL, RGB)."""
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def jpeg_round_trip(frame, quality: int) -> Image.Image:
+    """A (H,W,3) uint8 frame or PIL image through the shards' JPEG encode/decode: what the model was trained on."""
+    img = frame if isinstance(frame, Image.Image) else Image.fromarray(frame)
+    return decode_jpeg(encode_jpeg(img, quality))
+
+
 class ShardWriter:
     """Writes samples into size-bounded tar shards; each shard appears under its final name only when complete."""
 
@@ -65,15 +77,13 @@ class ShardWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.index = start_index
-        self.written: list[Path] = []
         self._tar: tarfile.TarFile | None = None
         self._tmp: Path | None = None
         self._bytes = 0
 
     def _open(self) -> None:
-        final = self.out_dir / (SHARD_PATTERN % self.index)
-        self._tmp = final.with_name(final.name + ".tmp")
-        self._tar = tarfile.open(self._tmp, "w")
+        self._tmp = AtomicPath(self.out_dir / (SHARD_PATTERN % self.index))
+        self._tar = tarfile.open(self._tmp.tmp, "w")
         self._bytes = 0
 
     def _add(self, name: str, data: bytes) -> None:
@@ -102,9 +112,7 @@ class ShardWriter:
         if self._tar is None:
             return
         self._tar.close()
-        final = self._tmp.with_name(self._tmp.name[: -len(".tmp")])
-        os.replace(self._tmp, final)
-        self.written.append(final)
+        self._tmp.commit()
         self._tar, self._tmp = None, None
         self.index += 1
 
@@ -112,7 +120,7 @@ class ShardWriter:
         """Drop the shard in progress (its temp file) without publishing it."""
         if self._tar is not None:
             self._tar.close()
-            self._tmp.unlink(missing_ok=True)
+            self._tmp.abort()
             self._tar, self._tmp = None, None
 
     def __enter__(self) -> "ShardWriter":
@@ -151,9 +159,28 @@ def decode_sample(sample: dict) -> tuple[ClipRecord, list[Image.Image]]:
         data = sample.get(frame_member(i))
         if data is None:
             raise KeyError(f"{record.clip_id}: frame member {frame_member(i)} missing from shard")
-        frames.append(Image.open(io.BytesIO(data)).convert("RGB"))
+        frames.append(decode_jpeg(data))
     return record, frames
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def write_smoke_shards(data_dir: Path, n: int = 16) -> Path:
+    """n clips in the pipeline's shard format (grey level = operation), enough for a few training steps of the GPU
+    checks and the DDP test (scripts/gpu_smoke.py, gpu_vram_check.py, tests/test_ddp.py)."""
+    import numpy as np
+    from PIL import Image
+
+    from ..labels import OPERATION_NAMES
+
+    rng = np.random.default_rng(0)
+    with ShardWriter(data_dir / "train") as w:
+        for i in range(n):
+            a, b = OPERATION_NAMES[i % 4], OPERATION_NAMES[i % 4 + 1]
+            idx = sorted(rng.choice(125, 8, replace=False).tolist())
+            truth = {"dominant_operation": a, "temporal_segment": {"start_frame": 0, "end_frame": 99},
+                     "anticipated_next_operation": b}
+            rec = ClipRecord(clip_id=f"smoke_{i:03d}", user="U0101", session="S0100", t0_ms=5000 * i, source="rgb",
+                             frame_indices=idx, truth=truth, split="train")
+            jpegs = [encode_jpeg(Image.fromarray(np.full((336, 336, 3), 20 * (i % 4) + (k < 100) * 100, np.uint8)))
+                     for k in idx]
+            w.write(rec, jpegs)
+    return data_dir

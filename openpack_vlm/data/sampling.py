@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .schema import FPS
+from ..schema import FPS
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """GPU memory budget of the QLoRA run, from config arithmetic (no weights needed) and the real visual-token count.
 
-    python -m openpack_vlm.vram [--config path/to/config.json] [--batch 2] [--frames 8]
+    python -m openpack_vlm.model.vram [--config path/to/config.json] [--batch 2] [--frames 8]
 
 Counts every parameter group of Qwen2-VL from ``config.json`` values (checked against the real module tree of the
 tiny model in tests), then prices what ``model.load_model(..., for_training=True)`` keeps on the GPU:
@@ -175,8 +175,8 @@ def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
     """Text tokens of one training sample (chat template, timestamps, target JSON; image pads excluded).
     Exact with the model's tokenizer; without it estimated as characters / 3.6 (Qwen2's BPE on this English+JSON
     prompt) and flagged as an estimate."""
-    from .model import QWEN2VL_CHAT_TEMPLATE
-    from .prompt import build_messages
+    from .loading import QWEN2VL_CHAT_TEMPLATE
+    from ..prompt import build_messages
 
     frame_indices = list(frame_indices) if frame_indices is not None else [0, 17, 33, 50, 66, 83, 100, 124]
     msgs = build_messages(frame_indices, _sample_truth())
@@ -202,7 +202,7 @@ def _sample_truth() -> dict:
 def answer_tokens(tokenizer=None) -> tuple[int, bool]:
     """Trained tokens of one sample (the answer JSON + <|im_end|>): the positions train.answer_only_loss projects
     onto the vocabulary. Exact with the tokenizer, else characters / 3.6 (flagged as an estimate)."""
-    from .prompt import target_text
+    from ..prompt import target_text
 
     text = target_text(_sample_truth())
     if tokenizer is not None:
@@ -316,8 +316,59 @@ def vram_math(rows: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
+def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", config_overrides: dict | None = None,
+                    vision_overrides: dict | None = None) -> Path:
+    """Qwen2-VL-2B architecture with random weights + the tiny tokenizer (its special-token ids wired in)."""
+    import torch
+    from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+
+    proc = AutoProcessor.from_pretrained(tiny_dir)
+    for sub in (proc.image_processor, getattr(proc, "video_processor", None)):
+        if sub is None:
+            continue
+        sub.min_pixels = QWEN2VL_IMAGE_PROCESSOR["min_pixels"]
+        sub.max_pixels = QWEN2VL_IMAGE_PROCESSOR["max_pixels"]
+        if isinstance(getattr(sub, "size", None), dict):
+            sub.size = {"shortest_edge": sub.min_pixels, "longest_edge": sub.max_pixels}
+    tiny = json.loads((tiny_dir / "config.json").read_text())
+    tok = proc.tokenizer
+    ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    c, v = QWEN2VL_2B_CONFIG, QWEN2VL_2B_CONFIG["vision_config"]
+    text_config = dict(
+            vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+            num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
+            num_key_value_heads=c["num_key_value_heads"], max_position_embeddings=c["max_position_embeddings"],
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
+                             "mrope_section": c["rope_scaling"]["mrope_section"]},
+            rms_norm_eps=1e-6, tie_word_embeddings=c["tie_word_embeddings"],
+            bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+    )
+    text_config.update(config_overrides or {})  # only for a CPU dry run of this script
+    config = Qwen2VLConfig(
+        text_config=text_config,
+        vision_config=dict(dict(depth=v["depth"], embed_dim=v["embed_dim"], hidden_size=v["hidden_size"],
+                                num_heads=v["num_heads"], mlp_ratio=v["mlp_ratio"], patch_size=v["patch_size"],
+                                spatial_merge_size=v["spatial_merge_size"], temporal_patch_size=v["temporal_patch_size"]),
+                           **(vision_overrides or {})),  # overrides: only for a CPU dry run
+        tie_word_embeddings=c["tie_word_embeddings"],
+        **ids,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration(config).to(dtype)
+    n = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out_dir)
+    proc.save_pretrained(out_dir)
+    del model
+    torch.cuda.empty_cache()
+    print(f"gpu_vram_check: random Qwen2-VL-2B architecture, {n / 1e9:.3f}B params, saved to {out_dir}")
+    return out_dir
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m openpack_vlm.vram", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m openpack_vlm.model.vram", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=None, help="config.json or model dir (default: Qwen2-VL-2B-Instruct values)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--frames", type=int, default=8)

@@ -1,9 +1,9 @@
 """Write a synthetic OpenPack root in exactly the real file formats, for tests and CPU dry runs.
 
-    python -m openpack_vlm.synthetic --out /tmp/openpack_synth [--users U0101 U0102] [--sessions S0100] [--seed 0]
+    python -m openpack_vlm.data.synthetic --out /tmp/openpack_synth [--users U0101 U0102] [--sessions S0100] [--seed 0]
                                      [--seconds 90] [--rgb-size 1280x720] [--no-rgb]
 
-Per user/session it writes (see ``openpack_vlm.openpack`` for the layouts, which read it back):
+Per user/session it writes (see ``openpack_vlm.data.openpack`` for the layouts, which read it back):
 
 * ``{user}/annotation/openpack-operations/{session}.csv`` — interval file (uuid, user, session, box, id, operation,
   ISO start/end in JST, actions); Null gaps have no row, as in the real files;
@@ -35,11 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 import zlib
@@ -51,7 +48,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .labels import ID_TO_NAME, NULL_ID
+from ..io_utils import atomic_path, write_atomic
+from ..labels import ID_TO_NAME, NULL_ID
+from .timegrid import at_or_before
 from .openpack import (
     KINECT_FPS,
     KINECT_SIZE,
@@ -242,7 +241,7 @@ def make_keypoints(cfg: SyntheticConfig, user: str, session: str, timeline: list
     n = len(ts)
     ops = labels_at(timeline, ts)
     starts = np.array([s.start_ms for s in timeline], np.int64)
-    seg = np.clip(np.searchsorted(starts, ts, side="right") - 1, 0, len(timeline) - 1)
+    seg = at_or_before(starts, ts)
     inside = (ts >= timeline[0].start_ms) & (ts < timeline[-1].end_ms)
     prev_ops = np.array([timeline[i - 1].op_id if i > 0 else NULL_ID for i in range(len(timeline))])[seg]
     prev_ops = np.where(inside, prev_ops, NULL_ID)
@@ -275,11 +274,7 @@ def make_keypoints(cfg: SyntheticConfig, user: str, session: str, timeline: list
 
 # ------------------------------------------------------------------------------------------------------ writers
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))  # bytes: no newline translation
 
 
 def _atomic_write_csv(path: Path, df: pd.DataFrame, **kw) -> None:
@@ -308,7 +303,7 @@ def onehz_labels(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             segs.append((b, NULL_ID, box))
     floors = np.array([a // 1000 * 1000 for a, _, _ in segs], np.int64)
     secs = np.arange(rows[0][0] // 1000 * 1000, (rows[-1][1] - 1) // 1000 * 1000 + 1000, 1000, dtype=np.int64)
-    idx = np.searchsorted(floors, secs, side="right") - 1
+    idx = at_or_before(floors, secs, clip=False)
     ops = np.array([segs[i][1] for i in idx], np.int64)
     boxes = np.array([segs[i][2] for i in idx], np.int64)
     return secs, ops, boxes
@@ -380,9 +375,7 @@ def render_frame(base: np.ndarray, kpts: np.ndarray) -> np.ndarray:
 def write_rgb_frames(out_dir: Path, ts: np.ndarray, kpts: np.ndarray, timeline: list[Segment],
                      cfg: SyntheticConfig) -> int:
     """All frames of a session into a temp folder next to ``out_dir``, then renamed into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with atomic_path(out_dir, directory=True) as tmp:
         bases = _base_frames(tuple(cfg.rgb_size))
         ops = labels_at(timeline, ts)
         made: set[Path] = set()
@@ -396,12 +389,6 @@ def write_rgb_frames(out_dir: Path, ts: np.ndarray, kpts: np.ndarray, timeline: 
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for {rel}")
             rel.write_bytes(buf.tobytes())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(ts)
 
 
@@ -453,7 +440,7 @@ def write_synthetic_root(root: str | Path, cfg: SyntheticConfig | None = None) -
     for u, s in tqdm(pairs, desc="synthetic sessions", unit="session", disable=len(pairs) < 2, leave=False):
         summary.append(write_session(root, cfg, u, s))
     meta = {"config": asdict(cfg), "sessions": summary,
-            "note": "synthetic OpenPack root written by openpack_vlm.synthetic; not real data"}
+            "note": "synthetic OpenPack root written by openpack_vlm.data.synthetic; not real data"}
     _atomic_write_text(root / "synthetic_config.json", json.dumps(meta, indent=1))
     return root
 
@@ -468,7 +455,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m openpack_vlm.synthetic", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m openpack_vlm.data.synthetic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="root folder to write")
     ap.add_argument("--users", nargs="+", default=list(DEFAULT_USERS))
     ap.add_argument("--sessions", nargs="+", default=["S0100"])

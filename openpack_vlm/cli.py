@@ -1,0 +1,45 @@
+"""The one mechanism that turns a phase's settings dataclass into command-line flags: ``transformers.HfArgumentParser``.
+
+Each setting is declared once, as a dataclass field with its default and ``metadata={"help": ...}`` (and
+``"choices"`` where it has them); the flags, their defaults and ``--help`` come from there. A flag's name is the
+field's name (``--max_steps``); HfArgumentParser accepts the dashed spelling (``--max-steps``) too. Values are checked by the
+dataclass's ``__post_init__``, whose ValueError the scripts print as one line (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, fields
+from typing import Any
+
+
+def setting(default: Any = MISSING, help: str = "", choices: list | None = None, default_factory: Any = MISSING,
+            **metadata: Any):
+    """A dataclass field with its help text (and choices): how every phase declares a setting."""
+    from dataclasses import field
+
+    meta = {"help": help.replace("%", "%%"), **metadata}  # argparse formats help with %
+    if choices is not None:
+        meta["choices"] = list(choices)
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def build_parser(config_cls, prog: str | None = None, description: str | None = None):
+    """HfArgumentParser over ``config_cls`` (each ``--a_b`` flag also answers to ``--a-b``). Callers may add flags
+    that are not settings (``--debug``); ``parse`` returns them as a second value."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(config_cls, prog=prog, description=description)
+
+
+def parse(parser, argv=None):
+    """(config, extras namespace): the dataclass built from ``argv`` and any non-setting flags."""
+    out = parser.parse_args_into_dataclasses(args=argv)
+    config = out[0]
+    extras = out[1] if len(out) > 1 else argparse.Namespace()
+    return config, extras
+
+
+def field_names(config_cls) -> list[str]:
+    return [f.name for f in fields(config_cls)]

@@ -1,0 +1,243 @@
+"""The run contract: one typed, versioned ``run.json`` that travels with the artefacts, so what is served is what was
+trained and evaluated.
+
+Who writes what (each phase copies the record it was given and adds its own section):
+  data_pipeline.py  D/run.json  ``data``: what shapes a sample — source, fps, clip length, K, frame size, spatial rule,
+                                JPEG quality, sampler and its parameters, class list, split users, clip settings,
+                                and the grammar file (name + sha256)
+  training          R/run.json  + ``training``: base model, quantization, LoRA and optimiser settings (grammar.json
+                                copied beside it)
+  evaluate.py       E/run.json  + ``evaluation``: the fusion weight tuned on val and its mode; R/run.json is updated
+                    (and R/run.json) with the same section, so serving the adapter serves the tuned weight
+Readers: ``Predictor.from_pretrained`` and serve.py (``find_run`` beside the adapter) apply it — same K, sampler
+parameters, frame size, JPEG round trip of the sampled frames, grammar and tuned weight — and ``/ready`` reports it.
+A setting that disagrees with the record is a ``ContractError`` at load time naming both values. A run without the
+record (made before it existed) loads with a warning saying what is assumed (``assumed_contract``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .io_utils import write_json
+from .labels import ID_TO_NAME
+from .schema import CLIP_FRAMES, FPS
+
+VERSION = 1
+RUN_FILE = "run.json"
+SPATIAL_RULE = "letterbox"  # data/letterbox.py: whole frame scaled to fit, black bars (the only rule implemented)
+
+log = logging.getLogger("openpack_vlm.contract")
+
+
+class ContractError(ValueError):
+    """A run record that is missing, malformed or disagrees with a setting (one-line message)."""
+
+
+def class_list() -> list[list]:
+    """The OpenPack classes as [[id, name], ...] (labels.py), the form the contract records."""
+    return [[int(i), n] for i, n in ID_TO_NAME.items()]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class DataSection:
+    """What shapes a sample; written by the data pipeline."""
+
+    source: str  # requested frame source: auto | rgb | pose (per-clip sources in the manifests)
+    k: int  # sampled frames per clip
+    jpeg_quality: int  # quality of the stored frames; serving round-trips its sampled frames through it
+    sampler: dict  # {"name": "motion", "params": sampling.SamplingConfig fields, "pose_motion": ...}
+    splits: dict  # split name -> users
+    seed: int = 0
+    within_share: float = 0.2
+    null_boundaries: bool = False
+    sessions: list | None = None
+    max_clips_per_session: int | None = None
+    fps: int = FPS
+    clip_frames: int = CLIP_FRAMES
+    frame_size: int = 336
+    spatial: str = SPATIAL_RULE
+    classes: list = field(default_factory=class_list)
+    grammar: dict | None = None  # {"file": "grammar.json", "sha256": ...}; None until the train split is fitted
+
+    def settings(self) -> dict:
+        """The fields a resumed pipeline run must match (everything but the grammar, which the run produces)."""
+        d = asdict(self)
+        d.pop("grammar")
+        return d
+
+
+@dataclass
+class TrainingSection:
+    """What shaped the weights; written by training."""
+
+    model_id: str
+    quantization: str
+    settings: dict  # TrainConfig as JSON (LoRA r/alpha/dropout, steps, LR, batch, ...)
+    data_dir: str | None = None
+
+
+@dataclass
+class EvaluationSection:
+    """How answers are fused; written by evaluate.py."""
+
+    fuse_weight: float | None  # grammar weight in [0, 1]; None = no grammar fusion
+    fuse_mode: str = "linear"
+    tuned_on: str = ""  # e.g. "val: first 30 clips" or "given (--fuse-weight)"
+    eval_dir: str | None = None
+
+
+def _section(cls, d: Any, where: str):
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise ContractError(f"{where}: section {cls.__name__} is not an object")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ContractError(f"{where}: unknown key(s) {', '.join(unknown)} in {cls.__name__} (written by a newer "
+                            f"openpack-vlm?)")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ContractError(f"{where}: {cls.__name__} is incomplete ({e})") from None
+
+
+@dataclass
+class RunContract:
+    data: DataSection
+    training: TrainingSection | None = None
+    evaluation: EvaluationSection | None = None
+    version: int = VERSION
+
+    # ------------------------------------------------------------------------------------------- persistence
+    def to_json(self) -> dict:
+        return {"version": self.version, "data": asdict(self.data),
+                "training": None if self.training is None else asdict(self.training),
+                "evaluation": None if self.evaluation is None else asdict(self.evaluation)}
+
+    def save(self, directory_or_file: str | os.PathLike) -> Path:
+        p = Path(directory_or_file)
+        path = p if p.suffix == ".json" else p / RUN_FILE
+        return write_json(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = RUN_FILE) -> "RunContract":
+        if not isinstance(d, dict) or "data" not in d:
+            raise ContractError(f"{where} is not a run contract (no \"data\" section)")
+        if d.get("version") != VERSION:
+            raise ContractError(f"{where}: run contract version {d.get('version')!r} is not supported "
+                                f"(this openpack-vlm reads version {VERSION})")
+        return cls(data=_section(DataSection, d["data"], where),
+                   training=_section(TrainingSection, d.get("training"), where),
+                   evaluation=_section(EvaluationSection, d.get("evaluation"), where))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunContract":
+        p = Path(path)
+        p = p / RUN_FILE if p.is_dir() else p
+        if not p.is_file():
+            raise ContractError(f"run contract not found: {p}")
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ContractError(f"{p} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        c = cls.from_json(d, str(p))
+        c.path = p
+        return c
+
+    path: Path | None = field(default=None, repr=False, compare=False)
+
+    # ------------------------------------------------------------------------------------------- applying it
+    def sampling_config(self):
+        """The serving-side sampler: the pipeline's parameters with the run's K."""
+        from .data.sampling import SamplingConfig
+
+        params = dict(self.data.sampler.get("params") or {})
+        names = {f.name for f in fields(SamplingConfig)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ContractError(f"{self.where}: sampler parameter(s) {', '.join(unknown)} unknown to this code")
+        return SamplingConfig(**{**params, "k": self.data.k})
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path else RUN_FILE
+
+    def grammar_path(self) -> Path | None:
+        g = self.data.grammar
+        if not g:
+            return None
+        base = self.path.parent if self.path else Path(".")
+        return base / g["file"]
+
+    def check(self, frame_size: int, frames_per_clip: int | None = None) -> None:
+        """Raise ContractError (one line, both values) where this code or a setting disagrees with the record."""
+        d = self.data
+        if d.fps != FPS or d.clip_frames != CLIP_FRAMES:
+            raise ContractError(f"{self.where}: clips of {d.clip_frames} frames at {d.fps} fps, but this code makes "
+                                f"{CLIP_FRAMES} at {FPS} fps")
+        if d.frame_size != frame_size:
+            raise ContractError(f"{self.where}: frame size {d.frame_size} px, but this server renders {frame_size} px")
+        if d.spatial != SPATIAL_RULE:
+            raise ContractError(f"{self.where}: spatial rule {d.spatial!r}, but this code implements {SPATIAL_RULE!r}")
+        if [list(c) for c in d.classes] != class_list():
+            raise ContractError(f"{self.where}: class list {[c[1] for c in d.classes]} differs from this code's "
+                                f"{[c[1] for c in class_list()]}")
+        if frames_per_clip is not None and frames_per_clip != d.k:
+            raise ContractError(f"FRAMES_PER_CLIP={frames_per_clip} but the run was trained on K={d.k} frames per "
+                                f"clip ({self.where})")
+        if self.evaluation is not None and self.evaluation.fuse_weight is not None:
+            w = self.evaluation.fuse_weight
+            if not 0.0 <= w <= 1.0:
+                raise ContractError(f"{self.where}: fuse_weight {w} is outside [0, 1]")
+
+    def check_grammar(self, grammar_file: Path) -> None:
+        """The grammar file is the one the run recorded (same bytes), and it names only this code's classes."""
+        g = self.data.grammar
+        if g and g.get("sha256") and file_sha256(grammar_file) != g["sha256"]:
+            raise ContractError(f"{grammar_file} is not the grammar recorded in {self.where} "
+                                f"(sha256 {file_sha256(grammar_file)[:12]}… vs {g['sha256'][:12]}…)")
+
+    def summary(self) -> dict:
+        """What /ready and logs report."""
+        e = self.evaluation
+        return {"path": self.where, "version": self.version, "k": self.data.k, "source": self.data.source,
+                "frame_size": self.data.frame_size, "jpeg_quality": self.data.jpeg_quality,
+                "sampler": self.data.sampler.get("name"),
+                "model_id": self.training.model_id if self.training else None,
+                "fuse_weight": e.fuse_weight if e else None, "fuse_mode": e.fuse_mode if e else None,
+                "tuned_on": e.tuned_on if e else None}
+
+
+def find_run(adapter: str | os.PathLike | None) -> Path | None:
+    """The run contract of an adapter: ``{adapter}/run.json``, else the run dir's ``{adapter}/../run.json``
+    (training writes R/adapter and R/run.json); a run dir R itself is accepted too."""
+    if adapter is None:
+        return None
+    a = Path(adapter)
+    for p in (a / RUN_FILE, a.parent / RUN_FILE):
+        if p.is_file():
+            return p
+    return None
+
+
+def assumed_contract(where: str) -> RunContract:
+    """The record an old run (made before run.json existed) is served by: the pipeline's defaults. Logged."""
+    from .data.sampling import SamplingConfig
+
+    s = SamplingConfig()
+    c = RunContract(data=DataSection(source="auto", k=s.k, jpeg_quality=90, sampler={"name": "motion", "params": asdict(s)},
+                                     splits={}))
+    log.warning("%s has no %s (made before run contracts existed): assuming K=%d, motion sampler, %d px letterbox, "
+                "JPEG q90 round trip, grammar.json beside it with the weight in its meta", where, RUN_FILE, s.k, 336)
+    return c

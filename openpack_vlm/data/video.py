@@ -1,0 +1,165 @@
+"""Video decoding: a file -> (T, 336, 336, 3) uint8 RGB at 25 fps by frame timestamps, letterboxed.
+
+``decode_video`` decodes with PyAV (one sequential pass, only the frames a tick shows converted; decord when PyAV
+cannot decode the file). ``to_clip`` turns any decoded upload into exactly 125 frames (rule in its docstring). The
+frame choice is ``timegrid.video_ticks``; decord's random access (``VideoFrameSource`` in sources.py, used by the
+pipeline on session videos) gives the same pixels (tests/test_frames.py).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..io_utils import one_line
+from ..schema import CLIP_FRAMES, FPS
+from .errors import FrameError, VideoDecodeError
+from .letterbox import SIZE, Letterbox
+from .timegrid import video_ticks
+
+MIN_CLIP_FRAMES = 50  # to_clip: uploads shorter than 2 s (50 frames at 25 fps) are refused
+
+DECODE_CHUNK = 64  # frames fetched from decord per call: bounds memory at full resolution (64 x 6 MB for 1080p)
+
+
+def _decode_decord(path: Path, size: int, max_seconds: float | None) -> tuple[np.ndarray, callable]:
+    """decord: timestamps of all frames, and a getter of letterboxed frames by index (decoded in chunks)."""
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    n = len(vr)
+    if n == 0:
+        raise VideoDecodeError(f"video has zero frames: {path}")
+    ts = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)  # start time (s) per frame
+
+    def get(indices: np.ndarray) -> np.ndarray:
+        uniq, inverse = np.unique(np.asarray(indices, dtype=int), return_inverse=True)  # each frame decoded once
+        out = np.empty((len(uniq), size, size, 3), np.uint8)
+        box = None
+        for c in range(0, len(uniq), DECODE_CHUNK):
+            raw = vr.get_batch([int(i) for i in uniq[c : c + DECODE_CHUNK]]).asnumpy()
+            box = box or Letterbox.for_shape(raw.shape[2], raw.shape[1], size)
+            for j, f in enumerate(raw):
+                out[c + j] = box.apply(f)
+        return out[inverse]
+
+    return ts, get
+
+
+class _Unordered(Exception):
+    """Frame times went backwards: frames cannot be dropped while decoding (decode again, keeping all)."""
+
+
+def _decode_pyav(path: Path, size: int, max_seconds: float | None, fps: int = FPS, keep_all: bool = False
+                 ) -> tuple[np.ndarray, callable]:
+    """PyAV, one sequential pass: timestamps of all frames, and a getter of letterboxed frames by index.
+
+    A decoded frame is converted to RGB and letterboxed only when some output tick shows it, i.e. a tick falls in
+    [its time, the next frame's time) — known once the next frame arrives — or it is the last frame. So a 30-fps
+    upload converts 25 of every 30 frames and memory holds at most the output's frames at 336x336, never the
+    full-resolution stream. Frame times going backwards (broken timestamps) switch to keeping every frame.
+    """
+    import av
+
+    frames: dict[int, np.ndarray] = {}
+    ts: list[float] = []
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        stream.thread_count = 1  # one thread: the service runs DECODE_WORKERS decoder processes, one per core
+        rate = float(stream.average_rate or fps)
+        box, held = None, None  # held: the previous frame, kept until the next one's time decides whether it shows
+        eps = 1e-6 * fps  # video_ticks' 1 µs tolerance, in ticks
+
+        def keep(i: int, fr) -> None:
+            nonlocal box
+            img = fr.to_ndarray(format="rgb24", threads=1)  # swscale's default is a thread per CPU; each decoder
+            # process is one thread (on a 16-core host, unpinned decoding used 1.3x its wall time in CPU without this)
+            box = box or Letterbox.for_shape(img.shape[1], img.shape[0], size)
+            frames[i] = box.apply(img)
+
+        for fr in container.decode(stream):
+            t = len(ts) / rate if fr.pts is None else float(fr.pts * fr.time_base)
+            if ts and max_seconds is not None and t - ts[0] >= max_seconds:
+                break
+            if held is not None:
+                a, b = (ts[-1] - ts[0]) * fps, (t - ts[0]) * fps  # previous and this frame, in ticks
+                if b < a and not keep_all:
+                    raise _Unordered
+                if keep_all or np.ceil(a - eps) < b - eps:  # a tick k with a <= k < b (within eps) shows it
+                    keep(len(ts) - 1, held)
+            ts.append(t)
+            held = fr
+        if held is not None:
+            keep(len(ts) - 1, held)
+    if not frames:
+        raise VideoDecodeError(f"video has zero frames: {path}")
+
+    def get(indices: np.ndarray) -> np.ndarray:
+        missing = [int(i) for i in indices if int(i) not in frames]
+        if missing:  # a selection rule out of step with video_ticks: fail (decode_video then uses decord), never
+            # show a wrong frame; tests/test_frames.py calls this getter directly, so such a bug cannot hide
+            raise RuntimeError(f"frames {missing[:5]} of {path.name} were not kept while decoding")
+        return np.stack([frames[int(i)] for i in indices])
+
+    return np.asarray(ts), get
+
+
+def _decode_pyav_any_order(path: Path, size: int, max_seconds: float | None) -> tuple[np.ndarray, callable]:
+    try:
+        return _decode_pyav(path, size, max_seconds)
+    except _Unordered:
+        return _decode_pyav(path, size, max_seconds, keep_all=True)
+
+
+def decode_video(path: str | os.PathLike, fps: int = FPS, size: int = SIZE, max_seconds: float | None = None
+                 ) -> np.ndarray:
+    """Decode a video file to (T, size, size, 3) uint8 RGB at ``fps`` by frame timestamps, letterboxed.
+
+    PyAV first (one sequential pass, only the frames shown converted; about half decord's time on a 5-s upload,
+    same pixels), decord when PyAV cannot decode the file. ``max_seconds`` caps the decoded duration (uploads).
+    Raises VideoDecodeError (one line) for a missing, empty, undecodable or zero-frame file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(f"video file not found: {path}")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"video file is empty (0 bytes): {path}")
+    errors = []
+    for decoder in (_decode_pyav_any_order, _decode_decord):
+        try:
+            ts, get = decoder(path, size, max_seconds)
+            _, src = video_ticks(ts, fps, max_seconds)
+            frames = get(src)
+            break
+        except VideoDecodeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - decoders raise library-specific errors; we report them in one line
+            errors.append(f"{decoder.__name__[8:].removesuffix('_any_order')}: {one_line(e, 200)}")
+    else:
+        raise VideoDecodeError(f"cannot decode video {path.name} ({'; '.join(errors)})")
+    return frames
+
+
+def to_clip(frames: np.ndarray, n: int = CLIP_FRAMES, min_frames: int = MIN_CLIP_FRAMES) -> np.ndarray:
+    """Exactly n frames from a decoded upload (25 fps), by one fixed rule that serve.py and tests rely on.
+
+    * longer than n: the FIRST n frames (the first 5 s), so clip frame i is frame i of the upload and the
+      predicted frame span maps straight onto the uploaded video;
+    * shorter than n but at least ``min_frames`` (2 s): padded by repeating the last frame (a still tail);
+    * fewer than ``min_frames``: FrameError (too little to judge a 5-s operation span).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise FrameError(f"expected frames of shape (T,H,W,3), got {frames.shape}")
+    t = frames.shape[0]
+    if t < min(min_frames, n):
+        raise FrameError(f"clip too short: {t} frames ({t / FPS:.2f} s at {FPS} fps); need at least "
+                         f"{min(min_frames, n)} ({min(min_frames, n) / FPS:.1f} s)")
+    if t >= n:
+        return frames[:n]
+    pad = np.repeat(frames[-1:], n - t, axis=0)
+    return np.concatenate([frames, pad], axis=0)
+

@@ -1,0 +1,1 @@
+"""Evaluation: metrics and the base-vs-fine-tuned evaluation behind evaluate.py."""

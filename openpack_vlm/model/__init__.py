@@ -1,0 +1,1 @@
+"""Model: loading (4-bit, LoRA, tiny), training, the predictor, the VRAM budget."""

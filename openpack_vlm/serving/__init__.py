@@ -1,0 +1,1 @@
+"""Serving: settings, uploads, isolated decoding, the FastAPI app (serve.py is its CLI)."""

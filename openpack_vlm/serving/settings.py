@@ -1,0 +1,138 @@
+"""Serving settings: one pydantic-settings class, read from the environment (names = field names upper-cased).
+
+Each field's ``description`` is its documentation: README's settings table and the docker-compose environment are
+generated from / tested against ``ServeConfig.model_fields`` (``settings_table()``), so they cannot drift.
+"""
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+# from_env(env=...) reads this mapping instead of os.environ (tests, callers with their own environment)
+_ENV_OVERRIDE: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("serve_env", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls, mapping: Mapping[str, str]):
+        self._mapping = mapping
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self):
+        return {k.lower(): v for k, v in self._mapping.items() if v.strip()}  # empty = unset, as for os.environ
+
+
+class ServeConfig(BaseSettings):
+    """The service's settings. Environment variable = the field name in capitals (``model_id`` → ``MODEL_ID``)."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", validate_default=True)
+
+    model_id: str = Field("Qwen/Qwen2-VL-2B-Instruct",
+                          description='base model: hub id, local dir, or "tiny" (offline random model)')
+    adapter_path: str | None = Field(None, description="a training run's adapter/ dir (R/adapter); unset = base model")
+    run_config: str | None = Field(None, description="run contract (run.json) to serve by; unset = the one beside "
+                                   "ADAPTER_PATH (R/run.json, which evaluate.py completes with the tuned fusion weight)")
+    frames_per_clip: int | None = Field(None, gt=0, description="frames the model sees per clip; must equal the run "
+                                        "contract's K when one is loaded (checked at start-up); unset = the run's K")
+    quantization: Literal["auto", "4bit", "none"] = Field(
+        "auto", description="4bit | none | auto (4bit on a GPU, none on CPU)")
+    device: str = Field("auto", description="torch device of the model: auto | cuda | cpu")
+    max_upload_mb: float = Field(64.0, gt=0, description="file cap in MB; 5 s of 1080p H.264 is ~5-10 MB")
+    max_clip_seconds: float = Field(30.0, gt=0, description="longer uploads get 422 (decode time grows with length)")
+    max_frame_pixels: int = Field(3840 * 2160, gt=0,
+                                  description="bigger frames get 422 (a 4K frame is ~25 MB decoded)")
+    max_pending: int = Field(32, gt=0, description="requests in flight at once; more get 503 (each holds a 42 MB clip)")
+    decode_workers: int = Field(2, gt=0, description="decoder processes = uploads decoded at once (one per core)")
+    decode_timeout_s: float = Field(60.0, gt=0, description="a decode running longer is killed → 422 (5-s clip: <1 s)")
+    decode_memory_mb: int = Field(4096, gt=0,
+                                  description="address-space cap of a decoder process in MB (imports use ~1.4 GB)")
+    upload_dir: str | None = Field(None, description="where upload temp files live; unset = the system temp dir")
+    free_text: bool = Field(False, description="also let the model write its free answer, to report in the "
+                            "X-Output-Repair header whether it fit the schema; costs up to 128 decode steps per request")
+    openpack_vlm_cache: str | None = Field(None, description='where the "tiny" model is built and cached; '
+                                           "unset = ~/.cache/openpack-vlm")
+    host: str = Field("0.0.0.0", description="uvicorn bind address (0.0.0.0 inside a container)")
+    port: int = Field(8000, gt=0, lt=65536, description="TCP port, 1..65535")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="uvicorn log level")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        mapping = _ENV_OVERRIDE.get()
+        env = env_settings if mapping is None else _MappingEnvSource(settings_cls, mapping)
+        return (init_settings, env)
+
+    @field_validator("adapter_path", "upload_dir", "run_config")
+    @classmethod
+    def _exists(cls, value: str | None, info) -> str | None:
+        if value is None:
+            return value
+        want_dir = info.field_name != "run_config"
+        ok = Path(value).is_dir() if want_dir else Path(value).is_file()
+        if not ok:
+            what = {"adapter_path": "a directory (expected a training run's adapter/)",
+                    "upload_dir": "a directory", "run_config": "a file (expected a run.json)"}[info.field_name]
+            raise ValueError(f"{value} is not {what}")
+        return value
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "ServeConfig":
+        """Settings from ``env`` (default ``os.environ``) and keyword overrides (CLI flags); empty variables count as
+        unset. A bad value → ValueError with one line naming the variable, the rule and the value."""
+        token = _ENV_OVERRIDE.set(env)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ValueError(describe_error(exc)) from None
+        finally:
+            _ENV_OVERRIDE.reset(token)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MIB)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """The first problem of a ServeConfig ValidationError as one line: ``VAR must be ..., got 'value'``."""
+    err = exc.errors()[0]
+    var = str(err["loc"][0]).upper() if err.get("loc") else "setting"
+    got = err.get("input")
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "bool_parsing":
+        rule = "must be 1/0, true/false, yes/no or on/off"
+    elif kind in ("float_parsing", "float_type"):
+        rule = "must be a number"
+    elif kind.startswith("int_"):
+        rule = "must be an integer"
+    elif kind == "greater_than":
+        rule = f"must be > {ctx.get('gt')}"
+    elif kind == "less_than":
+        rule = f"must be < {ctx.get('lt')} (1..65535 for PORT)" if var == "PORT" else f"must be < {ctx.get('lt')}"
+    elif kind == "literal_error":
+        rule = f"must be one of {ctx.get('expected')}"
+    else:
+        rule = " ".join(str(err.get("msg", "invalid")).removeprefix("Value error, ").split())
+    return f"{var} {rule}, got {got!r}"
+
+
+def env_names() -> list[str]:
+    """Every environment variable ServeConfig reads, in declaration order."""
+    return [name.upper() for name in ServeConfig.model_fields]
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (README's, checked by tests/test_docs.py)."""
+    rows = ["| variable | default | what it does |", "| --- | --- | --- |"]
+    for name, f in ServeConfig.model_fields.items():
+        default = "unset" if f.default is None else f"`{f.default}`"
+        rows.append(f"| `{name.upper()}` | {default} | {f.description} |")
+    return "\n".join(rows)
