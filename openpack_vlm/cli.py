@@ -30,7 +30,13 @@ def build_parser(config_cls, prog: str | None = None, description: str | None = 
     that are not settings (``--debug``); ``parse`` returns them as a second value."""
     from transformers import HfArgumentParser
 
-    return HfArgumentParser(config_cls, prog=prog, description=description)
+    parser = HfArgumentParser(config_cls, prog=prog, description=description)
+    for f in fields(config_cls):  # HfArgumentParser makes every list flag nargs="+"; a field may ask for "*"
+        if "nargs" in f.metadata:
+            for action in parser._actions:
+                if action.dest == f.name:
+                    action.nargs = f.metadata["nargs"]
+    return parser
 
 
 def parse(parser, argv=None):

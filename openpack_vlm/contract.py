@@ -17,14 +17,13 @@ record (made before it existed) loads with a warning saying what is assumed (``a
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .io_utils import write_json
+from .io_utils import read_json, write_json
 from .labels import ID_TO_NAME
 from .schema import CLIP_FRAMES, FPS
 
@@ -145,13 +144,7 @@ class RunContract:
     def load(cls, path: str | os.PathLike) -> "RunContract":
         p = Path(path)
         p = p / RUN_FILE if p.is_dir() else p
-        if not p.is_file():
-            raise ContractError(f"run contract not found: {p}")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ContractError(f"{p} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        c = cls.from_json(d, str(p))
+        c = cls.from_json(read_json(p, "run contract", ContractError), str(p))
         c.path = p
         return c
 

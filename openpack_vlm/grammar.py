@@ -18,7 +18,6 @@ used. Null itself always gets probability 0: the grammar never predicts it.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -224,14 +223,9 @@ class Grammar:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Grammar":
-        path = Path(path)
-        if not path.is_file():
-            raise GrammarError(f"grammar file not found: {path}")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise GrammarError(f"grammar file {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_json(d)
+        from .io_utils import read_json
+
+        return cls.from_json(read_json(path, "grammar file", GrammarError))
 
     def __repr__(self) -> str:
         return f"Grammar(order={self.order}, alpha={self.alpha}, transitions={self.meta.get('n_transitions')})"

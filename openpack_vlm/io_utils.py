@@ -75,6 +75,19 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         raise
 
 
+def read_json(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Any:
+    """A JSON file's content; a missing file or invalid JSON raises ``error`` with one line naming ``what``."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not a text file") from None
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write text or bytes to ``path`` atomically (see ``atomic_path``)."""
     with atomic_path(path) as tmp:

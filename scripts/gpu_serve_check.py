@@ -39,11 +39,13 @@ DRY_VISION = dict(depth=2, embed_dim=64, num_heads=2, hidden_size=64)
 
 
 def make_adapter(model_dir: Path, out: Path, quantization: str, device: str) -> Path:
-    """A LoRA of the real run's settings on ``model_dir``, saved as train.py saves one (adapter/ + grammar.json)."""
+    """A LoRA of the real run's settings on ``model_dir``, saved as train.py saves one (adapter/ + grammar.json + run.json)."""
     import torch
 
-    from fit_grammar import default_samples, load_u0209
-    from openpack_vlm.grammar import Grammar
+    from openpack_vlm.contract import TrainingSection, file_sha256
+    from openpack_vlm.data.openpack import load_timeline
+    from openpack_vlm.data.pipeline import PipelineConfig
+    from openpack_vlm.grammar import Grammar, op_sequence
     from openpack_vlm.model.loading import ModelConfig, load_model
 
     model, _ = load_model(ModelConfig(model_id=str(model_dir), quantization=quantization, device=device),
@@ -55,11 +57,20 @@ def make_adapter(model_dir: Path, out: Path, quantization: str, device: str) -> 
                 p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.device, p.dtype))
     adapter = out / "adapter"
     model.save_pretrained(adapter)
-    Grammar.fit([load_u0209(default_samples())]).save(out / "grammar.json")
+    u0209 = load_timeline(REAL_ANNOTATIONS, "U0209", "S0500")  # the real annotation, vendored under tests/data
+    Grammar.fit([op_sequence(seg.op_id for seg in u0209)]).save(out / "grammar.json")
+    contract = PipelineConfig().contract()  # the run contract train.py writes: the pipeline's default data settings
+    contract.data.grammar = {"file": "grammar.json", "sha256": file_sha256(out / "grammar.json")}
+    contract.training = TrainingSection(model_id=str(model_dir), quantization=quantization,
+                                        settings={"lora_r": 16, "note": "random LoRA B, not trained"})
+    contract.save(out)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return adapter
+
+
+REAL_ANNOTATIONS = Path(__file__).resolve().parents[1] / "tests" / "data" / "openpack" / "v1.0.0"
 
 
 class GpuMemoryPoller:
@@ -195,7 +206,7 @@ def main(argv=None) -> int:
     for name, ok in report["checks"].items():
         print(f"  {name}: {'ok' if ok else 'FAIL'}")
     if a.json:
-        from openpack_vlm.data.pipeline import write_atomic
+        from openpack_vlm.io_utils import write_atomic
 
         write_atomic(Path(a.json), json.dumps(report, indent=2) + "\n")
     ok = all(report["checks"].values())

@@ -14,10 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
+from media import write_video
 
 from openpack_vlm.contract import RUN_FILE, ContractError, RunContract, find_run
 
@@ -219,16 +219,7 @@ def _frame(i: int, w: int = 320, h: int = 180) -> np.ndarray:
 
 def _write_video(path: Path, frames) -> Path:
     """Lossless H.264 (qp 0) at 25 fps: a frame decodes to the same pixels in any file it is written to."""
-    with av.open(str(path), "w") as c:
-        st = c.add_stream("libx264", rate=25)
-        st.width, st.height, st.pix_fmt = 320, 180, "yuv420p"
-        st.options = {"qp": "0"}
-        for img in frames:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(pkt)
-        for pkt in st.encode():
-            c.mux(pkt)
-    return path
+    return write_video(path, frames, options={"qp": "0"})
 
 
 @pytest.mark.slow

@@ -301,3 +301,43 @@ def test_readme_settings_table_is_generated_from_the_code():
     assert body == settings_table(), "README's settings table is stale: regenerate it from settings_table()"
     for var in ("FREE_TEXT", "OPENPACK_VLM_CACHE", "RUN_CONFIG", "FRAMES_PER_CLIP"):
         assert var in env_names() and f"`{var}`" in body
+
+
+def _parser_options(kind: str) -> set[str]:
+    """Every option string of a phase's generated CLI (cli.build_parser over its settings dataclass)."""
+    import importlib
+
+    if kind == "serve.py":
+        parser = importlib.import_module("serve").build_parser()
+    else:
+        from openpack_vlm.cli import build_parser
+        from openpack_vlm.data.pipeline import PipelineConfig
+        from openpack_vlm.evaluation.evaluate import EvalConfig
+        from openpack_vlm.model.train import TrainConfig
+
+        cls = {"data_pipeline.py": PipelineConfig, "evaluate.py": EvalConfig, "openpack_vlm.model.train": TrainConfig}
+        parser = build_parser(cls[kind])
+    return {s for a in parser._actions for s in a.option_strings} | {"--debug"}
+
+
+def test_documented_flags_exist_in_the_generated_clis():
+    """Each flag a document or docstring shows for data_pipeline.py, the training module, evaluate.py or serve.py is
+    one that the CLI generated from the settings dataclass accepts."""
+    import re
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    texts = {name: (REPO / name).read_text() for name in ("README.md", "ARCHITECTURE.md", "AGENTS.md",
+                                                          "data_pipeline.py", "evaluate.py", "serve.py",
+                                                          "scripts/demo.sh", "finetune.ipynb")}
+    texts["train.py"] = (REPO / "openpack_vlm/model/train.py").read_text()
+    seen = 0
+    for where, text in texts.items():
+        text = text.replace("\\\n", " ")
+        for kind in ("data_pipeline.py", "evaluate.py", "openpack_vlm.model.train", "serve.py"):
+            for m in re.finditer(r"(?<![\w.])" + re.escape(kind) + r"((?:[ \t]+(?:--[\w-]+|\[--[\w-]+|[^\s`|\]]+))*)", text):
+                flags = re.findall(r"--[A-Za-z][\w-]*", m.group(1))
+                unknown = sorted(set(flags) - _parser_options(kind))
+                assert not unknown, f"{where} shows {kind} flags its CLI does not have: {unknown}"
+                seen += len(flags)
+    assert seen > 20  # the check really read the documented commands

@@ -7,6 +7,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from media import grey_video, make_video
 
 from openpack_vlm.data import errors
 from openpack_vlm.data import letterbox as lb
@@ -137,23 +138,10 @@ def test_pose_source_15hz_keypoints_to_25fps():
         src.clip(t0, n=125)  # 5 s from a 2-s stream
 
 
-def _write_video(path: Path, n: int, fps: int, size=(160, 96)) -> None:
-    with av.open(str(path), "w") as c:
-        st = c.add_stream("libx264", rate=fps)
-        st.width, st.height, st.pix_fmt = size[0], size[1], "yuv420p"
-        st.options = {"qp": "0"}  # near-lossless so grey levels identify frames
-        for i in range(n):
-            img = np.full((size[1], size[0], 3), 20 + 3 * i, np.uint8)
-            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(pkt)
-        for pkt in st.encode():
-            c.mux(pkt)
-
-
 @pytest.mark.parametrize("fps_in", [30, 15])
 def test_decode_video_resamples_to_25fps(tmp_path, fps_in):
     p = tmp_path / f"v{fps_in}.mp4"
-    _write_video(p, 2 * fps_in, fps_in)  # 2 s
+    grey_video(p, 2 * fps_in, fps_in)  # 2 s
     out = video.decode_video(p)
     assert out.shape == (50, 336, 336, 3) and out.dtype == np.uint8
     src_idx = np.floor(np.arange(50) * fps_in / 25 + 1e-6).astype(int)
@@ -171,7 +159,6 @@ def test_decode_video_resamples_to_25fps(tmp_path, fps_in):
 def test_decode_video_pyav_equals_decord(tmp_path, kind):
     """decode_video's PyAV pass (uploads) gives exactly the frames of the decord path (training videos): the same
     source frame at every 25-fps tick and the same pixels, for the codecs and shapes serve.py is tested with."""
-    from test_serve import make_video
 
     kw = {"h264_30fps": dict(fps=30), "h264_60fps_portrait": dict(fps=60, size=(120, 160)),
           "mjpeg_avi": dict(codec="mjpeg", container="avi"), "vp9_webm": dict(codec="libvpx-vp9", container="webm"),
@@ -192,7 +179,6 @@ def test_decode_video_pyav_equals_decord(tmp_path, kind):
 def test_decode_video_pyav_keeps_only_frames_shown(tmp_path):
     """At 60 fps, 25 of every 60 decoded frames are shown at a 25-fps tick; only those are converted and kept
     (memory bounded by the output, not the stream); asking for another one fails loudly, never silently."""
-    from test_serve import make_video
 
     p = make_video(tmp_path / "v60.mp4", seconds=2.0, fps=60)
     ts, get = video._decode_pyav(p, 336, None)
@@ -243,7 +229,7 @@ def test_decode_video_errors(tmp_path):
 
 def test_video_source_uses_start_time(tmp_path):
     p = tmp_path / "s.mp4"
-    _write_video(p, 60, 30)
+    grey_video(p, 60, 30)
     src = sources.VideoFrameSource(p, start_ms=5_000)
     clip = src.clip(5_000 + 400, n=25)  # ticks 400..1360 ms into the video
     assert clip.shape == (25, 336, 336, 3) and src.name == "video"
@@ -270,7 +256,7 @@ def test_to_clip_rule():
 def test_open_source_picks_video_when_no_rgb_frames(tmp_path):
     v = openpack.video_path(tmp_path, "U0101", "S0100")
     v.parent.mkdir(parents=True)
-    _write_video(v, 60, 30)
+    grey_video(v, 60, 30)
     v.with_suffix(".json").write_text('{"start_unixtime_ms": 1000000}')
     for kind in ("auto", "rgb"):
         src = sources.open_source(tmp_path, "U0101", "S0100", kind)

@@ -18,51 +18,8 @@ import pytest
 from openpack_vlm.schema import CLIP_FRAMES, Prediction
 
 # ---------------------------------------------------------------------------------------------------- media helpers
-# (test_serve_http.py imports these)
-
-
-def make_video(path: Path, seconds: float = 2.0, fps: int = 25, size: tuple[int, int] = (160, 120),
-               codec: str = "libx264", container: str | None = None, seed: int = 0) -> Path:
-    """A small real video: a gradient with a moving square (so the motion sampler has motion to find)."""
-    import av
-
-    w, h = size
-    n = int(round(seconds * fps))
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, int(rng.integers(0, 255)))], -1).astype(np.uint8)
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        if codec == "libx264":
-            stream.options = {"preset": "ultrafast"}
-        elif codec.startswith("libvpx"):
-            stream.options = {"deadline": "realtime", "cpu-used": "8"}
-        side = max(8, min(w, h) // 6)
-        for i in range(n):
-            img = base.copy()
-            x0 = (i * 3) % max(w - side, 1)
-            img[h // 3 : h // 3 + side, x0 : x0 + side] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return Path(path)
-
-
-def make_jpeg(path: Path, size: tuple[int, int] = (160, 120)) -> Path:
-    from PIL import Image
-
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
-        path, format="JPEG")
-    return Path(path)
-
-
-def make_truncated(src: Path, dst: Path, fraction: float = 0.5) -> Path:
-    data = src.read_bytes()
-    dst.write_bytes(data[: int(len(data) * fraction)])
-    return dst
+# (test_serve_http.py imports these; the media writers live in tests/media.py)
+from media import make_jpeg, make_truncated, make_video  # noqa: E402,F401
 
 
 def assert_error(resp, status: int, error: str, *words: str) -> dict:

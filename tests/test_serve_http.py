@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from openpack_vlm.schema import CLIP_FRAMES, Prediction
-from test_serve import assert_error, make_jpeg, make_truncated, make_video
+from media import make_jpeg, make_truncated, make_video
+from test_serve import assert_error
 
 pytestmark = pytest.mark.slow
 

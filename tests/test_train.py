@@ -243,14 +243,14 @@ def test_parse_args_defaults_are_the_real_run():
     assert cfg.model_id == "Qwen/Qwen2-VL-2B-Instruct" and cfg.quantization == "4bit"
     assert cfg.per_device_train_batch_size == 2 and cfg.gradient_accumulation_steps == 8
     assert cfg.save_steps == 50 and cfg.save_total_limit == 3 and cfg.gradient_checkpointing
-    assert cfg.learning_rate == 2e-4 and cfg.modules_to_save == () and cfg.max_grad_norm == 0.3
+    assert cfg.learning_rate == 2e-4 and cfg.modules_to_save == [] and cfg.max_grad_norm == 0.3
     tiny = T.parse_args(["--data", "d", "--out", "r", "--model", "tiny", "--lr", "1e-3"])
-    assert tiny.learning_rate == 1e-3 and tiny.modules_to_save == ("lm_head",) and tiny.max_grad_norm == 1.0
+    assert tiny.learning_rate == 1e-3 and tiny.modules_to_save == ["lm_head"] and tiny.max_grad_norm == 1.0
 
 
 def test_tiny_recipe_applies_to_a_tiny_model_dir(tiny_model_dir):
     cfg = T.parse_args(["--data", "d", "--out", "r", "--model", str(tiny_model_dir), "--modules-to-save"])
-    assert cfg.learning_rate == T.TINY_RECIPE["learning_rate"] and cfg.modules_to_save == ()
+    assert cfg.learning_rate == T.TINY_RECIPE["learning_rate"] and cfg.modules_to_save == []
 
 
 # ---------------------------------------------------------------------------------------------------- CPU end-to-end

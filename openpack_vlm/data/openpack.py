@@ -119,28 +119,20 @@ def template_path(template, root: str | Path, user: str, session: str) -> Path:
     return Path(d) / f
 
 
-def operations_csv(root, user, session) -> Path:
-    return template_path(_T_OPS, root, user, session)
+def _template_getter(template: tuple[str, str], what: str):
+    def path(root, user, session) -> Path:
+        return template_path(template, root, user, session)
+
+    path.__doc__ = f"Path of a session's {what} in the v1.0.0 layout."
+    return path
 
 
-def operations_1hz_csv(root, user, session) -> Path:
-    return template_path(_T_OPS_1HZ, root, user, session)
-
-
-def activity_1s_csv(root, user, session) -> Path:
-    return template_path(_T_ACTIVITY_1S, root, user, session)
-
-
-def keypoints_json(root, user, session) -> Path:
-    return template_path(_T_KPT, root, user, session)
-
-
-def rgb_dir(root, user, session) -> Path:
-    return template_path(_T_RGB, root, user, session)
-
-
-def video_path(root, user, session) -> Path:
-    return template_path(_T_VIDEO, root, user, session)
+operations_csv = _template_getter(_T_OPS, "operation annotation (interval CSV)")
+operations_1hz_csv = _template_getter(_T_OPS_1HZ, "1 Hz operation annotation")
+activity_1s_csv = _template_getter(_T_ACTIVITY_1S, "v0.3.0 activity-1s annotation")
+keypoints_json = _template_getter(_T_KPT, "Kinect 2D keypoints (mmpose JSON)")
+rgb_dir = _template_getter(_T_RGB, "Kinect colour frame folder")
+video_path = _template_getter(_T_VIDEO, "user video")
 
 
 def preprocessed_csv(root, user, session) -> Path:

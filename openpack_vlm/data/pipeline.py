@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import re
 import shutil
-import tarfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -41,7 +40,7 @@ from .sources import SOURCE_KINDS, PoseFrameSource, open_source
 from .errors import FrameError, VideoDecodeError
 from ..cli import setting
 from ..contract import RUN_FILE, ContractError, DataSection, RunContract, file_sha256
-from ..io_utils import one_line, write_atomic, write_json, write_jsonl
+from ..io_utils import one_line, write_json, write_jsonl
 from .letterbox import SIZE
 from ..prompt import build_messages
 from .sampling import SamplingConfig, motion_from_keypoints, sample_clip
@@ -438,75 +437,10 @@ def run(cfg: PipelineConfig) -> dict:
         raise PipelineError(f"no clips written: {len(skipped)} items skipped (first: {first}); "
                             f"see {out / 'summary.json'}")
     if cfg.samples_out:
+        from .samples import export_samples
+
         export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root)
     return summary
-
-
-# ------------------------------------------------------------------------------------------------------- samples
-SAMPLES_README = """# Training data samples
-
-{n} examples exported by the data pipeline, frames exactly as stored in the shards (336x336 JPEG) plus the training
-pair. `{{clip_id}}.json` holds the clip's record (`record`: truth, sampled frame indices, source) and the chat
-messages (`messages`); `{{clip_id}}.fNN.jpg` are its K sampled frames in order (image items in `messages` name them).
-The examples are spread evenly over the train, val and test manifests.
-
-Input: {input}
-
-Made by (byte-identical on every run; tests/test_pipeline.py regenerates and compares them):
-
-{command}
-"""
-
-
-def _describe_input(root: Path) -> tuple[str, str]:
-    """What the samples were made from, and the commands that remake them (no machine paths, no times)."""
-    meta = root / "synthetic_config.json"
-    if meta.is_file():
-        c = json.loads(meta.read_text())["config"]
-        w, h = c["rgb_size"]
-        what = (f"synthetic OpenPack root (openpack_vlm.data.synthetic, seed {c['seed']}, users {' '.join(c['users'])}, "
-                f"sessions {' '.join(c['sessions'])}, {c['session_seconds']:g} s, RGB frames {w}x{h}); not real data.")
-        cmd = (f"    python -m openpack_vlm.data.synthetic --out /tmp/openpack-synth --seed {c['seed']} "
-               f"--users {' '.join(c['users'])} --sessions {' '.join(c['sessions'])} "
-               f"--seconds {c['session_seconds']:g} --rgb-size {w}x{h}" + ("" if c["rgb"] else " --no-rgb") + "\n"
-               "    python data_pipeline.py --root /tmp/openpack-synth --out /tmp/openpack-data "
-               "--samples-out training_data_samples --n-samples {n}")
-        return what, cmd
-    return ("an OpenPack root (real data).",
-            "    python data_pipeline.py --root $OPENPACK_ROOT --out <dir> --samples-out <dir> --n-samples {n}")
-
-
-def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path) -> list[str]:
-    """Copy n clips (spread evenly over all splits' manifests) as JPEG files + pair JSON into ``dest``."""
-    records = []
-    for split in splits:
-        man = out / split / "manifest.jsonl"
-        if man.exists():
-            records.extend(json.loads(line) for line in man.read_text().splitlines() if line)
-    chosen = _spread(records, n)
-    dest.mkdir(parents=True, exist_ok=True)
-    wanted: set[str] = {"README.md"}
-    by_shard: dict[tuple[str, str], list[dict]] = {}
-    for r in chosen:
-        by_shard.setdefault((r["split"], r["extra"]["shard"]), []).append(r)
-    for (split, shard), recs in by_shard.items():
-        need = {f"{r['clip_id']}.{frame_member(i)}" for r in recs for i in range(len(r["frame_indices"]))}
-        with tarfile.open(out / split / shard) as tar:
-            for m in tar.getmembers():
-                if m.name in need:
-                    write_atomic(dest / m.name, tar.extractfile(m).read())
-                    wanted.add(m.name)
-        for r in recs:
-            pair = pair_for(r)
-            body = {"record": r, "messages": pair["messages"]}
-            write_json(dest / f"{r['clip_id']}.json", body)
-            wanted.add(f"{r['clip_id']}.json")
-    what, cmd = _describe_input(root)
-    write_atomic(dest / "README.md", SAMPLES_README.format(n=len(chosen), input=what, command=cmd.format(n=n)))
-    for p in dest.iterdir():
-        if p.is_file() and p.name not in wanted and (p.suffix in (".jpg", ".json") or p.name.endswith(".tmp")):
-            p.unlink()  # stale files of an earlier export
-    return [r["clip_id"] for r in chosen]
 
 
 def parse_splits(items: list[str]) -> dict[str, list[str]]:

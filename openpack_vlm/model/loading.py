@@ -20,7 +20,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, one_line
 
 REAL_MODEL_ID = "Qwen/Qwen2-VL-2B-Instruct"
 TINY_MODEL_ID = "tiny"
@@ -323,7 +323,7 @@ def load_processor(model_id: str):
     try:
         return AutoProcessor.from_pretrained(path)
     except OSError as e:
-        raise ModelLoadError(f"cannot load processor for {model_id!r} ({path}): {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"cannot load processor for {model_id!r} ({path}): {one_line(e)}") from None
 
 
 def lora_config(cfg: ModelConfig):
@@ -362,7 +362,7 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise ModelLoadError(f"cannot load model {cfg.model_id!r} ({path}): {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"cannot load model {cfg.model_id!r} ({path}): {one_line(e)}") from None
 
     if for_training:
         from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training

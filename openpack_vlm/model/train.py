@@ -33,10 +33,10 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..cli import build_parser, parse, setting
+from ..cli import build_parser, setting
 from ..contract import RUN_FILE, ContractError, RunContract, TrainingSection, assumed_contract
 from ..io_utils import atomic_path, write_atomic, write_json
 from .loading import REAL_MODEL_ID, ModelConfig, ModelLoadError
@@ -54,7 +54,7 @@ class TrainError(RuntimeError):
 # its random lm_head has tiny logits, and with LoRA alone the loss stalls at ~5.3 nats (measured: 0 % valid JSON after
 # 60 steps), so lm_head is trained in full (a 33k-param copy; for 2B it would be 233M params + Adam states: never);
 # a larger LR and the usual clip norm 1.0 instead of QLoRA's 0.3 (measured: 100 % valid JSON after 120 steps).
-TINY_RECIPE = {"learning_rate": 5e-3, "modules_to_save": ("lm_head",), "max_grad_norm": 1.0}
+TINY_RECIPE = {"learning_rate": 5e-3, "modules_to_save": ["lm_head"], "max_grad_norm": 1.0}
 
 
 @dataclass
@@ -73,7 +73,7 @@ class TrainConfig:
     lora_dropout: float = setting(0.05, "LoRA dropout")
     modules_to_save: list[str] | None = setting(
         None, f"modules trained in full besides LoRA; unset = none, {list(TINY_RECIPE['modules_to_save'])} for the "
-        "tiny model (for 2B lm_head would be 233M params + Adam states: never)")
+        "tiny model (for 2B lm_head would be 233M params + Adam states: never); the flag alone = none", nargs="*")
     per_device_train_batch_size: int = setting(2, "clips per step per GPU (2 x 8 frames x 144 visual tokens ~ 2.8k "
                                                "tokens: fits a T4 in 4-bit)", aliases=["--batch-size"])
     gradient_accumulation_steps: int = setting(8, "effective batch = this x batch size x GPUs (16 clips per GPU)",
@@ -103,15 +103,10 @@ class TrainConfig:
     device: str = setting("auto", "cuda:LOCAL_RANK when CUDA, else cpu; cpu + 4bit runs bitsandbytes' CPU backend")
 
     def __post_init__(self):
-        from .loading import is_tiny
-
-        recipe = TINY_RECIPE if is_tiny(self.model_id) else {}  # "tiny" or its dir; explicit values win
-        if self.learning_rate is None:
-            self.learning_rate = recipe.get("learning_rate", 2e-4)
-        if self.max_grad_norm is None:
-            self.max_grad_norm = recipe.get("max_grad_norm", 0.3)
-        if self.modules_to_save is None:
-            self.modules_to_save = list(recipe.get("modules_to_save", ()))
+        # unset = the real run's value; parse_args fills the tiny recipe in first for a tiny model
+        self.learning_rate = 2e-4 if self.learning_rate is None else self.learning_rate
+        self.max_grad_norm = 0.3 if self.max_grad_norm is None else self.max_grad_norm
+        self.modules_to_save = list(self.modules_to_save or ())
         self.report_to = [x for x in self.report_to if x != "none"] or ["none"]
         if self.max_steps <= 0:
             raise TrainError(f"max_steps must be > 0 (got {self.max_steps})")
@@ -121,18 +116,9 @@ class TrainConfig:
         return not self.full_logits
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            model_id=self.model_id,
-            quantization=self.quantization,
-            dtype=self.dtype,
-            attn_implementation=self.attn_implementation,
-            device=self.device,
-            lora_r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            modules_to_save=tuple(self.modules_to_save),
-            gradient_checkpointing=self.gradient_checkpointing,
-        )
+        """The ModelConfig fields this run sets (same names), the rest at ModelConfig's defaults."""
+        shared = {f.name: getattr(self, f.name) for f in fields(ModelConfig) if f.name in TRAIN_FIELDS}
+        return ModelConfig(**{**shared, "modules_to_save": tuple(self.modules_to_save)})
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -316,27 +302,24 @@ def _versions() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
 def training_arguments(cfg: TrainConfig, use_cuda: bool, compute_dtype):
     import torch
     from transformers import TrainingArguments
 
+    # the settings TrainConfig shares with TrainingArguments by name (batch, accumulation, LR, schedule, steps, seed...)
+    same = {k: getattr(cfg, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                         "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
+                                         "max_grad_norm", "max_steps", "save_steps", "save_total_limit",
+                                         "logging_steps", "seed", "optim")}
     return TrainingArguments(
         output_dir=cfg.out,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        max_steps=cfg.max_steps,
+        **same,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         logging_strategy="steps",
-        logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=use_cuda and compute_dtype == torch.bfloat16,
         fp16=use_cuda and compute_dtype == torch.float16,
@@ -347,7 +330,6 @@ def training_arguments(cfg: TrainConfig, use_cuda: bool, compute_dtype):
         dataloader_num_workers=cfg.num_workers,
         dataloader_pin_memory=use_cuda,
         ignore_data_skip=True,  # the stream is reseeded from the resumed step instead of replaying batches
-        optim=cfg.optim,
         use_cpu=not use_cuda,
         report_to=list(cfg.report_to),
         disable_tqdm=False,
@@ -476,9 +458,15 @@ def _load(mcfg: ModelConfig):
 
 # ------------------------------------------------------------------------------------------------------------------ CLI
 def parse_args(argv=None) -> TrainConfig:
-    """TrainConfig from command-line flags (one flag per field, generated by cli.build_parser)."""
+    """TrainConfig from command-line flags (one flag per field, generated by cli.build_parser); for a tiny model
+    (``tiny`` or its dir) the flags left unset take TINY_RECIPE's values."""
+    from .loading import is_tiny
+
     parser = build_parser(TrainConfig, prog="python -m openpack_vlm.model.train", description=__doc__.split("\n\n")[0])
-    return parse(parser, argv)[0]
+    given = vars(parser.parse_args(argv))
+    if is_tiny(given["model_id"]):
+        given.update({k: v for k, v in TINY_RECIPE.items() if given.get(k) is None})
+    return TrainConfig(**given)
 
 
 def main(argv=None) -> int:
