@@ -117,6 +117,7 @@ class RunContract:
     training: TrainingSection | None = None
     evaluation: EvaluationSection | None = None
     version: int = VERSION
+    path: Path | None = field(default=None, repr=False, compare=False)  # the file it was loaded from (not saved)
 
     # ------------------------------------------------------------------------------------------- persistence
     def to_json(self) -> dict:
@@ -147,8 +148,6 @@ class RunContract:
         c = cls.from_json(read_json(p, "run contract", ContractError), str(p))
         c.path = p
         return c
-
-    path: Path | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------------------- applying it
     def sampling_config(self):

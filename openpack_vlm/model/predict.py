@@ -257,14 +257,14 @@ class Predictor:
         if isinstance(grammar, str) and grammar == "auto":
             grammar_path = (contract.grammar_path() if contract is not None and contract.path else None)
             grammar_path = grammar_path or find_grammar(adapter)
+            if grammar_path and contract is not None and contract.path is not None:
+                contract.check_grammar(grammar_path)  # the tuned weight belongs to the recorded grammar
             g = Grammar.load(grammar_path) if grammar_path else None
         elif grammar is None or isinstance(grammar, Grammar):
             g = grammar
         else:
             grammar_path = Path(grammar)
             g = Grammar.load(grammar_path)
-        if contract is not None and grammar_path is not None and contract.path is not None:
-            contract.check_grammar(grammar_path)
 
         config = copy.copy(config) if config is not None else PredictConfig()
         if contract is not None:
