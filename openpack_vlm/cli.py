@@ -45,7 +45,3 @@ def parse(parser, argv=None):
     config = out[0]
     extras = out[1] if len(out) > 1 else argparse.Namespace()
     return config, extras
-
-
-def field_names(config_cls) -> list[str]:
-    return [f.name for f in fields(config_cls)]

@@ -56,7 +56,7 @@ def write_bench_root(root: Path, user: str, session: str, seconds: float) -> Non
                 c.mux(pkt)
         for pkt in st.encode():
             c.mux(pkt)
-    vpath.with_suffix(".json").write_text(json.dumps({"start_unixtime_ms": int(ts[0])}))
+    write_atomic(vpath.with_suffix(".json"), json.dumps({"start_unixtime_ms": int(ts[0])}))
 
 
 def run_path(src, specs) -> dict:

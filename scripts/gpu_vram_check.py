@@ -120,7 +120,9 @@ def main(argv=None) -> int:
     report = {"gpu": gpu, "torch": torch.__version__, "dtype": a.dtype, "model": "Qwen2-VL-2B architecture, random "
               "weights", "batch": 2, "frames": 8, "reports": reports}
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=2))
+        from openpack_vlm.io_utils import write_json
+
+        write_json(a.json, report, indent=2)
     ok = all("error" not in r for r in reports)
     return 0 if ok else 1
 

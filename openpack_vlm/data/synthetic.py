@@ -273,12 +273,8 @@ def make_keypoints(cfg: SyntheticConfig, user: str, session: str, timeline: list
 
 
 # ------------------------------------------------------------------------------------------------------ writers
-def _atomic_write_text(path: Path, text: str) -> None:
-    write_atomic(path, text.encode("utf-8"))  # bytes: no newline translation
-
-
 def _atomic_write_csv(path: Path, df: pd.DataFrame, **kw) -> None:
-    _atomic_write_text(path, df.to_csv(index=False, lineterminator="\n", **kw))
+    write_atomic(path, df.to_csv(index=False, lineterminator="\n", **kw))
 
 
 def write_interval_csv(path: Path, rows, user: str, session: str, rng: np.random.Generator) -> None:
@@ -333,7 +329,7 @@ def write_keypoint_json(path: Path, ts: np.ndarray, kpts: np.ndarray) -> None:
         "annotations": anns,
         "category": [{"id": 1, "name": "person", "skeleton": [list(l) for l in _LIMBS]}],
     }
-    _atomic_write_text(path, json.dumps(data, separators=(",", ":")))
+    write_atomic(path, json.dumps(data, separators=(",", ":")))
 
 
 def write_preprocessed_csv(path: Path, ts: np.ndarray, kpts: np.ndarray, timeline: list[Segment]) -> None:
@@ -441,7 +437,7 @@ def write_synthetic_root(root: str | Path, cfg: SyntheticConfig | None = None) -
         summary.append(write_session(root, cfg, u, s))
     meta = {"config": asdict(cfg), "sessions": summary,
             "note": "synthetic OpenPack root written by openpack_vlm.data.synthetic; not real data"}
-    _atomic_write_text(root / "synthetic_config.json", json.dumps(meta, indent=1))
+    write_atomic(root / "synthetic_config.json", json.dumps(meta, indent=1))
     return root
 
 
