@@ -52,6 +52,7 @@ ISSUE_TITLES: dict[str, str] = {
     "#5": "Phase 4: evaluate.py, closed-set prediction with real confidence, the procedural grammar prior, results.json",
     "#6": "Phase 1: serve.py FastAPI service, Dockerfile and docker-compose, hardened against bad uploads",
     "#7": "ARCHITECTURE.md, AGENTS.md and README from measured numbers",
+    "#11": "One run contract from data to API, and a layout a newcomer can navigate",
 }
 NOTES_FILE = Path("docs") / "devlog_notes.json"  # {hash prefix: {"issues": [...], "kept": str, "changed": str}}
 
