@@ -33,7 +33,7 @@ class _MappingEnvSource(EnvSettingsSource):
 class ServeConfig(BaseSettings):
     """The service's settings. Environment variable = the field name in capitals (``model_id`` → ``MODEL_ID``)."""
 
-    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="forbid", validate_default=True)
 
     model_id: str = Field("Qwen/Qwen2-VL-2B-Instruct",
                           description='base model: hub id, local dir, or "tiny" (offline random model)')
