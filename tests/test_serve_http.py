@@ -25,8 +25,9 @@ from test_serve import assert_error
 
 pytestmark = pytest.mark.slow
 
-MAX_UPLOAD_MB = 2  # small cap so the oversized uploads stay small too
-MAX_CLIP_SECONDS = 15
+MAX_UPLOAD_MB = 10  # the real vtest.avi (8.1 MB) must get past it, to its 422 for length
+MAX_CLIP_SECONDS = 30  # the default: the real box.mp4 (15.2 s) is answered, vtest.avi (79.5 s) is not
+REAL_VIDEOS = Path(__file__).parent / "data" / "videos"  # real camera files from opencv-doc (see README.md there)
 
 
 def _free_port() -> int:
@@ -97,6 +98,24 @@ def uploads(tmp_path_factory) -> dict[str, tuple[Path, int, str]]:
         "big.mp4": (d / "big.mp4", 413, "too_large"),
     }
     return {**{k: (v, 200, "") for k, v in ok.items()}, **bad}
+
+
+def test_real_camera_files(server):
+    """Files nobody here wrote: box.mp4 (H.264 ~30 fps, 15.2 s, MP3 audio, decode errors, pts = dts although the
+    decoder reorders) and cup.mp4 (26.777 fps, AAC) are answered from their first 5 s, frames taken by timestamps
+    (tests/test_frames.py: the same pixels as decord's); vtest.avi (MS-MPEG4v3, 79.5 s) gets a 422 that says what
+    to do."""
+    import httpx2 as httpx
+
+    base, proc, _, _ = server
+    for name in ("box.mp4", "cup.mp4"):
+        r = _post(httpx, base, REAL_VIDEOS / name)
+        _check(r, 200, "", name)
+        idx = [int(i) for i in r.headers["X-Frame-Indices"].split(",")]
+        assert len(idx) == 8 and idx[0] == 0 and idx[-1] == CLIP_FRAMES - 1, idx
+    body = assert_error(_post(httpx, base, REAL_VIDEOS / "vtest.avi"), 422, "too_long", "79.5 s", "cut", "MAX_CLIP_SECONDS")
+    assert "ffmpeg" in body["detail"]
+    assert httpx.get(base + "/health", timeout=5).status_code == 200 and proc.poll() is None
 
 
 def _post(httpx, base: str, path: Path, name: str | None = None, timeout: float = 120):

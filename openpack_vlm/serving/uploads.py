@@ -109,6 +109,13 @@ class UploadInfo:
     duration_s: float | None  # from the container, when it says
 
 
+def too_long(what: str, max_clip_seconds: float) -> str:
+    """The too-long answer says what to do: /predict judges one clip (its first 5 s)."""
+    return (f"{what}; /predict takes clips of up to MAX_CLIP_SECONDS={max_clip_seconds:g} s and judges their first "
+            f"{CLIP_SECONDS:g} s: cut the clip you mean (e.g. ffmpeg -ss START -t {CLIP_SECONDS:g} -i IN OUT.mp4) or "
+            "raise MAX_CLIP_SECONDS")
+
+
 def probe_upload(path: Path, max_clip_seconds: float, max_frame_pixels: int) -> UploadInfo:
     """Recognise a video by its bytes (libav probing, not the name): metadata checks before any frame is decoded.
 
@@ -150,7 +157,7 @@ def probe_upload(path: Path, max_clip_seconds: float, max_frame_pixels: int) -> 
         elif container.duration is not None:
             duration = container.duration / 1_000_000  # AV_TIME_BASE µs
         if duration is not None and duration > max_clip_seconds + 0.5 / FPS:
-            raise UploadError(422, "too_long", f"video is {duration:.1f} s long; MAX_CLIP_SECONDS={max_clip_seconds:g}")
+            raise UploadError(422, "too_long", too_long(f"video is {duration:.1f} s long", max_clip_seconds))
         return UploadInfo(fmt, ctx.name, width, height, duration)
     finally:
         container.close()
@@ -178,7 +185,7 @@ def decode_upload(path: Path, cfg: ServeConfig) -> tuple[Any, UploadInfo, int]:
     if frames is None or len(frames) == 0:
         raise UploadError(422, "no_frames", f"no frame could be decoded from the {info.codec} stream")
     if info.duration_s is None and len(frames) > int(round(cfg.max_clip_seconds * FPS)):
-        raise UploadError(422, "too_long", f"video is longer than MAX_CLIP_SECONDS={cfg.max_clip_seconds:g}")
+        raise UploadError(422, "too_long", too_long("video is longer than that", cfg.max_clip_seconds))
     try:
         clip = to_clip(frames, CLIP_FRAMES)
     except FrameError as exc:
