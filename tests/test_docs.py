@@ -166,9 +166,10 @@ def test_candidate_vram_table_equals_the_formula(doc):
     """The 4-model comparison table: each total is vram.vram_table on the config named in the doc."""
     from openpack_vlm.model import vram
 
-    configs = [None] + [FIGURES / f"vram_config_{m}.json" for m in ("qwen2.5-vl-3b", "llava-next-video-7b",
-                                                                  "videollama2-7b")]
-    for c in configs[1:]:
+    configs = [None, REPO / "tests/data/qwen2.5-vl-3b-instruct/config.json"] + [
+        FIGURES / f"vram_config_{m}.json" for m in ("llava-next-video-7b", "videollama2-7b")]
+    assert "tests/data/qwen2.5-vl-3b-instruct/config.json" in doc
+    for c in configs[2:]:
         assert c.is_file(), f"missing {c}"
         assert c.name in doc or "vram_config_<model>.json" in doc
     vpf = vram.visual_tokens_per_frame()

@@ -171,6 +171,34 @@ def test_param_counts_match_the_real_module_tree(tiny_model_dir):
     assert vram.lora_params(tiny_model_dir, r=16) == n_lora
 
 
+def test_param_counts_of_the_real_qwen25vl_3b_config_match_its_module_tree(repo_root):
+    """vram.py on Qwen2.5-VL-3B-Instruct's real config.json (its vision keys and gated MLP) equals the parameter
+    groups of the model transformers builds from it (on the meta device: no weights)."""
+    import json
+
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    path = repo_root / "tests" / "data" / "qwen2.5-vl-3b-instruct" / "config.json"
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**json.loads(path.read_text())))
+    groups = {"embed": 0, "lm_head": 0, "lm_linear": 0, "lm_other": 0, "vision": 0}
+    for n, p in model.named_parameters():  # lm_head is tied: named_parameters lists it once, as embed_tokens
+        if n.startswith("model.visual."):
+            groups["vision"] += p.numel()
+        elif n == "lm_head.weight":
+            groups["lm_head"] += p.numel()
+        elif "embed_tokens" in n:
+            groups["embed"] += p.numel()
+        elif n.endswith("_proj.weight"):
+            groups["lm_linear"] += p.numel()
+        else:
+            groups["lm_other"] += p.numel()
+    counts = vram.param_counts(path)
+    assert {k: counts[k] for k in groups} == groups
+    assert 3.7e9 < counts["total"] < 3.8e9
+    assert vram.vram_math(vram.vram_table(path, n_text=300, text_exact=True)).startswith("# Qwen2_5_VL: 3.75B params")
+
+
 def test_vram_budget_for_qwen2vl_2b():
     pc = vram.param_counts()
     assert 2.20e9 < pc["total"] < 2.22e9  # Qwen2-VL-2B has 2.21B parameters

@@ -78,6 +78,8 @@ class Arch:
     patch: int
     temporal_patch: int
     merge: int
+    v_gated: bool = False  # Qwen2.5-VL vision blocks: RMSNorm + gated SiLU MLP (gate/up/down, biased) of v_intermediate
+    v_intermediate: int = 0
 
     @property
     def kv_dim(self) -> int:
@@ -101,18 +103,22 @@ def arch(config: dict | str | os.PathLike | object = None) -> Arch:
     text.update(config.get("text_config") or {})
     v = config["vision_config"]
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+    # Qwen2-VL names the vision width embed_dim and its output hidden_size; Qwen2.5-VL names them hidden_size and
+    # out_hidden_size, and its MLP is gated (intermediate_size) with RMSNorms
+    gated = "out_hidden_size" in v
     return Arch(
         hidden=text["hidden_size"], intermediate=text["intermediate_size"], layers=text["num_hidden_layers"],
         heads=text["num_attention_heads"], kv_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
-        vocab=text["vocab_size"], tied=tied, v_embed=v["embed_dim"], v_depth=v["depth"],
-        v_mlp_ratio=v.get("mlp_ratio", 4), v_out=v["hidden_size"], in_chans=v.get("in_chans", v.get("in_channels", 3)),
-        patch=v.get("patch_size", 14), temporal_patch=v.get("temporal_patch_size", 2),
-        merge=v.get("spatial_merge_size", 2),
+        vocab=text["vocab_size"], tied=tied, v_embed=v["hidden_size"] if gated else v["embed_dim"],
+        v_depth=v["depth"], v_mlp_ratio=v.get("mlp_ratio", 4), v_out=v["out_hidden_size"] if gated else v["hidden_size"],
+        in_chans=v.get("in_chans", v.get("in_channels", 3)), patch=v.get("patch_size", 14),
+        temporal_patch=v.get("temporal_patch_size", 2), merge=v.get("spatial_merge_size", 2),
+        v_gated=gated, v_intermediate=v.get("intermediate_size", 0) if gated else 0,
     )
 
 
 def param_counts(config=None) -> dict[str, int]:
-    """Parameters per group, as Qwen2VLForConditionalGeneration builds them.
+    """Parameters per group, as Qwen2VLForConditionalGeneration (or Qwen2_5_VLForConditionalGeneration) builds them.
 
     ``lm_linear``: the 7 projections' weights (what 4-bit quantises); ``lm_other``: their biases (q/k/v) and the
     RMSNorms; ``embed``; ``lm_head`` (0 when tied to embed); ``vision``: patch embed + blocks + merger."""
@@ -121,11 +127,18 @@ def param_counts(config=None) -> dict[str, int]:
     lm_linear = a.layers * (h * h + 2 * h * kv + h * h + 3 * h * i)
     lm_other = a.layers * (h + 2 * kv + 2 * h) + h  # q/k/v biases, 2 RMSNorms per layer, final norm
     e = a.v_embed
-    mlp = int(e * a.v_mlp_ratio)
-    block = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * mlp + mlp) + (mlp * e + e)
+    attn = (e * 3 * e + 3 * e) + (e * e + e)  # qkv + proj, biased
+    if a.v_gated:  # 2 RMSNorms (weight only) + gate/up (e -> I) and down (I -> e), all biased
+        vi = a.v_intermediate
+        block = 2 * e + attn + 2 * (e * vi + vi) + (vi * e + e)
+        ln_q = e
+    else:  # 2 LayerNorms (weight + bias) + fc1/fc2 of width e * mlp_ratio
+        mlp = int(e * a.v_mlp_ratio)
+        block = 2 * 2 * e + attn + (e * mlp + mlp) + (mlp * e + e)
+        ln_q = 2 * e
     patch_embed = a.in_chans * a.temporal_patch * a.patch * a.patch * e  # Conv3d, no bias
     ctx = e * a.merge**2
-    merger = 2 * e + (ctx * ctx + ctx) + (ctx * a.v_out + a.v_out)
+    merger = ln_q + (ctx * ctx + ctx) + (ctx * a.v_out + a.v_out)
     counts = {
         "embed": a.vocab * h,
         "lm_head": 0 if a.tied else a.vocab * h,
@@ -265,6 +278,19 @@ def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: 
     return comp
 
 
+def model_name(config=None) -> str:
+    """A label for the config: "Qwen2-VL-2B" for the default, else its architecture (e.g. Qwen2_5_VL)."""
+    if config is None:
+        return "Qwen2-VL-2B"
+    if isinstance(config, (str, os.PathLike)):
+        p = Path(config)
+        config = json.loads((p / "config.json" if p.is_dir() else p).read_text())
+    if not isinstance(config, dict):
+        config = config.to_dict()
+    arch_names = config.get("architectures") or [config.get("model_type", "model")]
+    return str(arch_names[0]).removesuffix("ForConditionalGeneration")
+
+
 def vram_table(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: int | None = None,
                n_text: int | None = None, text_exact: bool | None = None, lora_r: int = 16,
                gpus: tuple[tuple[str, float], ...] = GPUS) -> list[dict]:
@@ -282,7 +308,7 @@ def vram_table(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame
             row = {"gpu": gpu, "gpu_gb": mem, "gradient_checkpointing": ckpt}
             row.update({k: round(v / GB, 2) for k, v in c.items() if not k.startswith("_")})
             row["fits"] = c["total"] <= mem * GB * 0.95  # 5 % headroom
-            row["meta"] = dict(c["_meta"], text_tokens_exact=bool(text_exact))
+            row["meta"] = dict(c["_meta"], text_tokens_exact=bool(text_exact), model=model_name(config))
             rows.append(row)
     return rows
 
@@ -294,7 +320,7 @@ def vram_math(rows: list[dict] | None = None) -> str:
     m = r["meta"]
     p = m["params"]
     lines = [
-        f"# Qwen2-VL-2B: {p['total'] / 1e9:.2f}B params (LM linear {p['lm_linear'] / 1e9:.2f}B in 4-bit, "
+        f"# {m.get('model', 'Qwen2-VL-2B')}: {p['total'] / 1e9:.2f}B params (LM linear {p['lm_linear'] / 1e9:.2f}B in 4-bit, "
         f"embed {p['embed'] / 1e6:.0f}M tied, vision {p['vision'] / 1e6:.0f}M)",
         f"# One sample: {m['frames']} frames x {m['visual_tokens_per_frame']} visual tokens + {m['text_tokens']} text "
         f"tokens{'' if m['text_tokens_exact'] else ' (estimated)'} = {m['tokens_per_sample']} tokens; batch {m['batch']}",
