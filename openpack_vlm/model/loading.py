@@ -174,14 +174,29 @@ def _build_tokenizer(seed: int):
     return qtok
 
 
-def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+# The real Qwen2.5-VL-3B-Instruct config.json (tests/data) scaled down: same keys, window attention in the vision tower
+# (full attention in blocks 1 and 3 of 4, as the real one has in 7/15/23/31 of 32), gated vision MLP.
+QWEN25VL_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=4096, max_window_layers=2,
+                          rope_scaling={"type": "mrope", "mrope_section": [4, 2, 2]})
+QWEN25VL_TINY_VISION = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                            fullatt_block_indexes=[1, 3])
+
+
+def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, family: str = "qwen2_vl",
+                     base_config: str | os.PathLike | None = None) -> Path:
     """Write a tiny random Qwen2-VL (real classes: config, model, Qwen2Tokenizer, Qwen2VLProcessor) to ``out_dir``.
 
     ~0.25M parameters; 336x336 frames become 56x56 (4 visual tokens each). Loadable offline with
     ``AutoProcessor.from_pretrained(out_dir)`` / ``AutoModelForImageTextToText.from_pretrained(out_dir)``.
+    ``family="qwen2_5_vl"``: a tiny Qwen2.5-VL instead, made from a real Qwen2.5-VL ``config.json`` (``base_config``)
+    with only its sizes scaled down (``QWEN25VL_TINY_*``), and a Qwen2_5_VLProcessor.
     """
     import torch
     from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
@@ -189,42 +204,54 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         Qwen2VLVideoProcessor,
     )
 
+    if family not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"unknown tiny model family {family!r}: qwen2_vl or qwen2_5_vl")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(seed)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 2, 2]},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
+    special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if family == "qwen2_5_vl":
+        if base_config is None:
+            raise ValueError("a tiny Qwen2.5-VL is scaled down from a real config.json: pass base_config")
+        real = json.loads(Path(base_config).read_text())
+        cfg = {**real, **QWEN25VL_TINY_TEXT, **special, "vocab_size": len(tokenizer),
+               "vision_token_id": ids["<|vision_pad|>"], "bos_token_id": ids["<|endoftext|>"],
+               "eos_token_id": ids["<|im_end|>"], "tie_word_embeddings": False,
+               "vision_config": {**real["vision_config"], **QWEN25VL_TINY_VISION}}
+        config, model_cls, processor_cls = Qwen2_5_VLConfig(**cfg), Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    else:
+        config = Qwen2VLConfig(
+            text_config=dict(
+                vocab_size=len(tokenizer),
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=4096,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 2, 2]},
+                bos_token_id=ids["<|endoftext|>"],
+                eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"],
+                tie_word_embeddings=False,
+            ),
+            vision_config=dict(
+                depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+                temporal_patch_size=2,
+            ),
             tie_word_embeddings=False,
-        ),
-        vision_config=dict(
-            depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+            **special,
+        )
+        model_cls, processor_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_cls(config).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     pixel_kw = dict(min_pixels=TINY_PIXELS, max_pixels=TINY_PIXELS)
-    processor = Qwen2VLProcessor(
+    processor = processor_cls(
         image_processor=Qwen2VLImageProcessor(**pixel_kw),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(**pixel_kw),
@@ -232,7 +259,7 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     )
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "openpack_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
+    (out / "openpack_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "family": family}))
     return out
 
 
