@@ -73,6 +73,52 @@ def test_candidates_tokenise_as_prefixes_of_the_training_target(predictor):
     assert len(start_candidates("Picking")) == 125 and len(end_candidates("Picking", 120)) == 5
 
 
+def test_every_candidate_tokenises_as_its_training_target_with_the_real_tokenizer():
+    """Each closed-set candidate the predictor scores is, token for token, the start of the training target that
+    names the same value — with the real Qwen2-VL-2B-Instruct BPE (one token per digit, merges across the quote)."""
+    from openpack_vlm.model.loading import real_processor
+
+    tok = real_processor().tokenizer
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+
+    def target(dom, s, e, nxt):
+        return target_text({"dominant_operation": dom, "temporal_segment": {"start_frame": s, "end_frame": e},
+                            "anticipated_next_operation": nxt})
+
+    checked = 0
+    for k, cand in enumerate(dominant_candidates()):
+        full = target(OPERATION_NAMES[k], 0, 0, OPERATION_NAMES[0])
+        assert enc(full)[:len(enc(cand))] == enc(cand), cand
+        checked += 1
+    for s, cand in enumerate(start_candidates("Insert Items")):
+        assert enc(target("Insert Items", s, s, "Close Box"))[:len(enc(cand))] == enc(cand), cand
+        checked += 1
+    for j, cand in enumerate(end_candidates("Insert Items", 17)):
+        assert enc(target("Insert Items", 17, 17 + j, "Close Box"))[:len(enc(cand))] == enc(cand), cand
+        checked += 1
+    for k, cand in enumerate(next_candidates("Insert Items", 17, 93)):
+        assert enc(target("Insert Items", 17, 93, OPERATION_NAMES[k]))[:len(enc(cand))] == enc(cand), cand
+        checked += 1
+    assert checked == 11 + 125 + 108 + 11
+    assert enc(start_candidates("Picking")[124])[-4:-1] == enc("124")  # "1", "2", "4", then ","
+
+
+def test_tiny_real_model_answers_through_the_predictor(tiny_real_model_dir):
+    """The predictor on the tiny model with the real tokenizer and processor: 144 visual tokens per frame, a valid
+    answer, and the answer's tokens are the real BPE's."""
+    from openpack_vlm.model.predict import Predictor
+
+    p = Predictor.from_pretrained(str(tiny_real_model_dir), device="cpu", run=None,
+                                  config=PredictConfig(free_text=False))
+    frames = np.random.default_rng(0).integers(0, 255, (125, 336, 336, 3), dtype=np.uint8)
+    r = p.predict_clip(frames, "real")
+    Prediction.model_validate(r.prediction.model_dump())
+    assert len(r.scores["frame_indices"]) == 8 and abs(sum(r.scores["dominant"].values()) - 1) < 1e-5
+    inputs = p._encode_prompt([frames[i] for i in r.scores["frame_indices"]], r.scores["frame_indices"])
+    image_id = p.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((inputs["input_ids"] == image_id).sum()) == 8 * 144
+
+
 def test_cached_batched_scores_equal_a_plain_forward(predictor):
     p = predictor
     imgs = _images(1)

@@ -78,13 +78,12 @@ def _cfg(data: Path, out: Path, model: Path, **kw) -> T.TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------------------ masking
-def test_labels_cover_exactly_the_answer_and_im_end(data_dir, processor):
-    samples = list(iter_samples(shard_paths(data_dir / "train")))[:3]
+def _check_label_mask(samples, processor, patches_per_frame: int) -> None:
     col = T.Collator(processor)
     batch = col(samples)
     tok = processor.tokenizer
     assert batch["input_ids"].shape == batch["labels"].shape
-    assert batch["pixel_values"].shape[0] == 3 * 8 * 16  # 8 frames x (4x4 patches of 14 px at 56x56)
+    assert batch["pixel_values"].shape[0] == len(samples) * 8 * patches_per_frame
     for row, (rec, _) in enumerate(samples):
         ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
         kept = [i for i, lab in zip(ids, labels) if lab != T.IGNORE_INDEX]
@@ -102,6 +101,24 @@ def test_labels_cover_exactly_the_answer_and_im_end(data_dir, processor):
         assert image_id in ids and all(labels[k] == T.IGNORE_INDEX for k, i in enumerate(ids) if i == image_id)
     # padding positions are masked
     assert (batch["labels"][batch["attention_mask"] == 0] == T.IGNORE_INDEX).all()
+
+
+def test_labels_cover_exactly_the_answer_and_im_end(data_dir, processor):
+    samples = list(iter_samples(shard_paths(data_dir / "train")))[:3]
+    _check_label_mask(samples, processor, 16)  # 8 frames x (4x4 patches of 14 px at 56x56)
+
+
+def test_labels_cover_exactly_the_answer_and_im_end_real_tokenizer(data_dir, tiny_real_model_dir):
+    """The same mask with the real Qwen2-VL-2B-Instruct tokenizer and processor: digits are one token each, so a
+    frame number is up to 3 tokens and the answer ~50; 336x336 frames are 24x24 patches (144 visual tokens)."""
+    from openpack_vlm.model.loading import load_processor
+
+    processor = load_processor(str(tiny_real_model_dir))
+    assert len(processor.tokenizer) == 151657 and processor.tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
+    samples = list(iter_samples(shard_paths(data_dir / "train")))[:2]
+    _check_label_mask(samples, processor, 576)
+    answer = processor.tokenizer(target_text(samples[0][0].truth) + "<|im_end|>", add_special_tokens=False)
+    assert 35 <= len(answer["input_ids"]) <= 60
 
 
 def test_collator_text_is_the_pipelines_chat_pair(pipeline_out, processor):

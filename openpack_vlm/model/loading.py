@@ -15,6 +15,7 @@ QLoRA recipe (``load_model(ModelConfig(quantization="4bit"), for_training=True)`
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -25,6 +26,9 @@ from ..io_utils import atomic_path, one_line
 REAL_MODEL_ID = "Qwen/Qwen2-VL-2B-Instruct"
 TINY_MODEL_ID = "tiny"
 TINY_DIRNAME = "tiny-qwen2vl"
+TINY_REAL_ID = "tiny-real"  # tiny random layers + the real Qwen2-VL-2B-Instruct tokenizer, template and processor
+TINY_REAL_DIRNAME = "tiny-real-qwen2vl"
+REAL_FILES = Path(__file__).parent / "assets" / "qwen2-vl-2b-instruct"  # vendored hub files (PROVENANCE.md there)
 TINY_VERSION = 1  # bump when the tiny recipe changes: the cache is rebuilt
 
 # Language-model projections LoRA adapts. Matched as a regex on the full module path so that only modules under
@@ -183,14 +187,26 @@ QWEN25VL_TINY_VISION = dict(depth=4, hidden_size=32, intermediate_size=64, num_h
                             fullatt_block_indexes=[1, 3])
 
 
+@functools.lru_cache(maxsize=1)
+def real_processor():
+    """The real Qwen2-VL-2B-Instruct processor (tokenizer, chat template, image processor settings), offline; loaded
+    once per process (~0.4 s)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(REAL_FILES)
+
+
 def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, family: str = "qwen2_vl",
-                     base_config: str | os.PathLike | None = None) -> Path:
+                     base_config: str | os.PathLike | None = None, tokenizer: str = "tiny") -> Path:
     """Write a tiny random Qwen2-VL (real classes: config, model, Qwen2Tokenizer, Qwen2VLProcessor) to ``out_dir``.
 
     ~0.25M parameters; 336x336 frames become 56x56 (4 visual tokens each). Loadable offline with
     ``AutoProcessor.from_pretrained(out_dir)`` / ``AutoModelForImageTextToText.from_pretrained(out_dir)``.
     ``family="qwen2_5_vl"``: a tiny Qwen2.5-VL instead, made from a real Qwen2.5-VL ``config.json`` (``base_config``)
     with only its sizes scaled down (``QWEN25VL_TINY_*``), and a Qwen2_5_VLProcessor.
+    ``tokenizer="real"`` (the ``tiny-real`` model): the real Qwen2-VL-2B-Instruct tokenizer (vocabulary 151936,
+    special ids 151643-151656), chat template and processor settings (144 visual tokens per 336x336 frame) from
+    ``REAL_FILES``, with the same tiny layers; its embeddings are tied to the output head, as in the real 2B.
     """
     import torch
     from transformers import (
@@ -206,25 +222,31 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, family: str = "q
 
     if family not in ("qwen2_vl", "qwen2_5_vl"):
         raise ValueError(f"unknown tiny model family {family!r}: qwen2_vl or qwen2_5_vl")
+    if tokenizer not in ("tiny", "real"):
+        raise ValueError(f"unknown tokenizer {tokenizer!r}: tiny or real")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(seed)
+    real_proc = real_processor() if tokenizer == "real" else None
+    tok_name = tokenizer
+    tokenizer = real_proc.tokenizer if real_proc is not None else _build_tokenizer(seed)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    vocab = json.loads((REAL_FILES / "config.json").read_text())["vocab_size"] if real_proc else len(tokenizer)
+    tied = real_proc is not None
     special = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                    vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     if family == "qwen2_5_vl":
         if base_config is None:
             raise ValueError("a tiny Qwen2.5-VL is scaled down from a real config.json: pass base_config")
         real = json.loads(Path(base_config).read_text())
-        cfg = {**real, **QWEN25VL_TINY_TEXT, **special, "vocab_size": len(tokenizer),
+        cfg = {**real, **QWEN25VL_TINY_TEXT, **special, "vocab_size": vocab,
                "vision_token_id": ids["<|vision_pad|>"], "bos_token_id": ids["<|endoftext|>"],
-               "eos_token_id": ids["<|im_end|>"], "tie_word_embeddings": False,
+               "eos_token_id": ids["<|im_end|>"], "tie_word_embeddings": tied,
                "vision_config": {**real["vision_config"], **QWEN25VL_TINY_VISION}}
         config, model_cls, processor_cls = Qwen2_5_VLConfig(**cfg), Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     else:
         config = Qwen2VLConfig(
             text_config=dict(
-                vocab_size=len(tokenizer),
+                vocab_size=vocab,
                 hidden_size=64,
                 intermediate_size=128,
                 num_hidden_layers=2,
@@ -235,13 +257,13 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, family: str = "q
                 bos_token_id=ids["<|endoftext|>"],
                 eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"],
-                tie_word_embeddings=False,
+                tie_word_embeddings=tied,
             ),
             vision_config=dict(
                 depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
                 temporal_patch_size=2,
             ),
-            tie_word_embeddings=False,
+            tie_word_embeddings=tied,
             **special,
         )
         model_cls, processor_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
@@ -250,26 +272,30 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, family: str = "q
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
-    pixel_kw = dict(min_pixels=TINY_PIXELS, max_pixels=TINY_PIXELS)
-    processor = processor_cls(
-        image_processor=Qwen2VLImageProcessor(**pixel_kw),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(**pixel_kw),
-        chat_template=QWEN2VL_CHAT_TEMPLATE,
-    )
+    if real_proc is not None and family == "qwen2_vl":
+        processor = real_proc  # the real processor as it is
+    else:
+        pixel_kw = dict(min_pixels=TINY_PIXELS, max_pixels=TINY_PIXELS)
+        processor = processor_cls(
+            image_processor=Qwen2VLImageProcessor(**(pixel_kw if real_proc is None else {})),
+            tokenizer=tokenizer,
+            video_processor=Qwen2VLVideoProcessor(**(pixel_kw if real_proc is None else {})),
+            chat_template=QWEN2VL_CHAT_TEMPLATE,
+        )
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "openpack_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "family": family}))
+    (out / "openpack_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "family": family,
+                                                        "tokenizer": tok_name}))
     return out
 
 
-def _tiny_cached(seed: int = 0) -> Path:
+def _tiny_cached(seed: int = 0, tokenizer: str = "tiny") -> Path:
     """Build the tiny model once into the cache (file lock + temp dir + rename; concurrent callers wait)."""
     import fcntl
 
     base = cache_dir()
     base.mkdir(parents=True, exist_ok=True)
-    final = base / TINY_DIRNAME
+    final = base / (TINY_REAL_DIRNAME if tokenizer == "real" else TINY_DIRNAME)
 
     def ok() -> bool:
         try:
@@ -279,25 +305,27 @@ def _tiny_cached(seed: int = 0) -> Path:
 
     if ok():
         return final
-    with open(base / f"{TINY_DIRNAME}.lock", "w") as lock:
+    with open(base / f"{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if ok():
             return final
         with atomic_path(final, directory=True) as tmp:  # replaces a stale version in one rename
-            build_tiny_model(tmp, seed=seed)
+            build_tiny_model(tmp, seed=seed, tokenizer=tokenizer)
     return final
 
 
 def resolve_model_id(model_id: str) -> str:
-    """``"tiny"`` -> local dir of the tiny model (built on first use); anything else is returned unchanged."""
+    """``"tiny"`` / ``"tiny-real"`` -> local dir of that tiny model (built on first use); anything else unchanged."""
     if model_id == TINY_MODEL_ID:
         return str(_tiny_cached())
+    if model_id == TINY_REAL_ID:
+        return str(_tiny_cached(tokenizer="real"))
     return model_id
 
 
 def is_tiny(model_id: str) -> bool:
-    """Whether ``model_id`` ("tiny" or a directory) is the tiny random model built by ``build_tiny_model``."""
-    if model_id == TINY_MODEL_ID:
+    """Whether ``model_id`` ("tiny", "tiny-real" or a directory) is a tiny random model built by ``build_tiny_model``."""
+    if model_id in (TINY_MODEL_ID, TINY_REAL_ID):
         return True
     return (Path(model_id) / "openpack_tiny.json").is_file()
 

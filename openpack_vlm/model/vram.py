@@ -185,26 +185,19 @@ def sample_visual_tokens(frames, image_processor=None) -> int:
 
 
 def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
-    """Text tokens of one training sample (chat template, timestamps, target JSON; image pads excluded).
-    Exact with the model's tokenizer; without it estimated as characters / 3.6 (Qwen2's BPE on this English+JSON
-    prompt) and flagged as an estimate."""
-    from .loading import QWEN2VL_CHAT_TEMPLATE
+    """Text tokens of one training sample (chat template, timestamps, target JSON; image pads excluded), counted
+    exactly with ``tokenizer``, by default the real Qwen2-VL-2B-Instruct tokenizer vendored with the package (offline).
+    Returns (count, True): the flag says the count is exact (kept for callers that print it)."""
     from ..prompt import build_messages
+    from .loading import QWEN2VL_CHAT_TEMPLATE, real_processor
 
     frame_indices = list(frame_indices) if frame_indices is not None else [0, 17, 33, 50, 66, 83, 100, 124]
     msgs = build_messages(frame_indices, _sample_truth())
-    if tokenizer is not None:
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, chat_template=QWEN2VL_CHAT_TEMPLATE)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return len(ids), True
-    import jinja2
-
-    text = jinja2.Template(QWEN2VL_CHAT_TEMPLATE).render(messages=msgs, add_generation_prompt=False)
-    specials = text.count("<|")  # each special token is one token
-    plain = text
-    for s in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"):
-        plain = plain.replace(s, "")
-    return specials + math.ceil(len(plain) / 3.6), False
+    tokenizer = tokenizer if tokenizer is not None else real_processor().tokenizer
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, chat_template=QWEN2VL_CHAT_TEMPLATE)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")  # one placeholder per frame: its 144 are the visual tokens
+    return sum(1 for i in ids if i != pad), True
 
 
 def _sample_truth() -> dict:
