@@ -1,6 +1,7 @@
 """Qwen2.5-VL through the same code as Qwen2-VL: a tiny Qwen2.5-VL scaled down from the real Qwen2.5-VL-3B-Instruct
-config.json (same keys, window attention in the vision tower, gated vision MLP) is trained by openpack_vlm.model.train,
-evaluated by evaluate.py and served by the FastAPI app, with no model-specific branch in any of them."""
+config.json (same keys, window attention in the vision tower, gated vision MLP) with the real tokenizer (Qwen2.5-VL
+uses the same vocab and merges as Qwen2-VL-2B) is trained by openpack_vlm.model.train, evaluated by evaluate.py and
+served by the FastAPI app, with no model-specific branch in any of them."""
 from __future__ import annotations
 
 import importlib
@@ -21,7 +22,8 @@ torch.set_num_threads(1)
 def tiny25_dir(tmp_path_factory) -> Path:
     from openpack_vlm.model.loading import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny25"), family="qwen2_5_vl", base_config=REAL_CONFIG)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny25"), family="qwen2_5_vl", base_config=REAL_CONFIG,
+                            tokenizer="real")
 
 
 def test_tiny_qwen25vl_keeps_the_real_configs_keys(tiny25_dir):
@@ -36,6 +38,8 @@ def test_tiny_qwen25vl_keeps_the_real_configs_keys(tiny25_dir):
     from openpack_vlm.model import vram
 
     assert vram.arch(tiny25_dir).v_gated  # the gated vision MLP, priced as such
+    assert (tiny.get("text_config") or tiny)["vocab_size"] == real["vocab_size"] == 151936  # saved nested in v5
+    assert tiny["image_token_id"] == real["image_token_id"]
 
 
 def test_qwen25vl_trains_evaluates_and_serves_through_the_same_code(tiny25_dir, pipeline_out, tmp_path):
