@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from openpack_vlm.model.loading import build_tiny_model
+    from openpack_vlm.model.tiny import build_tiny_model
 
     if a.device.startswith("cuda"):
         if not torch.cuda.is_available():

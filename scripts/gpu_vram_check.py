@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         return 2
     from openpack_vlm.data.shards import write_smoke_shards
 
-    from openpack_vlm.model.loading import build_tiny_model
+    from openpack_vlm.model.tiny import build_tiny_model
 
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
     gpu = torch.cuda.get_device_name(0)

@@ -60,7 +60,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny random Qwen2-VL, built offline and saved with save_pretrained. Its tokenizer is a 512-token BPE
     trained in code (4 visual tokens per frame): ~20x cheaper per clip than ``tiny_real_model_dir``, so it serves the
     tests where the tokenizer does not matter (training mechanics, serving, evaluation plumbing)."""
-    from openpack_vlm.model.loading import build_tiny_model
+    from openpack_vlm.model.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
 
@@ -70,6 +70,6 @@ def tiny_real_model_dir(tmp_path_factory) -> Path:
     """The tiny random Qwen2-VL with the REAL Qwen2-VL-2B-Instruct tokenizer, chat template and processor settings
     (vocabulary 151936, 144 visual tokens per 336x336 frame): for the tests where the tokenizer matters. The other
     tests use ``tiny_model_dir`` (a 512-token BPE, 4 visual tokens per frame) because it is ~20x cheaper per clip."""
-    from openpack_vlm.model.loading import build_tiny_model
+    from openpack_vlm.model.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_real_model"), seed=0, tokenizer="real")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from openpack_vlm.model import loading as M
+from openpack_vlm.model import tiny
 from openpack_vlm.model import vram
 from openpack_vlm.prompt import build_messages, target_text
 
@@ -40,7 +41,7 @@ def test_tiny_model_is_the_real_class_loaded_via_from_pretrained(tiny_model_dir)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     assert sum(f.stat().st_size for f in Path(tiny_model_dir).iterdir()) < 2_000_000
     tok = proc.tokenizer
-    for t in M.QWEN_SPECIAL_TOKENS:
+    for t in tiny.QWEN_SPECIAL_TOKENS:
         assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1, t
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
@@ -70,12 +71,12 @@ def test_chat_template_matches_qwen2vl_format(tiny_model_dir):
 
 def test_resolve_tiny_builds_once_into_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENPACK_VLM_CACHE", str(tmp_path / "cache"))
-    p = Path(M.resolve_model_id("tiny"))
-    assert p == tmp_path / "cache" / M.TINY_DIRNAME and (p / "config.json").is_file()
+    p = Path(tiny.resolve_model_id("tiny"))
+    assert p == tmp_path / "cache" / tiny.TINY_DIRNAME and (p / "config.json").is_file()
     stamp = (p / "model.safetensors").stat().st_mtime_ns
-    assert Path(M.resolve_model_id("tiny")) == p and (p / "model.safetensors").stat().st_mtime_ns == stamp
+    assert Path(tiny.resolve_model_id("tiny")) == p and (p / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [q for q in (tmp_path / "cache").iterdir() if q.name.startswith(".")]  # no temp dir left
-    assert M.resolve_model_id("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
+    assert tiny.resolve_model_id("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
     proc = M.load_processor("tiny")
     assert type(proc).__name__ == "Qwen2VLProcessor"
 
@@ -202,7 +203,7 @@ def test_param_counts_of_the_real_qwen25vl_3b_config_match_its_module_tree(repo_
 def test_vram_counts_text_tokens_with_the_real_tokenizer_offline():
     """The budget's text tokens are the real Qwen2-VL-2B-Instruct tokenizer's count of a training sample (vendored
     files, no network): the prompt and target JSON, without the one image placeholder per frame."""
-    from openpack_vlm.model.loading import real_processor
+    from openpack_vlm.model.tiny import real_processor
     from openpack_vlm.prompt import build_messages
 
     tok = real_processor().tokenizer

@@ -411,7 +411,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
                                                cfg, tuning)
 
     prov = data_provenance(data)
-    from ..model.loading import is_tiny
+    from ..model.tiny import is_tiny
 
     tiny = is_tiny(cfg.model_id)
     frame_sources = dict(Counter(rec.source for rec in recs))
