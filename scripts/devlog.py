@@ -53,6 +53,7 @@ ISSUE_TITLES: dict[str, str] = {
     "#6": "Phase 1: serve.py FastAPI service, Dockerfile and docker-compose, hardened against bad uploads",
     "#7": "ARCHITECTURE.md, AGENTS.md and README from measured numbers",
     "#11": "One run contract from data to API, and a layout a newcomer can navigate",
+    "#13": "The real Qwen tokenizer and processor in every test, Qwen2.5-VL through the same path, real camera uploads",
 }
 NOTES_FILE = Path("docs") / "devlog_notes.json"  # {hash prefix: {"issues": [...], "kept": str, "changed": str}}
 
