@@ -148,10 +148,8 @@ def test_adapter_save_reload_reproduces_logits(tiny_model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------- VRAM
-def test_param_counts_match_the_real_module_tree(tiny_model_dir):
-    from transformers import AutoModelForImageTextToText
-
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+def _param_groups(model) -> dict[str, int]:
+    """Parameters of a built model in vram.param_counts' groups, by module path."""
     groups = {"embed": 0, "lm_head": 0, "lm_linear": 0, "lm_other": 0, "vision": 0}
     for n, p in model.named_parameters():
         if n.startswith("model.visual."):
@@ -164,6 +162,14 @@ def test_param_counts_match_the_real_module_tree(tiny_model_dir):
             groups["lm_linear"] += p.numel()
         else:
             groups["lm_other"] += p.numel()
+    return groups
+
+
+def test_param_counts_match_the_real_module_tree(tiny_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    groups = _param_groups(model)
     counts = vram.param_counts(tiny_model_dir)
     assert {k: counts[k] for k in groups} == groups
     peft_model, _ = M.load_model(M.ModelConfig(model_id=str(tiny_model_dir), quantization="none", lora_r=16),
@@ -182,18 +188,7 @@ def test_param_counts_of_the_real_qwen25vl_3b_config_match_its_module_tree(repo_
     path = repo_root / "tests" / "data" / "qwen2.5-vl-3b-instruct" / "config.json"
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**json.loads(path.read_text())))
-    groups = {"embed": 0, "lm_head": 0, "lm_linear": 0, "lm_other": 0, "vision": 0}
-    for n, p in model.named_parameters():  # lm_head is tied: named_parameters lists it once, as embed_tokens
-        if n.startswith("model.visual."):
-            groups["vision"] += p.numel()
-        elif n == "lm_head.weight":
-            groups["lm_head"] += p.numel()
-        elif "embed_tokens" in n:
-            groups["embed"] += p.numel()
-        elif n.endswith("_proj.weight"):
-            groups["lm_linear"] += p.numel()
-        else:
-            groups["lm_other"] += p.numel()
+    groups = _param_groups(model)  # a tied lm_head is listed once, as embed_tokens
     counts = vram.param_counts(path)
     assert {k: counts[k] for k in groups} == groups
     assert 3.7e9 < counts["total"] < 3.8e9

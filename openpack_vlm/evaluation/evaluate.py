@@ -199,10 +199,10 @@ def run_contract(cfg: EvalConfig, data: Path) -> RunContract:
     found = find_run(cfg.adapter)
     try:
         contract = RunContract.load(found) if found else assumed_contract(str(cfg.adapter))
-        if (data / RUN_FILE).is_file():
+        if found and (data / RUN_FILE).is_file():  # an assumed record (old run) has nothing to compare
             d_new, d_run = RunContract.load(data).data, contract.data
             for key in SAMPLE_SHAPING:
-                if getattr(d_new, key) != getattr(d_run, key) and found:
+                if getattr(d_new, key) != getattr(d_run, key):
                     raise EvalError(f"{key} differs: the adapter's run ({found}) has {getattr(d_run, key)!r}, the "
                                     f"data to evaluate ({data / RUN_FILE}) {getattr(d_new, key)!r}")
     except ContractError as e:
