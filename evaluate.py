@@ -1,7 +1,7 @@
 """Evaluate base vs fine-tuned Qwen2-VL on the held-out test split (U0108) → results.json.
 
     python evaluate.py --data D --out E --adapter R/adapter [--model Qwen/Qwen2-VL-2B-Instruct] [--quantization 4bit]
-                       [--all | --n-clips 30] [--val-clips 30] [--grammar G.json] [--fuse-weight W]
+                       [--all | --n-clips 30] [--val-clips 30] [--grammar G.json] [--fuse-weight W] [--batch-clips 4]
     python evaluate.py --data out/demo/data --out out/demo/eval --model tiny --adapter out/demo/run/adapter \
                        --quantization none          # the CPU demo
 
@@ -28,6 +28,8 @@ def main(argv=None) -> int:
         print(f"error: {one_line(e, with_type=True)}", file=sys.stderr)
         return 1
     print(format_table(results))
+    mem = results["provenance"]["memory"]
+    print(f"batch_clips={cfg.batch_clips}  peak memory: " + ", ".join(f"{k} {v}" for k, v in mem.items()))
     print(f"wrote {cfg.out}/results.json, predictions.jsonl, confusion.json, confusion.png, failure_modes.json, "
           "run.json")
     return 0

@@ -161,10 +161,11 @@ def test_confusion_and_failure_modes_point_at_real_clips(eval_out):
             assert rows[cid]["finetuned_model"]["prediction"]["dominant_operation"] == pair["predicted"]
 
 
-def test_given_fuse_weight_and_no_free_text(pipeline_out, tiny_model_dir, run_dir, tmp_path, capsys):
+def test_given_fuse_weight_and_no_free_text(pipeline_out, tiny_model_dir, run_dir, eval_out, tmp_path, capsys):
     rc = _evaluate_cli().main(["--data", str(pipeline_out), "--out", str(tmp_path / "E"), "--model",
                                str(tiny_model_dir), "--adapter", str(run_dir), "--quantization", "none",
-                               "--n-clips", "2", "--fuse-weight", "1.0", "--no-free-text", "--n-boot", "50"])
+                               "--n-clips", "2", "--fuse-weight", "1.0", "--no-free-text", "--n-boot", "50",
+                               "--batch-clips", "1"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "finetuned_grammar" in printed and "NOT OpenPack results" in printed
@@ -177,6 +178,18 @@ def test_given_fuse_weight_and_no_free_text(pipeline_out, tiny_model_dir, run_di
         dom = NAME_TO_ID[row["finetuned_model"]["prediction"]["dominant_operation"]]
         assert NAME_TO_ID[row["finetuned_grammar"]["anticipated_next_operation"]] == g.predict_next(dom)
         assert row["finetuned_model"]["raw_text"] == "" and row["finetuned_model"]["repair"] is None
+    # one clip at a time (here) answers as eval_out's batches of 4 (the default) did, free text or not
+    batched = {row["clip_id"]: row for row in _rows(eval_out / "predictions.jsonl")}
+    for row in rows:
+        for system in ("base_model", "finetuned_model"):
+            a, b = row[system]["prediction"], batched[row["clip_id"]][system]["prediction"]
+            assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+            assert {**a, "confidence": 0} == {**b, "confidence": 0}
+    r1 = json.loads((eval_out / "results.json").read_text())
+    assert r1["provenance"]["batch_clips"] == 4 and r["provenance"]["batch_clips"] == 1
+    assert r1["provenance"]["memory"]["peak_rss_gb"] > 0
+    assert r["variants"]["finetuned_model"]["model_calls_per_clip"] == 5  # prefill + 4 closed sets, no free text
+    assert "peak memory: peak_rss_gb" in printed
 
 
 @pytest.mark.parametrize("case", ["no_data", "no_adapter", "bad_split"])

@@ -148,6 +148,96 @@ def test_cached_batched_scores_equal_a_plain_forward(predictor):
             p.config.max_new_tokens = PredictConfig().max_new_tokens
         gen = p.model.generate(**inputs, max_new_tokens=12, do_sample=False)
     assert raw == p.tokenizer.decode(gen[0, L:], skip_special_tokens=True)
+    # the trie path's free answer (after the prompt in its static cache) is the same greedy text
+    trie = Predictor(p.model, p.processor, config=PredictConfig(max_new_tokens=12))
+    assert trie.predict(imgs, IDX, "c").raw_text == raw
+
+
+def test_trie_merges_shared_prefixes():
+    from openpack_vlm.model.predict import Trie, common_prefix
+
+    seqs = [[5, 6, 7], [5, 6, 8, 9], [5, 10], [11]]
+    t = Trie.build(seqs)
+    assert t.tokens == [5, 6, 7, 8, 9, 10, 11] and t.parent == [-1, 0, 1, 1, 3, 0, -1]
+    assert t.depth == [0, 1, 2, 2, 3, 1, 0]
+    assert [[t.tokens[n] for n in path] for path in t.paths] == seqs
+    a = t.ancestors()
+    assert a[4].nonzero()[0].tolist() == [0, 1, 3, 4]  # 9 sees 5, 6, 8 and itself, not its sibling branch 7
+    assert a[6].nonzero()[0].tolist() == [6]
+    assert common_prefix(seqs) == 0 and common_prefix(seqs[:3]) == 1 and common_prefix(seqs[:2]) == 2
+
+
+def _sharpened(model_dir, scale=0.3):
+    """A fresh copy of a tiny random model with larger weights, so its answers differ from clip to clip (the plain
+    tiny model answers nearly the same for any input, which would make an equality test vacuous)."""
+    p = Predictor.from_pretrained(str(model_dir), device="cpu", run=None, grammar=None,
+                                  config=PredictConfig(free_text=False))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for w in p.model.parameters():
+            if w.ndim == 2:
+                w.add_(torch.randn(w.shape, generator=g) * scale)
+    return p
+
+
+def _clips(n, seed=0):
+    """n clips of random frames, K alternating 8 / 6 (prompts of different lengths: batches need left padding)."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for c in range(n):
+        idx = sorted(rng.choice(125, 8 if c % 2 == 0 else 6, replace=False).tolist())
+        out.append(([rng.randint(0, 255, (336, 336, 3), dtype=np.uint8) for _ in idx], idx, f"c{c:02d}"))
+    return out
+
+
+def _same_answer(a, b):
+    pa, pb = a.prediction.model_dump(), b.prediction.model_dump()
+    assert pa["confidence"] == pytest.approx(pb["confidence"], abs=1e-5)
+    assert {**pa, "confidence": 0} == {**pb, "confidence": 0}
+    for key in ("dominant", "next_model"):
+        assert a.scores[key] == pytest.approx(b.scores[key], abs=1e-5)
+    assert a.scores["span_logprob"] == pytest.approx(b.scores["span_logprob"], abs=1e-3)
+
+
+@pytest.mark.parametrize("which,scale", [("tiny", 0.3), pytest.param("tiny_real", 0.5, marks=pytest.mark.slow)])
+def test_trie_scorer_gives_the_reference_answers(which, scale, request):
+    """The one-call-per-set scorer answers 20 clips exactly as the reference path that scores candidate rows over
+    copies of the prompt cache (full-vocabulary log-probs both), in 5 model calls per clip instead of 11."""
+    new = _sharpened(request.getfixturevalue(f"{which}_model_dir"), scale)
+    old = Predictor(new.model, new.processor, config=PredictConfig(free_text=False, scorer="rows"))
+    clips = _clips(20)
+    got = [new.predict(*c) for c in clips]
+    want = [old.predict(*c) for c in clips]
+    for a, b in zip(got, want):
+        _same_answer(a, b)
+    assert {r.scores["model_calls"] for r in got} == {5} and {r.scores["model_calls"] for r in want} == {11}
+    # not vacuous: the answers vary from clip to clip
+    assert len({(r.prediction.dominant_operation, r.prediction.anticipated_next_operation) for r in got}) >= 2
+    assert len({(r.prediction.temporal_segment.start_frame, r.prediction.temporal_segment.end_frame)
+                 for r in got}) >= 3
+
+
+def test_batched_answers_equal_one_by_one(tiny_model_dir):
+    """Clips answered together (left-padded prompts of different lengths, per-clip M-RoPE offsets) get the answers
+    and free texts they get alone; the batch costs 5 calls + the free-text steps, whatever its size."""
+    p = _sharpened(tiny_model_dir)
+    p.config = PredictConfig(free_text=True, max_new_tokens=16)
+    clips = _clips(5, seed=1)
+    assert len({len(c[1]) for c in clips}) == 2
+    alone = [p.predict(*c) for c in clips]
+    calls0 = p.model_calls
+    together = p.predict_batch(clips)
+    for a, b in zip(together, alone):
+        _same_answer(a, b)
+        assert a.raw_text == b.raw_text and a.repair == b.repair
+        assert a.scores["batch_size"] == 5 and a.prediction.clip_id == b.prediction.clip_id
+    steps = p.model_calls - calls0 - 5
+    assert 0 < steps <= 16 and together[0].scores["model_calls"] == pytest.approx((5 + steps) / 5)
+    p.config = PredictConfig(free_text=False)
+    calls0 = p.model_calls
+    p.predict_batch(clips)
+    assert p.model_calls - calls0 == 5
+    assert p.predict_batch([]) == []
 
 
 def test_predict_output_contract(predictor):

@@ -78,7 +78,10 @@ class EvalConfig:
     grammar: str | None = setting(None, "grammar JSON; unset = the run's grammar.json, else D/grammar.json")
     fuse_weight: float | None = setting(None, "grammar weight in [0, 1]; unset = tuned on val")
     fuse_mode: str = setting("linear", "how model and grammar are mixed (grammar.fuse)", choices=["linear", "loglinear"])
-    free_text: bool = setting(True, "also record each model's free (greedy) answer; --no_free_text is faster")
+    free_text: bool = setting(True, "also record each model's free (greedy) answer (up to 128 more model calls per "
+                                    "batch of clips); --no_free_text is faster")
+    batch_clips: int = setting(4, "clips answered together (one prefill of their padded prompts, one call per "
+                                  "closed set); the same answers as 1, faster on a GPU")
     n_boot: int = setting(1000, "bootstrap resamples for the 95 % intervals")
     seed: int = setting(0, "bootstrap seed")
 
@@ -132,6 +135,30 @@ def load_clips(data: Path, split: str, rows: list[dict]):
     """(record, PIL frames) for the chosen clips, in the order of ``rows`` (all held in memory: small selections)."""
     got = {rec.clip_id: (rec, frames) for rec, frames in iter_clips(data, split, rows)}
     return [got[r["clip_id"]] for r in rows]
+
+
+def batches(items, n: int):
+    """Consecutive lists of ``n`` items (the last one shorter) from any iterable, consumed lazily."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (GB) and, on CUDA, peak allocated GPU memory (GB)."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # Linux: KiB
+    if torch.cuda.is_available():
+        out["peak_cuda_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return out
 
 
 def _truth(rec) -> dict:
@@ -288,6 +315,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         raise EvalError(f"data dir not found: {data}")
     if not 0 < cfg.n_clips and not cfg.all_clips:
         raise EvalError(f"n_clips must be > 0, got {cfg.n_clips}")
+    if cfg.batch_clips < 1:
+        raise EvalError(f"batch_clips must be >= 1, got {cfg.batch_clips}")
     if predictor is None:
         from ..model.loading import ModelLoadError, adapter_dir
 
@@ -313,12 +342,15 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     # base = the same weights with the LoRA switched off: one load, and exactly the base model
     base = Predictor(predictor.model, predictor.processor, grammar=None, config=pcfg)
     done: dict[str, tuple] = {}
-    for rec, frames in tqdm(iter_clips(data, cfg.split, rows), total=len(rows), desc=f"{cfg.split} clips (base + "
-                            "fine-tuned)", unit="clip"):
-        with predictor.model.disable_adapter():
-            b = base.predict(frames, rec.frame_indices, rec.clip_id)
-        f = predictor.predict(frames, rec.frame_indices, rec.clip_id)
-        done[rec.clip_id] = (rec, {"clip_id": rec.clip_id, "result": b}, {"clip_id": rec.clip_id, "result": f})
+    with tqdm(total=len(rows), desc=f"{cfg.split} clips (base + fine-tuned)", unit="clip") as bar:
+        for batch in batches(iter_clips(data, cfg.split, rows), cfg.batch_clips):
+            items = [(frames, rec.frame_indices, rec.clip_id) for rec, frames in batch]
+            with predictor.model.disable_adapter():
+                bs = base.predict_batch(items)
+            fs = predictor.predict_batch(items)
+            for (rec, _), b, f in zip(batch, bs, fs):
+                done[rec.clip_id] = (rec, {"clip_id": rec.clip_id, "result": b}, {"clip_id": rec.clip_id, "result": f})
+            bar.update(len(batch))
     recs = [done[r["clip_id"]][0] for r in rows]  # clip_id order
     base_runs = [done[r["clip_id"]][1] for r in rows]
     ft_runs = [done[r["clip_id"]][2] for r in rows]
@@ -335,12 +367,14 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             vrows = select_clips(data, cfg.val_split, cfg.val_clips)
             scorer = Predictor(predictor.model, predictor.processor, grammar=None, config=PredictConfig(free_text=False))
             md, gd, vt = [], [], []
-            for rec, frames in tqdm(iter_clips(data, cfg.val_split, vrows), total=len(vrows),
-                                    desc=f"{cfg.val_split} clips (fusion weight)", unit="clip"):
-                r = scorer.predict(frames, rec.frame_indices, rec.clip_id)
-                md.append(_ids_dist(r.scores["next_model"]))
-                gd.append(grammar_next(grammar, r.scores))
-                vt.append(_truth(rec)["next"])
+            with tqdm(total=len(vrows), desc=f"{cfg.val_split} clips (fusion weight)", unit="clip") as bar:
+                for batch in batches(iter_clips(data, cfg.val_split, vrows), cfg.batch_clips):
+                    got = scorer.predict_batch([(frames, rec.frame_indices, rec.clip_id) for rec, frames in batch])
+                    for (rec, _), r in zip(batch, got):
+                        md.append(_ids_dist(r.scores["next_model"]))
+                        gd.append(grammar_next(grammar, r.scores))
+                        vt.append(_truth(rec)["next"])
+                    bar.update(len(batch))
             weight, acc = tune_fuse_weight(md, gd, vt, mode=cfg.fuse_mode)
             tuning.update(fuse_weight=weight, tuned_on=cfg.val_split, val_clips=len(vt),
                           val_AA1_by_weight={str(k): v for k, v in acc.items()}, mode=cfg.fuse_mode)
@@ -381,6 +415,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
                                                  if cfg.free_text else None)
         metrics[name]["mean_confidence"] = sum(r["result"].prediction.confidence for r in runs) / len(runs)
         metrics[name]["seconds_per_clip"] = sum(r["result"].scores["seconds"] for r in runs) / len(runs)
+        metrics[name]["model_calls_per_clip"] = sum(r["result"].scores["model_calls"] for r in runs) / len(runs)
 
     # baselines
     whole = (0, CLIP_FRAMES - 1)
@@ -416,8 +451,11 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     tiny = is_tiny(cfg.model_id)
     frame_sources = dict(Counter(rec.source for rec in recs))
     synthetic = prov["data"] != "real" or tiny
+    memory = peak_memory()
+    log.info("peak memory: %s", ", ".join(f"{k} {v}" for k, v in memory.items()))
     provenance = prov | {"frame_sources": frame_sources, "model_id": cfg.model_id, "tiny_random_model": tiny,
-                         "adapter": str(cfg.adapter), "quantization": cfg.quantization,
+                         "adapter": str(cfg.adapter), "quantization": cfg.quantization, "batch_clips": cfg.batch_clips,
+                         "memory": memory,
                          "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")} | git_provenance()
     note = ("SYNTHETIC / TINY-MODEL RESULT: " + ("synthetic data" if prov["data"] == "synthetic" else
                                                   f"data provenance {prov['data']!r}") +

@@ -1,9 +1,9 @@
 """The one predictor used by evaluation and serving: sampled frames → a schema-valid ``Prediction``.
 
 How an answer is made (the model never gets to write an invalid one):
-1. The prompt (``prompt.build_messages(frame_indices)`` + generation prompt, images) is run ONCE; its KV cache is
-   reused by every later step (copied and batch-expanded per batch of candidates; 3-D M-RoPE positions passed
-   explicitly, so nothing depends on the model's stored ``rope_deltas``).
+1. The prompt (``prompt.build_messages(frame_indices)`` + generation prompt, images) is run ONCE into a preallocated
+   (static) KV cache; every later step appends its tokens after the prompt and is rolled back afterwards (the cache's
+   fill counter moves back; nothing is copied). 3-D M-RoPE positions are passed explicitly.
 2. dominant operation: each of the 11 OpenPack names is scored as the continuation of the exact training-target
    prefix ``{"dominant_operation": "`` (summed token log-probs of the name and its closing ``",``); softmax over the
    11 sums → the chosen name and ``confidence`` = its probability.
@@ -12,8 +12,16 @@ How an answer is made (the model never gets to write an invalid one):
    0 ≤ start ≤ end ≤ 124).
 4. next operation: the 11 names scored after the prefix built from the chosen values; with a ``Grammar`` the
    model's distribution is fused with P(next | chosen dominant op) (``grammar.fuse``).
-5. ``raw_text``: free greedy generation (bounded tokens, reusing the cache), kept for the record; ``repair`` says
-   why it could not be used as an answer as is (invalid JSON, unknown name, bad span), None when it could.
+5. ``raw_text``: free greedy generation (bounded tokens, after the prompt in the same cache), kept for the record;
+   ``repair`` says why it could not be used as an answer as is (invalid JSON, unknown name, bad span), None when it
+   could.
+Each closed set is scored in ONE model call (the "trie" scorer): the candidates' token sequences are merged into a
+prefix tree, flattened into one sequence after the prompt, and each node attends to the prompt and its own ancestors
+only (a 4-D attention mask), at the M-RoPE position of its depth; only the tree's inner nodes go through the output
+head. A clip costs 5 calls (prefill + 4 sets) and several clips are answered together (``predict_batch``: left-padded
+prompts, per-clip M-RoPE offsets). The scores are the same full-vocabulary log-probs as scoring each candidate on
+its own (``PredictConfig.scorer="rows"`` keeps that reference path: a copy of the prompt cache per batch of
+candidates, 11 calls per clip; tests and ``scripts/bench_predict.py`` compare the two).
 Candidates are tokenised as complete target strings, exactly as in training, so BPE merges across the value
 boundary are the ones the model learned.
 """
@@ -54,7 +62,9 @@ class PredictConfig:
     fuse_mode: str = "linear"  # "linear" | "loglinear" (see grammar.fuse)
     free_text: bool = True  # also generate the free answer (raw_text); False saves ~40-120 decode steps per clip
     max_new_tokens: int = 128  # target JSON is ~45 tokens with Qwen's tokenizer, up to ~110 with the tiny BPE
-    score_batch: int = 32  # candidates per forward: the prompt cache is copied per row (2B, 1.6k tokens: ~46 MB/row)
+    scorer: str = "trie"  # "trie": one call per closed set, no cache copy | "rows": the reference path (a copy of
+    #                       the prompt cache per batch of candidates; 11 calls per clip), kept for tests and benchmarks
+    score_batch: int = 32  # "rows" only: candidates per forward (2B, 1.6k prompt tokens: ~46 MB of cache per row)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # predict_clip's frame choice, as in training
     jpeg_quality: int | None = 90  # predict_clip round-trips the sampled frames through the shards' JPEG (training
     #                                saw decoded JPEGs); None = raw frames. Set from the run contract.
@@ -106,6 +116,56 @@ def end_candidates(dom: str, start: int) -> list[str]:
 
 def next_candidates(dom: str, start: int, end: int) -> list[str]:
     return [_cut_after_value(_target(dom, start, end, n), "anticipated_next_operation", n) for n in OPERATION_NAMES]
+
+
+@dataclass
+class Trie:
+    """Candidate token sequences merged into a prefix tree. Nodes are numbered in insertion order, so a parent always
+    comes before its children; the flattened tree is one model input, each node seeing only its ancestors."""
+
+    tokens: list[int]
+    parent: list[int]  # -1: the node follows the prompt directly
+    depth: list[int]  # 0 for a first token: M-RoPE position = the prompt's next position + depth
+    paths: list[list[int]]  # each candidate's node ids, one per token
+
+    @classmethod
+    def build(cls, seqs: list[list[int]]) -> "Trie":
+        tokens: list[int] = []
+        parent: list[int] = []
+        depth: list[int] = []
+        paths: list[list[int]] = []
+        index: dict[tuple[int, int], int] = {}
+        for seq in seqs:
+            p, path = -1, []
+            for t in seq:
+                n = index.get((p, t))
+                if n is None:
+                    n = index[(p, t)] = len(tokens)
+                    tokens.append(int(t))
+                    parent.append(p)
+                    depth.append(0 if p < 0 else depth[p] + 1)
+                path.append(n)
+                p = n
+            paths.append(path)
+        return cls(tokens, parent, depth, paths)
+
+    def ancestors(self) -> np.ndarray:
+        """(n, n) bool: row i is True at i and at each of its ancestors (what node i may attend to)."""
+        n = len(self.tokens)
+        a = np.zeros((n, n), dtype=bool)
+        for i, p in enumerate(self.parent):
+            if p >= 0:
+                a[i] = a[p]
+            a[i, i] = True
+        return a
+
+
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Number of leading tokens all sequences share (fed, not scored: the same for every candidate)."""
+    cp = 0
+    while all(len(t) > cp for t in seqs) and len({t[cp] for t in seqs}) == 1:
+        cp += 1
+    return cp
 
 
 def _softmax(logps: list[float]) -> list[float]:
@@ -189,6 +249,18 @@ def find_grammar(adapter: str | os.PathLike | None) -> Path | None:
     return None
 
 
+@dataclass
+class _Batch:
+    """Prompt state of a batch of clips for the trie scorer."""
+
+    cache: object  # transformers StaticCache: prompt in slots [0, prompt_len), later steps after it, rolled back
+    valid: object  # (B, prompt_len) bool: False at left padding
+    next_pos: object  # (B,) M-RoPE position of the first token after each row's prompt
+    last_logp: object  # (B, V) log-probs of the first answer token
+    prompt_len: int
+    room: int  # cache slots after the prompt
+
+
 class Predictor:
     """Frames → ``PredictResult``. Thread-safe (one lock around model calls)."""
 
@@ -216,6 +288,8 @@ class Predictor:
         self._stop_ids = {i for i in (eos, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._dom_cands = dominant_candidates()
+        self._room: int | None = None  # cache slots after the prompt (the largest candidate tree; see _cache_room)
+        self.model_calls = 0  # forwards so far (benchmarks and tests read it)
 
     @property
     def device(self):
@@ -286,18 +360,165 @@ class Predictor:
         return predictor
 
     # -------------------------------------------------------------------------------------------- model plumbing
-    def _encode_prompt(self, images, frame_indices):
+    def _call(self, **kwargs):
+        self.model_calls += 1
+        return self.model(**kwargs)
+
+    def _encode_prompt(self, images, frame_indices, device=True):
         text = self.processor.apply_chat_template(build_messages(frame_indices), add_generation_prompt=True,
                                                   tokenize=False)
         inputs = self.processor(text=[text], images=list(images), return_tensors="pt")
-        return {k: v.to(self._device) for k, v in inputs.items()}
+        return {k: v.to(self._device) for k, v in inputs.items()} if device else dict(inputs)
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def _cache_room(self) -> int:
+        """Cache slots needed after the prompt by the largest candidate tree (any dominant op; end frames after
+        start 0; next op after 3-digit frames), plus slack for a longer shared prefix. Computed once (~3k strings)."""
+        if self._room is None:
+            sets = [self._dom_cands]
+            for n in OPERATION_NAMES:
+                sets += [start_candidates(n), end_candidates(n, 0), next_candidates(n, CLIP_FRAMES - 1, CLIP_FRAMES - 1)]
+            self._room = max(len(Trie.build(self._tokenize(s)).tokens) for s in sets) + 16
+        return self._room
+
+    def _mask(self, keys: "torch.Tensor"):
+        """(B, Q, L) bool "may attend" → the additive 4-D mask (B, 1, Q, L) in the model's compute dtype."""
+        torch = self._torch
+        dtype = self.model.get_input_embeddings().weight.dtype
+        zero = torch.zeros((), dtype=dtype, device=self._device)
+        return torch.where(keys.to(self._device), zero, torch.finfo(dtype).min)[:, None]
+
+    def _prefill_batch(self, items) -> "_Batch":
+        """Left-padded prompts of several clips in one forward into a static cache sized for the longest later step."""
+        from transformers import StaticCache
+
+        torch = self._torch
+        encs = [self._encode_prompt(imgs, idx, device=False) for imgs, idx, _ in items]
+        lens = [int(e["input_ids"].shape[1]) for e in encs]
+        b, p = len(encs), max(lens)
+        ids = torch.full((b, p), self._pad_id, dtype=torch.long)
+        valid = torch.zeros((b, p), dtype=torch.bool)
+        mm = torch.zeros((b, p), dtype=torch.long) if "mm_token_type_ids" in encs[0] else None
+        for r, (e, n) in enumerate(zip(encs, lens)):  # left padding: every row's last position is its own last token
+            ids[r, p - n:] = e["input_ids"][0]
+            valid[r, p - n:] = True
+            if mm is not None:
+                mm[r, p - n:] = e["mm_token_type_ids"][0]
+        inputs = {"input_ids": ids, "attention_mask": valid.long(),
+                  "pixel_values": torch.cat([e["pixel_values"] for e in encs]),
+                  "image_grid_thw": torch.cat([e["image_grid_thw"] for e in encs])}
+        if mm is not None:
+            inputs["mm_token_type_ids"] = mm
+        inputs = {k: v.to(self._device) for k, v in inputs.items()}
+        rope_kwargs = {k: inputs[k] for k in ("image_grid_thw", "attention_mask", "mm_token_type_ids") if k in inputs}
+        pos, delta = self._core.get_rope_index(inputs["input_ids"], **rope_kwargs)
+        room = max(self._cache_room(), self.config.max_new_tokens if self.config.free_text else 0)
+        cache = StaticCache(config=self.model.config, max_cache_len=p + room)
+        # causal over each row's own tokens; a pad position sees only itself (finite values, never seen by real ones)
+        keys = torch.zeros((b, p, p + room), dtype=torch.bool)
+        keys[:, :, :p] = torch.tril(torch.ones(p, p, dtype=torch.bool)) & valid[:, None, :]
+        keys[:, :, :p] |= torch.eye(p, dtype=torch.bool)
+        inputs["attention_mask"] = self._mask(keys)
+        out = self._call(**inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+        last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        next_pos = torch.tensor(lens, device=self._device) + delta.reshape(-1).to(self._device)
+        return _Batch(cache=cache, valid=valid, next_pos=next_pos, last_logp=last, prompt_len=p, room=room)
+
+    def _score_sets(self, st: "_Batch", sets: list[list[str]]) -> list[list[float]]:
+        """Summed log-prob of every candidate of each row's closed set (row r: ``sets[r]``), all rows in ONE call:
+        each row's candidates as a flattened prefix tree after its prompt (``Trie``); only inner nodes reach the
+        output head. Equal to ``score_texts`` per row (same tokens, positions and attended keys)."""
+        torch = self._torch
+        b, p = len(sets), st.prompt_len
+        rows = []
+        for texts in sets:
+            toks = self._tokenize(texts)
+            cp = common_prefix(toks)
+            trie = Trie.build(toks)
+            first = max(cp, 1)  # token 0 of a candidate is scored from the prompt's logits
+            need = sorted({path[j - 1] for path in trie.paths for j in range(first, len(path))})
+            rows.append((toks, cp, trie, need))
+        t = max(len(r[2].tokens) for r in rows)
+        m = max(1, max(len(r[3]) for r in rows))
+        if t > st.room:
+            raise RuntimeError(f"candidate tree of {t} tokens exceeds the {st.room} cache slots reserved after the "
+                               "prompt (Predictor._cache_room)")
+        ids = torch.full((b, t), self._pad_id, dtype=torch.long)
+        depth = torch.zeros((b, t), dtype=torch.long)
+        keep = torch.zeros((b, m), dtype=torch.long)
+        keys = torch.zeros((b, t, p + st.room), dtype=torch.bool)
+        keys[:, :, :p] = st.valid[:, None, :]
+        for r, (_, _, trie, need) in enumerate(rows):
+            n = len(trie.tokens)
+            ids[r, :n] = torch.tensor(trie.tokens)
+            depth[r, :n] = torch.tensor(trie.depth)
+            keys[r, :n, p:p + n] = torch.from_numpy(trie.ancestors())
+            keys[r, n:, :] = False  # padding nodes: only themselves
+            keys[r, n:, p + n:p + t] = torch.eye(t - n, dtype=torch.bool)
+            keep[r, :len(need)] = torch.tensor(need, dtype=torch.long)
+        pos = (st.next_pos[:, None] + depth.to(self._device)).unsqueeze(0).expand(3, b, t)
+        out = self._call(input_ids=ids.to(self._device), position_ids=pos, attention_mask=self._mask(keys),
+                         cache=st.cache, use_cache=True, logits_to_keep=keep.to(self._device))
+        st.cache.crop(-t)  # roll back: the next step writes over these slots
+        results = []
+        for r, (toks, cp, trie, need) in enumerate(rows):
+            where = {node: i for i, node in enumerate(need)}
+            cand, mi, tok = [], [], []
+            for c, (path, seq) in enumerate(zip(trie.paths, toks)):
+                for j in range(max(cp, 1), len(seq)):
+                    cand.append(c)
+                    mi.append(where[path[j - 1]])
+                    tok.append(seq[j])
+            total = torch.zeros(len(toks), dtype=torch.float32, device=self._device)
+            if cand:
+                logits = out.logits[r, :len(need)].float()
+                lse = torch.logsumexp(logits, dim=-1)
+                mi_t = torch.tensor(mi, device=self._device)
+                vals = logits[mi_t, torch.tensor(tok, device=self._device)] - lse[mi_t]
+                total.index_add_(0, torch.tensor(cand, device=self._device), vals)
+            if cp == 0:
+                total += st.last_logp[r, torch.tensor([s[0] for s in toks], device=self._device)]
+            results.append([float(v) for v in total.cpu()])
+        return results
+
+    def _generate_batch(self, st: "_Batch") -> list[str]:
+        """Greedy free answers of all rows, one token per row per call, after the prompt; rolled back after."""
+        torch = self._torch
+        b, p = st.valid.shape
+        nxt = torch.argmax(st.last_logp, dim=-1).tolist()
+        outs: list[list[int]] = [[] for _ in range(b)]
+        done = [False] * b
+        steps = 0
+        keys = torch.zeros((b, 1, p + st.room), dtype=torch.bool)
+        keys[:, 0, :p] = st.valid
+        for step in range(self.config.max_new_tokens):
+            for r in range(b):
+                if not done[r]:
+                    if nxt[r] in self._stop_ids:
+                        done[r] = True
+                    else:
+                        outs[r].append(nxt[r])
+            if all(done):
+                break
+            ids = torch.tensor([[self._pad_id if d else v] for v, d in zip(nxt, done)], device=self._device)
+            keys[:, 0, p + step] = True
+            pos = (st.next_pos + step).view(1, b, 1).expand(3, b, 1)
+            out = self._call(input_ids=ids, position_ids=pos, attention_mask=self._mask(keys), cache=st.cache,
+                             use_cache=True, logits_to_keep=1)
+            steps += 1
+            nxt = torch.argmax(out.logits[:, -1], dim=-1).tolist()
+        if steps:
+            st.cache.crop(-steps)
+        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
     def _prefill(self, inputs):
         """One forward over the prompt → (cache, last-position log-probs, prompt length, rope delta)."""
         torch = self._torch
         rope_kwargs = {k: inputs[k] for k in ("image_grid_thw", "attention_mask", "mm_token_type_ids") if k in inputs}
         pos, delta = self._core.get_rope_index(inputs["input_ids"], **rope_kwargs)
-        out = self.model(**inputs, position_ids=pos, use_cache=True, logits_to_keep=1)
+        out = self._call(**inputs, position_ids=pos, use_cache=True, logits_to_keep=1)
         last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         return out.cache, last, int(inputs["input_ids"].shape[1]), int(delta.reshape(-1)[0])
 
@@ -312,7 +533,7 @@ class Predictor:
         start = c.get_seq_length()
         pos = (torch.arange(start, start + length, device=self._device) + delta).view(1, 1, -1).expand(3, b, -1)
         mask = torch.ones(b, start + length, dtype=torch.long, device=self._device)
-        out = self.model(input_ids=ids, cache=c, position_ids=pos, attention_mask=mask, use_cache=True,
+        out = self._call(input_ids=ids, cache=c, position_ids=pos, attention_mask=mask, use_cache=True,
                          logits_to_keep=keep)
         return out.logits.float()
 
@@ -322,9 +543,7 @@ class Predictor:
         torch = self._torch
         cache, last_logp, _, delta = state
         toks = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        cp = 0
-        while all(len(t) > cp for t in toks) and len({t[cp] for t in toks}) == 1:
-            cp += 1
+        cp = common_prefix(toks)
         first = max(cp, 1)  # first token index scored from this forward (token 0 comes from the prompt's logits)
         scores: list[float] = []
         bs = max(1, int(self.config.score_batch))
@@ -363,18 +582,14 @@ class Predictor:
             pos = torch.full((3, 1, 1), start + delta, dtype=torch.long, device=self._device)
             mask = torch.ones(1, start + 1, dtype=torch.long, device=self._device)
             ids = torch.tensor([[nxt]], dtype=torch.long, device=self._device)
-            out = self.model(input_ids=ids, cache=c, position_ids=pos, attention_mask=mask, use_cache=True)
+            out = self._call(input_ids=ids, cache=c, position_ids=pos, attention_mask=mask, use_cache=True)
             c = out.cache
             nxt = int(torch.argmax(out.logits[0, -1]))
         return self.tokenizer.decode(out_ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------------------------------------ public API
-    def predict(self, images: list, frame_indices: list[int], clip_id: str) -> PredictResult:
-        """Answer for one clip's sampled frames (PIL images or HxWx3 uint8 arrays, in frame order).
-
-        ``scores``: ``dominant`` / ``next_model`` / ``next_grammar`` / ``next_fused`` ({name: prob}),
-        ``fuse_weight``, ``span_logprob`` (start + end), ``frame_indices``, ``seconds``.
-        """
+    @staticmethod
+    def _checked(images: list, frame_indices: list[int]) -> tuple[list, list[int]]:
         from PIL import Image
 
         idx = [int(i) for i in frame_indices]
@@ -386,25 +601,72 @@ class Predictor:
             raise PredictError(f"frame indices must be sorted, unique, in 0..{CLIP_FRAMES - 1}: {idx}")
         imgs = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, dtype=np.uint8))
                 for im in images]
-        imgs = [im.convert("RGB") for im in imgs]
+        return [im.convert("RGB") for im in imgs], idx
+
+    def predict(self, images: list, frame_indices: list[int], clip_id: str) -> PredictResult:
+        """Answer for one clip's sampled frames (PIL images or HxWx3 uint8 arrays, in frame order).
+
+        ``scores``: ``dominant`` / ``next_model`` / ``next_grammar`` / ``next_fused`` ({name: prob}),
+        ``fuse_weight``, ``span_logprob`` (start + end), ``frame_indices``, ``seconds``, ``model_calls``,
+        ``batch_size``.
+        """
+        return self.predict_batch([(images, frame_indices, clip_id)])[0]
+
+    def predict_batch(self, items: list[tuple[list, list[int], str]]) -> list[PredictResult]:
+        """Answers for several clips ``(images, frame_indices, clip_id)`` computed together: one prefill of the
+        left-padded prompts, then one call per closed set for all of them (the same answers as one by one; a
+        clip's ``seconds`` and ``model_calls`` are the batch's divided by its size)."""
+        if not items:
+            return []
+        checked = [(*self._checked(images, idx), str(cid)) for images, idx, cid in items]
+        if self.config.scorer == "rows":
+            return [self._predict_rows(imgs, idx, cid) for imgs, idx, cid in checked]
+        if self.config.scorer != "trie":
+            raise PredictError(f"unknown scorer {self.config.scorer!r} (trie | rows)")
+        b = len(checked)
         t0 = time.perf_counter()
         with self._lock, self._torch.inference_mode():
+            calls0 = self.model_calls
+            st = self._prefill_batch(checked)
+            dom_p = [_softmax(lp) for lp in self._score_sets(st, [self._dom_cands] * b)]
+            ks = [max(range(len(p)), key=lambda i: (p[i], -i)) for p in dom_p]
+            doms = [OPERATION_NAMES[k] for k in ks]
+            st_lp = self._score_sets(st, [start_candidates(d) for d in doms])
+            starts = [max(range(CLIP_FRAMES), key=lambda s: (lp[s], -s)) for lp in st_lp]
+            en_lp = self._score_sets(st, [end_candidates(d, s) for d, s in zip(doms, starts)])
+            js = [max(range(len(lp)), key=lambda i: (lp[i], i)) for lp in en_lp]  # ties → the longer span
+            nx_lp = self._score_sets(st, [next_candidates(d, s, s + j) for d, s, j in zip(doms, starts, js)])
+            raws = self._generate_batch(st) if self.config.free_text else [""] * b
+            calls = self.model_calls - calls0
+        per_clip = (time.perf_counter() - t0) / b
+        return [self._finish(dom_p[r], ks[r], st_lp[r], starts[r], en_lp[r], js[r], nx_lp[r], raws[r], checked[r][1],
+                             checked[r][2], seconds=per_clip, model_calls=calls / b, batch_size=b) for r in range(b)]
+
+    def _predict_rows(self, imgs: list, idx: list[int], clip_id: str) -> PredictResult:
+        """The reference path: each closed set scored in batches of candidate rows over copies of the prompt cache."""
+        t0 = time.perf_counter()
+        with self._lock, self._torch.inference_mode():
+            calls0 = self.model_calls
             state = self._prefill(self._encode_prompt(imgs, idx))
-            dom_lp = self.score_texts(state, self._dom_cands)
-            dom_p = _softmax(dom_lp)
+            dom_p = _softmax(self.score_texts(state, self._dom_cands))
             k = max(range(len(dom_p)), key=lambda i: (dom_p[i], -i))
             dom = OPERATION_NAMES[k]
             st_lp = self.score_texts(state, start_candidates(dom))
             start = max(range(CLIP_FRAMES), key=lambda s: (st_lp[s], -s))
             en_lp = self.score_texts(state, end_candidates(dom, start))
             j = max(range(len(en_lp)), key=lambda i: (en_lp[i], i))  # ties → the longer span
-            end = start + j
-            nx_lp = self.score_texts(state, next_candidates(dom, start, end))
-            # the truth never names Null as the next operation (clips.py skips it): not a candidate. The dominant op
-            # stays one: when the model names the clip's second operation as dominant (boundary clips), its "next"
-            # guess of that same name is often the true next one (measured on the demo: masking it cost AA@1 0.14)
-            nx_p = _softmax([lp if n != NULL_NAME else -math.inf for n, lp in zip(OPERATION_NAMES, nx_lp)])
+            nx_lp = self.score_texts(state, next_candidates(dom, start, start + j))
             raw = self._generate(state) if self.config.free_text else ""
+            calls = self.model_calls - calls0
+        return self._finish(dom_p, k, st_lp, start, en_lp, j, nx_lp, raw, idx, clip_id,
+                            seconds=time.perf_counter() - t0, model_calls=calls, batch_size=1)
+
+    def _finish(self, dom_p, k, st_lp, start, en_lp, j, nx_lp, raw, idx, clip_id, **timing) -> PredictResult:
+        dom = OPERATION_NAMES[k]
+        # the truth never names Null as the next operation (clips.py skips it): not a candidate. The dominant op
+        # stays one: when the model names the clip's second operation as dominant (boundary clips), its "next"
+        # guess of that same name is often the true next one (measured on the demo: masking it cost AA@1 0.14)
+        nx_p = _softmax([lp if n != NULL_NAME else -math.inf for n, lp in zip(OPERATION_NAMES, nx_lp)])
         next_model = {OPERATION_IDS[i]: p for i, p in enumerate(nx_p)}
         scores = {
             "dominant": {OPERATION_NAMES[i]: p for i, p in enumerate(dom_p)},
@@ -422,9 +684,9 @@ class Predictor:
             nxt_id = argmax_id(fused)
             scores.update(next_grammar={ID_TO_NAME[i]: p for i, p in g.items()},
                           next_fused={ID_TO_NAME[i]: p for i, p in fused.items()}, fuse_weight=self.fuse_weight)
-        scores["seconds"] = time.perf_counter() - t0
+        scores.update(timing)
         pred = Prediction(clip_id=str(clip_id), dominant_operation=dom,
-                          temporal_segment={"start_frame": start, "end_frame": end},
+                          temporal_segment={"start_frame": start, "end_frame": start + j},
                           anticipated_next_operation=ID_TO_NAME[nxt_id],
                           confidence=min(1.0, max(0.0, float(dom_p[k]))))
         return PredictResult(prediction=pred, raw_text=raw,
