@@ -377,3 +377,24 @@ def test_next_operation_is_never_null(predictor):
         dom = r.prediction.dominant_operation
         assert nm["Null"] == 0.0 and nm[dom] > 0.0 and sum(nm.values()) == pytest.approx(1.0)
         assert r.prediction.anticipated_next_operation != "Null"
+
+
+def test_bench_predict_reports_calls_and_ratios(tmp_path, capsys):
+    """scripts/bench_predict.py runs the reference and trie paths on the same clips and reports calls, ratios,
+    agreement and the labelled 2B estimates."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_predict.py"
+    spec = importlib.util.spec_from_file_location("bench_predict", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--model", "tiny", "--clips", "3", "--batches", "3", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    calls = [run["model_calls_per_clip"] for run in r["runs"]]
+    assert calls == [11, 5, pytest.approx(5 / 3)]
+    assert all(run["same_answers_as_rows"] == 3 for run in r["runs"])
+    assert r["runs"][0]["speedup_vs_rows"] == 1.0 and r["flops_2b_per_clip"]["prefill"] > 5e12
+    assert "ESTIMATE" in r["estimates"]["note"] and "x rows" in capsys.readouterr().out
