@@ -1,5 +1,6 @@
 """OpenPack -> boundary clips -> motion-adaptive frames -> WebDataset shards + chat pairs + the run contract.
 
+    python data_pipeline.py --download openpack --out D     # fetch OpenPack's keypoint CSVs from Zenodo, then build
     python data_pipeline.py --root R --out D [--source auto|rgb|pose] [--workers N] [--shard_mb 256] [--k 8]
                             [--seed 0] [--splits train=U0101-U0106 val=U0107 test=U0108]
                             [--samples_out training_data_samples --n_samples 20]

@@ -60,7 +60,10 @@ class PipelineConfig:
     """The data pipeline's settings (data_pipeline.py's flags are generated from these fields)."""
 
     out: str = setting("out/data", "output directory D")
-    root: str | None = setting(None, "OpenPack root (default: $OPENPACK_ROOT)")
+    root: str | None = setting(None, "OpenPack root (default: $OPENPACK_ROOT, or --download's folder)")
+    download: str | None = setting(None, "first download OpenPack's preprocessed keypoint CSVs from Zenodo into this "
+                                         "folder (data/download.py; nothing is fetched twice), then build from it")
+    zenodo_url: str | None = setting(None, "Zenodo base URL for --download (unset = $OPENPACK_ZENODO_URL or zenodo.org)")
     source: str = setting("auto", "frames from RGB (frames or video) or rendered 2D keypoints; auto = rgb where "
                           "present", choices=SOURCE_KINDS)
     workers: int = setting(1, "sessions processed in parallel (processes)")
@@ -320,8 +323,15 @@ def run(cfg: PipelineConfig) -> dict:
     from ..grammar import Grammar
 
     t_start = time.perf_counter()
+    if cfg.download:
+        from .download import DownloadConfig, DownloadError, download
+
+        try:
+            download(DownloadConfig(out=cfg.download, zenodo_url=cfg.zenodo_url))
+        except DownloadError as e:
+            raise PipelineError(str(e)) from None
     try:
-        root = openpack.resolve_root(cfg.root)
+        root = openpack.resolve_root(cfg.root or cfg.download)
     except openpack.OpenPackError as e:
         raise PipelineError(str(e)) from None
     out = Path(cfg.out)
