@@ -76,7 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         return healthcheck(cfg.port)
     import uvicorn
 
+    from openpack_vlm.platform_check import Platform
+
+    platform = Platform.detect()
+    problem = platform.problem()
+    if problem and cfg.device != "cpu":  # a GPU torch cannot use: say so now, not as a CPU server minutes later
+        print(f"serve.py: {problem} (DEVICE=cpu serves on the CPU anyway)", file=sys.stderr)
+        return 1
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"serve.py: {platform.summary()}", flush=True)
     print(f"serve.py: model {cfg.model_id} adapter={cfg.adapter_path} on http://{cfg.host}:{cfg.port} "
           f"(docs at /docs, ready at /ready)", flush=True)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=10)

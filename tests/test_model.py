@@ -89,8 +89,11 @@ def test_model_config_defaults_are_the_real_run():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error; a CUDA machine loads 4-bit")
-def test_4bit_without_cuda_is_a_clear_error(tiny_model_dir):
-    with pytest.raises(M.ModelLoadError, match=r"^4-bit needs CUDA; use --quantization none$"):
+def test_4bit_without_cuda_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: a machine without an NVIDIA GPU
+    with pytest.raises(M.ModelLoadError, match=r"^4-bit needs CUDA: no NVIDIA GPU visible \(torch .*, NVIDIA driver "
+                                               r"none, no NVIDIA GPU found \(nvidia-smi\)\); or use --quantization "
+                                               r"none \(CPU\)$"):
         M.load_model(M.ModelConfig(model_id=str(tiny_model_dir)))
 
 

@@ -68,7 +68,9 @@ def pick_device(device: str = "auto") -> str:
             return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} asked for but CUDA is not available")
+        from ..platform_check import explain_no_cuda
+
+        raise ModelLoadError(f"device {device!r} asked for but CUDA is not available: {explain_no_cuda()}")
     return device
 
 
@@ -136,7 +138,9 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
         raise ModelLoadError(f"unknown quantization {cfg.quantization!r}; use 4bit or none")
     device = pick_device(cfg.device)
     if cfg.quantization == "4bit" and cfg.device == "auto" and not device.startswith("cuda"):
-        raise ModelLoadError("4-bit needs CUDA; use --quantization none")
+        from ..platform_check import explain_no_cuda
+
+        raise ModelLoadError(f"4-bit needs CUDA: {explain_no_cuda()}; or use --quantization none (CPU)")
     dtype = pick_dtype(cfg.dtype, device)
     path = resolve_model_id(cfg.model_id)
     processor = load_processor(cfg.model_id)

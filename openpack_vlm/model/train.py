@@ -354,6 +354,12 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     from transformers.trainer_utils import get_last_checkpoint
 
     data, out = Path(cfg.data), Path(cfg.out)
+    if cfg.quantization == "4bit" or str(cfg.device).startswith("cuda"):
+        from ..platform_check import Platform
+
+        problem = Platform.detect().problem()  # before minutes of data and model loading
+        if problem:
+            raise TrainError(problem)
     try:
         paths = shard_paths(data / "train")
     except FileNotFoundError:
