@@ -67,6 +67,8 @@ class DataSection:
     spatial: str = SPATIAL_RULE
     classes: list = field(default_factory=class_list)
     grammar: dict | None = None  # {"file": "grammar.json", "sha256": ...}; None until the train split is fitted
+    pose_render: dict | None = None  # skeleton.PoseRender fields for pose clips; None = the first (whole-frame)
+    #                                  renderer, which runs made before this field used
 
     def settings(self) -> dict:
         """The fields a resumed pipeline run must match (everything but the grammar, which the run produces)."""

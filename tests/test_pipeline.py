@@ -162,10 +162,22 @@ def test_pose_source(synthetic_root, tmp_path):
     for r in recs:
         motion = motion_from_keypoints(src.kpts[src.source_indices(r["t0_ms"])])
         assert r["frame_indices"] == sample_from_motion(motion, SamplingConfig())
+    from openpack_vlm.data.skeleton import PoseRender, token_coverage
+
     for rec, frames in iter_samples(shard_paths(out / "test")):
+        arr = np.stack([np.asarray(f) for f in frames])
+        assert arr.shape[1:] == (336, 336, 3) and arr.max() > 100  # a skeleton was drawn ...
+        assert token_coverage(arr) > 0.3  # ... filling the frame: the window follows the worker
+        want = src.clip(rec.t0_ms)[rec.frame_indices]  # the stored JPEGs are the source's person-centred clip
+        assert np.abs(arr.astype(int) - want.astype(int)).mean() < 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["data"]["pose_render"] == PoseRender().to_json() and run["data"]["pose_render"]["mode"] == "person"
+    # the first renderer stays available: the whole Kinect frame, letterboxed (black bars above it)
+    assert _main(["--root", synthetic_root, "--out", tmp_path / "f", "--splits", "test=U0108", "--source", "pose",
+                  "--max-clips-per-session", "2", "--pose-render", "frame"]) == 0
+    for rec, frames in iter_samples(shard_paths(tmp_path / "f" / "test")):
         arr = np.asarray(frames[0])
-        assert arr.shape == (336, 336, 3) and arr[:60].max() < 30  # letterbox bars above the Kinect frame
-        assert arr.max() > 100  # a skeleton was drawn
+        assert arr[:60].max() < 30 and arr.max() > 100
 
 
 def _copy_user(src: Path, dst: Path, user: str) -> None:

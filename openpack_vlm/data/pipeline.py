@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import clips as clipsmod
+from .skeleton import PoseRender
 from .sources import SOURCE_KINDS, PoseFrameSource, open_source
 from .errors import FrameError, VideoDecodeError
 from ..cli import setting
@@ -66,6 +67,9 @@ class PipelineConfig:
     zenodo_url: str | None = setting(None, "Zenodo base URL for --download (unset = $OPENPACK_ZENODO_URL or zenodo.org)")
     source: str = setting("auto", "frames from RGB (frames or video) or rendered 2D keypoints; auto = rgb where "
                           "present", choices=SOURCE_KINDS)
+    pose_render: str = setting("person", "skeleton frames: person = a window following the worker, with motion "
+                               "trails (skeleton.PoseRender); frame = the whole 1280x720 Kinect frame (first renderer)",
+                               choices=["person", "frame"])
     workers: int = setting(1, "sessions processed in parallel (processes)")
     shard_mb: int = setting(256, "shard size target in MB (WebDataset recommends 100-500 MB)")
     k: int = setting(8, "sampled frames per clip (8 x 144 visual tokens at 336 px)")
@@ -103,7 +107,10 @@ class PipelineConfig:
                      "pose_motion": "keypoint speed (sampling.motion_from_keypoints) for pose clips"},
             splits=self.split_users, seed=self.seed, within_share=self.within_share,
             null_boundaries=self.null_boundaries, sessions=self.sessions,
-            max_clips_per_session=self.max_clips_per_session))
+            max_clips_per_session=self.max_clips_per_session, pose_render=self.render().to_json()))
+
+    def render(self) -> PoseRender:
+        return PoseRender(mode=self.pose_render)
 
 
 # ------------------------------------------------------------------------------------------------------- workers
@@ -117,6 +124,7 @@ class SessionTask:
     source: str
     k: int
     jpeg_quality: int
+    pose_render: dict | None = None  # PoseRender fields (None: the default renderer)
 
 
 @dataclass
@@ -139,7 +147,8 @@ def process_session(task: SessionTask) -> SessionResult:
     items: list = []
     t = time.perf_counter()
     try:
-        src = open_source(task.root, task.user, task.session, task.source)
+        src = open_source(task.root, task.user, task.session, task.source,
+                          PoseRender(**task.pose_render) if task.pose_render else None)
     except (OpenPackError, FrameError, VideoDecodeError, OSError, ValueError) as e:
         reason = f"no usable frame source ({one_line(e, with_type=True)})"
         skipped.append({"user": task.user, "session": task.session, "clips": len(task.specs), "reason": reason})
@@ -356,7 +365,8 @@ def run(cfg: PipelineConfig) -> dict:
         for user, session, specs in sessions:
             todo = [s for s in specs if s.clip_id not in done_ids]
             if todo:
-                tasks.append(SessionTask(split, str(root), user, session, todo, cfg.source, cfg.k, cfg.jpeg_quality))
+                tasks.append(SessionTask(split, str(root), user, session, todo, cfg.source, cfg.k, cfg.jpeg_quality,
+                                         cfg.render().to_json()))
 
     seconds = Counter()
     sources = Counter()

@@ -5,8 +5,8 @@ Sources (``open_source(root, user, session, kind)``; ``.name`` is recorded per c
   ``video`` a plain video file of the session (openpack.available_streams()["video"]); its first frame is at
             openpack.video_start_ms (sidecar JSON, else the session's first annotation), later frames at the
             decoder's frame timestamps.
-  ``pose``  skeleton frames (skeleton.render_pose) from Kinect 2D keypoints (openpack.load_keypoints: mmpose JSON or
-            Zenodo CSV).
+  ``pose``  skeleton frames from Kinect 2D keypoints (openpack.load_keypoints: mmpose JSON or Zenodo CSV), each clip
+            rendered by skeleton.render_pose_clip as the run's ``PoseRender`` says (default: person-centred).
   ``kind="auto"`` takes rgb frames, else the video, else pose; ``kind="rgb"`` means camera pixels (frames, else video).
 
 Every source puts its frames on the time grid (timegrid.py) and letterboxes them (letterbox.py), as uploads are
@@ -25,7 +25,7 @@ from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
 from .errors import CorruptFrameError, FrameError, VideoDecodeError
 from .letterbox import SIZE, Letterbox, letterbox
-from .skeleton import render_pose
+from .skeleton import PoseRender, render_pose_clip
 from .timegrid import MAX_GAP_MS, resample_indices, tick_times
 
 class FrameSource:
@@ -135,12 +135,13 @@ class VideoFrameSource(FrameSource):
 
 
 class PoseFrameSource(FrameSource):
-    """Skeleton frames rendered from 2D keypoints (N,17,3) with unixtime-ms timestamps (N,)."""
+    """Skeleton clips rendered from 2D keypoints (N,17,3) with unixtime-ms timestamps (N,): one window per clip
+    (``skeleton.render_pose_clip``), trails from the keypoint frames before each shown one."""
 
     name = "pose"
 
     def __init__(self, ts_ms: np.ndarray, kpts: np.ndarray, size: int = SIZE, max_gap_ms: int = MAX_GAP_MS,
-                 cache_frames: int = 256):
+                 render: PoseRender | None = None):
         ts_ms = np.asarray(ts_ms, dtype=np.int64)
         kpts = np.asarray(kpts, dtype=np.float32)
         if len(ts_ms) == 0 or kpts.shape != (len(ts_ms), 17, 3):
@@ -149,31 +150,23 @@ class PoseFrameSource(FrameSource):
         self.ts_ms, self.kpts = ts_ms[order], kpts[order]
         self.size = size
         self.max_gap_ms = max_gap_ms
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cache_frames = cache_frames
+        self.render = render or PoseRender()
 
     def source_indices(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> np.ndarray:
         """Index of the keypoint frame shown at each output tick (for keypoint-based motion)."""
         return resample_indices(self.ts_ms, tick_times(t0_ms, n, fps), self.max_gap_ms, "keypoints")
 
-    def frame(self, i: int) -> np.ndarray:
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        img = render_pose(self.kpts[i], self.size)
-        self._cache[i] = img
-        if len(self._cache) > self._cache_frames:
-            self._cache.popitem(last=False)
-        return img
-
     def clip(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> np.ndarray:
-        return np.stack([self.frame(int(i)) for i in self.source_indices(t0_ms, n, fps)])
+        idx = self.source_indices(t0_ms, n, fps)
+        lo = max(0, int(idx.min()) - self.render.trail - self.render.smooth)  # trails and smoothing look around
+        hi = min(len(self.kpts), int(idx.max()) + self.render.smooth + 1)
+        return render_pose_clip(self.kpts[lo:hi], idx - lo, self.render, self.size)
 
 
 SOURCE_KINDS = ("auto", "rgb", "pose")
 
 
-def open_source(root, user: str, session: str, kind: str = "auto") -> FrameSource:
+def open_source(root, user: str, session: str, kind: str = "auto", pose_render: PoseRender | None = None) -> FrameSource:
     """The frame source of a session: ``auto`` = rgb frames, else video, else pose; ``rgb`` = frames, else video.
 
     Raises openpack.OpenPackError (one line) when the session has no stream of the requested kind.
@@ -193,5 +186,5 @@ def open_source(root, user: str, session: str, kind: str = "auto") -> FrameSourc
             raise openpack.OpenPackError(f"{user}/{session}: no Kinect RGB frames or video under {root}")
     if streams.get("kpt_json") is not None or streams.get("kpt_csv") is not None:
         ts, kpts = openpack.load_keypoints(root, user, session)
-        return PoseFrameSource(ts, kpts)
+        return PoseFrameSource(ts, kpts, render=pose_render)
     raise openpack.OpenPackError(f"{user}/{session}: no RGB frames, video or 2D keypoints under {root}")

@@ -217,7 +217,8 @@ def _find_grammar(cfg: EvalConfig, contract: RunContract) -> Path | None:
 
 
 # settings that must agree between the data evaluated and the data the adapter was trained on
-SAMPLE_SHAPING = ("k", "frame_size", "spatial", "jpeg_quality", "sampler", "fps", "clip_frames", "classes")
+SAMPLE_SHAPING = ("k", "frame_size", "spatial", "jpeg_quality", "sampler", "fps", "clip_frames", "classes",
+                  "pose_render")
 
 
 def run_contract(cfg: EvalConfig, data: Path) -> RunContract:
