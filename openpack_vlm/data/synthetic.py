@@ -23,10 +23,14 @@ Kinect streams run from 1 s before the first annotation to 1 s after the last, a
 Timelines: boxes follow the procedural order of the real U0209/S0500 session (``BOX_CYCLE`` plus the repeats and the
 optional Put on Back Table seen there, ``REPEATS``/``P_BACK_TABLE``); each operation's duration is drawn from a
 log-normal with the real per-class mean/std (``REAL_DURATIONS_S``) times ``duration_scale`` so a 90 s session holds
-~3 boxes. Visual cues a tiny model can learn: every RGB frame shows a large workstation panel in the operation's
-colour (``OP_COLORS``) behind a masked worker; the skeleton stands at an operation-specific place (``OP_POSITIONS``)
-with an operation-specific arm pose and motion (``OP_ARM_POSES``, ``OP_MOTION``), walks there in ``WALK_S`` at a
-change, and carries noise; scores lie in [0.3, 1]. Everything is deterministic for (seed, user, session).
+~3 boxes. Visual cues: every RGB frame shows a large workstation panel in the operation's colour (``OP_COLORS``)
+behind a masked worker — a cue real frames do not have, so the demo trains on the skeleton path instead; the
+skeleton stands at an operation-specific place around the table (``OP_POSITIONS``) with an operation-specific arm pose
+and hand motion (``OP_ARM_POSES``, ``OP_MOTION``), walks there in ``WALK_S`` at a change, and carries jitter.
+The pose is CALIBRATED to the real OpenPack keypoints vendored in tests/data/openpack-keypoints (``pose_stats``,
+``CALIBRATION``): body size (``BODY_SCALE``), place in the 1280x720 frame, frame-to-frame jitter, hand speed and
+the per-joint score distribution (``REAL_SCORE_MEAN``/``REAL_SCORE_STD``, low-score joints included), at 15 Hz;
+tests/test_synthetic.py fails when they drift apart. Everything is deterministic for (seed, user, session).
 
 Writing 8 users x 90 s (11k frames) takes ~20 s at 1280x720 on one core (JPEG encoding dominates; 376 MB) and
 ~5 s at 320x180 (98 MB), the size the test fixture uses (tests/conftest.py); ``rgb_size`` changes no other stream.
@@ -97,12 +101,16 @@ OP_COLORS: dict[int, tuple[int, int, int]] = {
     1000: (0, 105, 105),  # dark teal
     NULL_ID: (70, 70, 70),  # panel off
 }
-#: Pelvis centre (x, y) px of the worker per operation: where in the cell each operation is done.
+#: Pelvis centre (x, y) px of the worker per operation: where around the packing table each operation is done
+#: (the real worker stays within x ~380-760 px, pelvis y ~560 px of the 1280x720 frame; pose_stats).
 OP_POSITIONS: dict[int, tuple[float, float]] = {
-    100: (240.0, 420.0), 200: (400.0, 430.0), 300: (560.0, 440.0), 400: (660.0, 440.0), 500: (760.0, 440.0),
-    600: (880.0, 430.0), 700: (1000.0, 420.0), 800: (1100.0, 410.0), 900: (1180.0, 380.0), 1000: (320.0, 450.0),
-    NULL_ID: (640.0, 360.0),
+    100: (400.0, 555.0), 200: (520.0, 565.0), 300: (600.0, 570.0), 400: (640.0, 570.0), 500: (680.0, 570.0),
+    600: (720.0, 565.0), 700: (760.0, 560.0), 800: (700.0, 560.0), 900: (860.0, 545.0), 1000: (480.0, 570.0),
+    NULL_ID: (620.0, 560.0),
 }
+#: The real worker's keypoint box is ~130 x 320 px (median over the vendored sample); the body, arm offsets and hand
+#: amplitudes below are drawn at this scale of their 1.5x-sized values.
+BODY_SCALE = 0.667
 #: Arm pose per operation: (right elbow, right wrist, left elbow, left wrist) offsets (dx, dy) px from the shoulder
 #: (elbows) or from the elbow (wrists). The worker faces the camera: their right side is the image's left.
 OP_ARM_POSES: dict[int, tuple[tuple[float, float], ...]] = {
@@ -139,7 +147,12 @@ _BODY = np.array([
     (32, 0), (-32, 0), (35, 110), (-35, 110), (36, 215), (-36, 215),  # hips, knees, ankles
 ], np.float64)
 _LIMBS = ((5, 7), (7, 9), (6, 8), (8, 10), (5, 6), (5, 11), (6, 12), (11, 12), (11, 13), (13, 15), (12, 14), (14, 16))
-_SCORE_RANGE = np.array([(0.75, 1.0)] * 11 + [(0.55, 0.9)] * 2 + [(0.3, 0.6)] * 4)  # legs hidden by the bench
+#: Per-joint keypoint score mean and std of the REAL sample (U0102/S0100, 100 frames; COCO-17 order): ears, wrists
+#: (when a hand is hidden) and the legs under the table score low, as in the real mmpose output.
+REAL_SCORE_MEAN = np.array([0.89, 0.88, 0.73, 0.32, 0.35, 0.88, 0.89, 0.81, 0.84, 0.85, 0.66, 0.75, 0.77, 0.57, 0.59,
+                            0.37, 0.36])
+REAL_SCORE_STD = np.array([0.08, 0.06, 0.13, 0.04, 0.06, 0.03, 0.06, 0.05, 0.09, 0.07, 0.25, 0.09, 0.09, 0.27, 0.26,
+                           0.32, 0.32])
 
 
 @dataclass
@@ -153,7 +166,7 @@ class SyntheticConfig:
     null_gap_prob: float = 0.05  # chance of an unannotated (Null) gap after an operation (real: 5 of 192)
     null_gap_seconds: tuple[float, float] = (1.2, 3.0)  # Null gap length range, s (real gaps: 2.0-3.7 s)
     lead_seconds: float = 1.0  # Kinect streams start this long before the first annotation and end after the last
-    keypoint_noise_px: float = 4.0  # std of the Gaussian jitter on every joint, px
+    keypoint_noise_px: float = 2.5  # std of the Gaussian jitter on every joint, px (real torso moves ~4 px/frame)
     rgb: bool = True  # write color-masked JPEG frames
     rgb_size: tuple[int, int] = KINECT_SIZE  # JPEG width, height (px); real frames are 1280x720
     jpeg_quality: int = 70
@@ -251,25 +264,71 @@ def make_keypoints(cfg: SyntheticConfig, user: str, session: str, timeline: list
     w = np.clip(since / WALK_S, 0, 1)[:, None]
     centre = prev_pos + (pos - prev_pos) * w  # walk from the previous place
 
-    k = np.repeat(_BODY[None], n, axis=0)
-    arms = np.array([OP_ARM_POSES[o] for o in ops], np.float64)  # (n, 4, 2)
+    k = np.repeat(BODY_SCALE * _BODY[None], n, axis=0)
+    arms = BODY_SCALE * np.array([OP_ARM_POSES[o] for o in ops], np.float64)  # (n, 4, 2)
     r_el = k[:, 6] + arms[:, 0]
     l_el = k[:, 5] + arms[:, 2]
     freq_amp = np.array([OP_MOTION[o] for o in ops])
     t_s = (ts - ts[0]) / 1000.0
     phase = 2 * np.pi * freq_amp[:, 0] * t_s
-    wob = freq_amp[:, 1:2] * np.stack([np.sin(phase), 0.5 * np.cos(phase)], 1)
+    wob = BODY_SCALE * freq_amp[:, 1:2] * np.stack([np.sin(phase), 0.5 * np.cos(phase)], 1)
     k[:, 8] = r_el + 0.5 * wob
     k[:, 7] = l_el - 0.5 * wob
     k[:, 10] = r_el + arms[:, 1] + wob
     k[:, 9] = l_el + arms[:, 3] - wob
-    sway = 3.0 * np.stack([np.sin(2 * np.pi * 0.25 * t_s), np.zeros(n)], 1)
+    sway = 3.0 * BODY_SCALE * np.stack([np.sin(2 * np.pi * 0.25 * t_s), np.zeros(n)], 1)
     xy = k + (centre + sway)[:, None, :] + rng.normal(0, cfg.keypoint_noise_px, (n, 17, 2))
     xy[..., 0] = np.clip(xy[..., 0], 0, KINECT_SIZE[0] - 1)
     xy[..., 1] = np.clip(xy[..., 1], 0, KINECT_SIZE[1] - 1)
-    lo, hi = _SCORE_RANGE[:, 0], _SCORE_RANGE[:, 1]
-    score = np.clip(lo + (hi - lo) * rng.random((n, 17)), 0.3, 1.0)
+    m, v = REAL_SCORE_MEAN, REAL_SCORE_STD ** 2  # beta distributions with the real per-joint mean and variance
+    common = m * (1 - m) / v - 1
+    score = np.clip(rng.beta(m * common, (1 - m) * common, (n, 17)), 0.01, 1.0)
     return np.concatenate([xy, score[..., None]], axis=2).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def pose_stats(ts: np.ndarray, kpts: np.ndarray, min_score: float = 0.1) -> dict[str, float]:
+    """What the synthetic pose is calibrated on, for a keypoint stream (N,) ms + (N,17,3): the median box of the
+    confident joints (size, centre), frame-to-frame jitter of the torso joints (px per frame), wrist speed (px/s,
+    median and 90th percentile), the score distribution, and the frame interval (ms)."""
+    k = np.asarray(kpts, dtype=np.float64)
+    s = k[..., 2]
+    ok = s >= min_score
+    lo = np.array([k[t, ok[t], :2].min(0) if ok[t].any() else (np.nan, np.nan) for t in range(len(k))])
+    hi = np.array([k[t, ok[t], :2].max(0) if ok[t].any() else (np.nan, np.nan) for t in range(len(k))])
+    ext, ctr = hi - lo, (lo + hi) / 2
+    step = np.linalg.norm(np.diff(k[..., :2], axis=0), axis=-1)  # (N-1, 17) px per frame
+    dt = np.diff(np.asarray(ts, dtype=np.int64))
+    rate = 1000.0 / np.median(dt)
+    return {"box_w_px": float(np.nanmedian(ext[:, 0])), "box_h_px": float(np.nanmedian(ext[:, 1])),
+            "centre_x_px": float(np.nanmedian(ctr[:, 0])), "centre_y_px": float(np.nanmedian(ctr[:, 1])),
+            "torso_jitter_px": float(np.median(step[:, [5, 6, 11, 12]])),
+            "wrist_speed_p50_px_s": float(np.median(step[:, [9, 10]]) * rate),
+            "wrist_speed_p90_px_s": float(np.percentile(step[:, [9, 10]], 90) * rate),
+            "score_p50": float(np.median(s)), "score_p10": float(np.percentile(s, 10)),
+            "score_below_0.3": float((s < 0.3).mean()), "score_below_0.1": float((s < 0.1).mean()),
+            "frame_interval_ms": float(np.median(dt))}
+
+
+#: How far the synthetic pose may drift from the real sample: ("rel", x) = within x of the real value as a share of
+#: it, ("abs", x) = within x in the statistic's units (tests/test_synthetic.py, scripts/pose_calibration.py).
+CALIBRATION: dict[str, tuple[str, float]] = {
+    "box_w_px": ("rel", 0.3), "box_h_px": ("rel", 0.2), "centre_x_px": ("abs", 150.0), "centre_y_px": ("abs", 80.0),
+    "torso_jitter_px": ("rel", 0.35), "wrist_speed_p50_px_s": ("rel", 0.4), "wrist_speed_p90_px_s": ("rel", 0.4),
+    "score_p50": ("abs", 0.08), "score_p10": ("abs", 0.12), "score_below_0.3": ("abs", 0.08),
+    "score_below_0.1": ("abs", 0.03), "frame_interval_ms": ("abs", 1.0),
+}
+
+
+def calibration_table(real: dict, synthetic: dict) -> list[dict]:
+    """Per statistic: real, synthetic, tolerance and whether the synthetic value is within it."""
+    rows = []
+    for key, (kind, tol) in CALIBRATION.items():
+        r, y = real[key], synthetic[key]
+        bound = tol * abs(r) if kind == "rel" else tol
+        rows.append({"stat": key, "real": r, "synthetic": y, "tolerance": f"+-{tol:.0%}" if kind == "rel" else
+                     f"+-{tol:g}", "ok": bool(abs(y - r) <= bound)})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------------ writers
