@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -239,3 +240,35 @@ def test_base_model_is_exactly_the_base(eval_out, pipeline_out, tiny_model_dir):
         assert got["anticipated_next_operation"] == r.prediction.anticipated_next_operation
         assert got["confidence"] == pytest.approx(r.prediction.confidence, abs=1e-5)
         assert row["base_model"]["raw_text"] == r.raw_text
+
+
+def test_keypoint_baseline_is_scored_beside_the_vlm(eval_out, pipeline_out, capsys):
+    """results.json carries the keypoint baseline on the same test clips (trained on the train split, same metrics);
+    its CLI answers the same numbers; data without a reachable OpenPack root give a one-line error."""
+    from openpack_vlm.evaluation import keypoint_baseline as kb
+
+    r = json.loads((eval_out / "results.json").read_text())
+    kp = r["keypoint_baseline"]
+    assert kp["n_clips"] == r["n_clips"] == N_CLIPS and kp["train_clips"] > 50
+    for k in ("OCA", "tIoU@0.5", "AA@1"):
+        assert 0.0 <= kp[k] <= 1.0 and kp["intervals"][k][0] <= kp[k] <= kp["intervals"][k][1]
+    assert kb.main(["--data", str(pipeline_out), "--n_clips", str(N_CLIPS), "--n_boot", "200"]) == 0
+    out = capsys.readouterr().out
+    assert f"OCA {kp['OCA']:.3f}" in out and f"AA@1 {kp['AA@1']:.3f}" in out  # deterministic: same seed, same clips
+    # per-frame answers give a valid span; features do not depend on where the body is or how big it is
+    k = np.random.default_rng(0).uniform(300, 700, (125, 17, 3))
+    k[..., 2] = 0.9
+    moved = k.copy()
+    moved[..., :2] = moved[..., :2] * 1.5 + 100
+    assert np.allclose(kb.features(k)[:, :51].reshape(125, 17, 3)[..., :2],
+                       kb.features(moved)[:, :51].reshape(125, 17, 3)[..., :2], atol=1e-4)
+
+
+def test_keypoint_baseline_without_root_is_a_clear_error(tmp_path, capsys):
+    from openpack_vlm.evaluation import keypoint_baseline as kb
+
+    (tmp_path / "D").mkdir()
+    (tmp_path / "D" / "summary.json").write_text(json.dumps({"root": str(tmp_path / "gone")}))
+    assert kb.main(["--data", str(tmp_path / "D")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "names no OpenPack root" in err and "\n" not in err

@@ -82,6 +82,8 @@ class EvalConfig:
                                     "batch of clips); --no_free_text is faster")
     batch_clips: int = setting(4, "clips answered together (one prefill of their padded prompts, one call per "
                                   "closed set); the same answers as 1, faster on a GPU")
+    keypoint_baseline: bool = setting(True, "also train and score the keypoint baseline (evaluation/keypoint_baseline.py; "
+                                            "needs the OpenPack root named in D/summary.json; ~1 min on a CPU)")
     n_boot: int = setting(1000, "bootstrap resamples for the 95 % intervals")
     seed: int = setting(0, "bootstrap seed")
 
@@ -464,11 +466,22 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             ". Checks the pipeline end to end; these are NOT OpenPack results.") if synthetic else (
         f"Real OpenPack data ({', '.join(f'{k}: {v}' for k, v in frame_sources.items())} frames), "
         f"held-out {cfg.split} split, {len(recs)} clips.")
+    kp = None
+    if cfg.keypoint_baseline:
+        from .keypoint_baseline import BaselineConfig, BaselineError, run as run_baseline
+
+        try:
+            kp = run_baseline(BaselineConfig(data=str(data), split=cfg.split, n_clips=cfg.n_clips,
+                                             all_clips=cfg.all_clips, n_boot=cfg.n_boot, seed=cfg.seed))
+        except BaselineError as e:
+            log.warning("keypoint baseline skipped: %s", e)
+            kp = {"skipped": str(e)}
     results = {
         "base_model": _headline(metrics["base_model"]),
         "finetuned_model": _headline(metrics["finetuned_model"]),
         "variants": metrics,
         "baselines": baselines,
+        "keypoint_baseline": kp,
         "intervals": {name: m["intervals"] for name, m in metrics.items()},
         "n_clips": len(recs),
         "selection": {"split": cfg.split, "users": sorted({rec.user for rec in recs}),
@@ -484,6 +497,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             "intervals": f"95% percentile bootstrap over clips, {cfg.n_boot} resamples, seed {cfg.seed}",
             "finetuned_model": "base + LoRA adapter, next operation from the model alone; finetuned_grammar "
                                "fuses it with the procedural grammar (weight in grammar_fusion)",
+            "keypoint_baseline": "no VLM: a temporal conv net on the clip's normalised 2D keypoints, trained on the "
+                                 "train split, the same test clips and metrics (evaluation/keypoint_baseline.py)",
         },
         "provenance": provenance,
         "config": asdict(cfg),
@@ -527,6 +542,10 @@ def format_table(results: dict) -> str:
         lines.append(f"{name:<{w}}" + "".join(cells))
     for name, m in results["baselines"].items():
         lines.append(f"{name:<{w}}" + "".join(f"{m[k]:.3f}".rjust(22) if k in m else " " * 22 for k in HEADLINE))
+    kp = results.get("keypoint_baseline")
+    if kp and "skipped" not in kp:
+        lines.append(f"{'keypoint_baseline':<{w}}" + "".join(
+            f"{kp[k]:.3f} [{kp['intervals'][k][0]:.2f},{kp['intervals'][k][1]:.2f}]".rjust(22) for k in HEADLINE))
     lines.append(f"n_clips={results['n_clips']}  {results['note']}")
     return "\n".join(lines)
 
