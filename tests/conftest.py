@@ -39,6 +39,22 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pose_samples(synthetic_root, tmp_path_factory) -> Path:
+    """data_pipeline.py on `synthetic_root` with skeleton frames (the public path, person-centred renderer) and its 20
+    exported examples: the committed training_data_samples/ must equal them byte for byte."""
+    import importlib
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    data_pipeline = importlib.import_module("data_pipeline")
+    out = tmp_path_factory.mktemp("pose_pipeline") / "data"
+    rc = data_pipeline.main(["--root", str(synthetic_root), "--out", str(out), "--source", "pose",
+                             "--samples-out", str(out / "samples"), "--n-samples", "20"])
+    assert rc == 0, "data_pipeline.py --source pose failed on the synthetic root"
+    return out / "samples"
+
+
+@pytest.fixture(scope="session")
 def pipeline_out(synthetic_root, tmp_path_factory) -> Path:
     """data_pipeline.py run on `synthetic_root` with default settings (train U0101-U0106, val U0107, test U0108;
     RGB frames, K=8): D/{split}/shard-*.tar, manifest.jsonl, pairs.jsonl, D/summary.json, D/grammar.json, plus the

@@ -103,9 +103,13 @@ def test_grammar_fitted_on_train_timelines(pipeline_out, synthetic_root):
         synthetic_root, "U0107", "S0100")]]).to_json()
 
 
-def test_training_data_samples_regenerate_byte_identical(pipeline_out, repo_root):
+@pytest.mark.slow
+def test_training_data_samples_regenerate_byte_identical(pose_samples, repo_root):
+    """training_data_samples/ comes from the public path (skeleton frames from keypoints) and its README's commands
+    remake it byte for byte."""
     committed = repo_root / "training_data_samples"
-    fresh = pipeline_out / "samples"
+    fresh = pose_samples
+    assert "--source pose --samples-out training_data_samples" in (fresh / "README.md").read_text()
     names = sorted(p.name for p in fresh.iterdir())
     assert len([n for n in names if n.endswith(".json")]) == 20
     assert names == sorted(p.name for p in committed.iterdir())

@@ -459,7 +459,9 @@ def run(cfg: PipelineConfig) -> dict:
     if cfg.samples_out:
         from .samples import export_samples
 
-        export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root)
+        flags = " ".join(([f"--source {cfg.source}"] if cfg.source != "auto" else []) +
+                         ([f"--pose-render {cfg.pose_render}"] if cfg.pose_render != "person" else []))
+        export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root, flags)
     return summary
 
 

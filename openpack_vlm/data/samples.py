@@ -28,7 +28,7 @@ Made by (byte-identical on every run; tests/test_pipeline.py regenerates and com
 """
 
 
-def _describe_input(root: Path) -> tuple[str, str]:
+def _describe_input(root: Path, flags: str = "") -> tuple[str, str]:
     """What the samples were made from, and the commands that remake them (no machine paths, no times)."""
     meta = root / "synthetic_config.json"
     if meta.is_file():
@@ -40,14 +40,16 @@ def _describe_input(root: Path) -> tuple[str, str]:
                f"--users {' '.join(c['users'])} --sessions {' '.join(c['sessions'])} "
                f"--seconds {c['session_seconds']:g} --rgb-size {w}x{h}" + ("" if c["rgb"] else " --no-rgb") + "\n"
                "    python data_pipeline.py --root /tmp/openpack-synth --out /tmp/openpack-data "
-               "--samples-out training_data_samples --n-samples {n}")
+               + (flags + " " if flags else "") + "--samples-out training_data_samples --n-samples {n}")
         return what, cmd
     return ("an OpenPack root (real data).",
-            "    python data_pipeline.py --root $OPENPACK_ROOT --out <dir> --samples-out <dir> --n-samples {n}")
+            "    python data_pipeline.py --root $OPENPACK_ROOT --out <dir> " + (flags + " " if flags else "")
+            + "--samples-out <dir> --n-samples {n}")
 
 
-def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path) -> list[str]:
-    """Copy n clips (spread evenly over all splits' manifests) as JPEG files + pair JSON into ``dest``."""
+def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path, flags: str = "") -> list[str]:
+    """Copy n clips (spread evenly over all splits' manifests) as JPEG files + pair JSON into ``dest``; ``flags``:
+    the pipeline flags that shaped them, written into the README's command."""
     records = []
     for split in splits:
         man = out / split / "manifest.jsonl"
@@ -73,7 +75,7 @@ def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path)
             body = {"record": r, "messages": pair["messages"]}
             write_json(dest / f"{r['clip_id']}.json", body)
             wanted.add(f"{r['clip_id']}.json")
-    what, cmd = _describe_input(root)
+    what, cmd = _describe_input(root, flags)
     write_atomic(dest / "README.md", SAMPLES_README.format(n=len(chosen), input=what, command=cmd.format(n=n)))
     for p in dest.iterdir():
         if p.is_file() and p.name not in wanted and (p.suffix in (".jpg", ".json") or p.name.endswith(".tmp")):
