@@ -17,7 +17,7 @@ test: install
 test-fast:
 	$(PY) -m pytest -q -m "not slow"
 
-# synthetic root -> data_pipeline.py -> tiny LoRA run -> evaluate.py, into out/demo (fresh each time)
+# synthetic keypoints -> skeleton frames -> data_pipeline.py -> tiny-real LoRA run -> evaluate.py, into out/demo (fresh each time)
 demo: install
 	rm -rf out/demo
 	bash scripts/demo.sh out/demo
