@@ -54,6 +54,9 @@ ISSUE_TITLES: dict[str, str] = {
     "#7": "ARCHITECTURE.md, AGENTS.md and README from measured numbers",
     "#11": "One run contract from data to API, and a layout a newcomer can navigate",
     "#13": "The real Qwen tokenizer and processor in every test, Qwen2.5-VL through the same path, real camera uploads",
+    "#12": "The public path: skeleton frames the model can read, checked on real OpenPack keypoints",
+    "#14": "Inference at the hardware's pace: fewer model calls per clip, batched evaluation",
+    "#15": "Runs the first time where users run it: OpenPack download, Kaggle's own torch, GPU Docker on common drivers",
 }
 NOTES_FILE = Path("docs") / "devlog_notes.json"  # {hash prefix: {"issues": [...], "kept": str, "changed": str}}
 
