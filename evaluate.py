@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         return 1
     print(format_table(results))
     mem = results["provenance"]["memory"]
-    print(f"batch_clips={cfg.batch_clips}  peak memory: " + ", ".join(f"{k} {v}" for k, v in mem.items()))
+    print(f"batch_clips={cfg.batch_clips}  peak memory: {mem['kind']} {mem['bytes'] / 1e9:.3f} GB")
     print(f"wrote {cfg.out}/results.json, predictions.jsonl, confusion.json, confusion.png, failure_modes.json, "
           "run.json")
     return 0

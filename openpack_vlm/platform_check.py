@@ -94,6 +94,19 @@ class Platform:
         return None
 
 
+def peak_memory() -> dict:
+    """The process's peak memory so far: on CUDA torch's peak allocated (and reserved) accelerator bytes, else the
+    peak resident set (model + data + Python; Linux ru_maxrss is KiB). {"kind", "bytes"[, "reserved_bytes"]}."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated()),
+                "reserved_bytes": int(torch.cuda.max_memory_reserved())}
+    return {"kind": "cpu_peak_rss", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+
+
 def explain_no_cuda() -> str:
     """Why CUDA is unavailable, for errors raised where CUDA was asked for."""
     p = Platform.detect()

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -60,16 +59,12 @@ def load(model: str, device: str, quantization: str, work: Path):
                                      grammar=None, config=PredictConfig(free_text=False))
 
 
-def _peak(torch) -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def run_path(predictor, clips, scorer: str, batch: int, free_text: bool) -> dict:
     import dataclasses
 
     import torch
+
+    from openpack_vlm.platform_check import peak_memory
 
     predictor.config = dataclasses.replace(predictor.config, scorer=scorer, free_text=free_text)
     warm, clips = clips[:1], clips[1:]
@@ -85,11 +80,11 @@ def run_path(predictor, clips, scorer: str, batch: int, free_text: bool) -> dict
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
+    mem = peak_memory()
     return {"scorer": scorer, "batch_clips": batch, "clips": len(clips),
             "model_calls_per_clip": (predictor.model_calls - calls0) / len(clips),
             "ms_per_clip": 1000 * wall / len(clips), "clips_per_s": len(clips) / wall,
-            "peak_memory_gib": round(_peak(torch), 3),
-            "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "process_max_rss",
+            "peak_memory_gib": round(mem["bytes"] / 2**30, 3), "peak_memory_kind": mem["kind"],
             "answers": [a.prediction.model_dump() for a in answers]}
 
 
@@ -120,7 +115,7 @@ def real_token_counts(clip, answer: dict) -> dict:
         toks = proc.tokenizer(texts, add_special_tokens=False)["input_ids"]
         trie, first = Trie.build(toks), max(common_prefix(toks), 1)
         n["trie_fed"] += len(trie.tokens)
-        n["trie_head"] += len({p[j - 1] for p in trie.paths for j in range(first, len(p))})
+        n["trie_head"] += len(trie.inner_nodes(first))
         width = max(len(t) for t in toks)
         n["rows_fed"] += len(toks) * width
         n["rows_head"] += len(toks) * (width - first + 1)

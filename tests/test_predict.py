@@ -164,6 +164,8 @@ def test_trie_merges_shared_prefixes():
     a = t.ancestors()
     assert a[4].nonzero()[0].tolist() == [0, 1, 3, 4]  # 9 sees 5, 6, 8 and itself, not its sibling branch 7
     assert a[6].nonzero()[0].tolist() == [6]
+    # the positions that go through the output head: parents of the scored tokens
+    assert t.inner_nodes(1) == [0, 1, 3] and t.inner_nodes(2) == [1, 3] and t.inner_nodes(0) == t.inner_nodes(1)
     assert common_prefix(seqs) == 0 and common_prefix(seqs[:3]) == 1 and common_prefix(seqs[:2]) == 2
 
 

@@ -151,18 +151,6 @@ def batches(items, n: int):
         yield batch
 
 
-def peak_memory() -> dict:
-    """Peak resident memory of this process (GB) and, on CUDA, peak allocated GPU memory (GB)."""
-    import resource
-
-    import torch
-
-    out = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # Linux: KiB
-    if torch.cuda.is_available():
-        out["peak_cuda_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return out
-
-
 def _truth(rec) -> dict:
     t = rec.truth
     seg = t["temporal_segment"]
@@ -454,8 +442,10 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     tiny = is_tiny(cfg.model_id)
     frame_sources = dict(Counter(rec.source for rec in recs))
     synthetic = prov["data"] != "real" or tiny
+    from ..platform_check import peak_memory
+
     memory = peak_memory()
-    log.info("peak memory: %s", ", ".join(f"{k} {v}" for k, v in memory.items()))
+    log.info("peak memory: %s %.3f GB", memory["kind"], memory["bytes"] / 1e9)
     provenance = prov | {"frame_sources": frame_sources, "model_id": cfg.model_id, "tiny_random_model": tiny,
                          "adapter": str(cfg.adapter), "quantization": cfg.quantization, "batch_clips": cfg.batch_clips,
                          "memory": memory,

@@ -149,6 +149,11 @@ class Trie:
             paths.append(path)
         return cls(tokens, parent, depth, paths)
 
+    def inner_nodes(self, first: int) -> list[int]:
+        """Nodes whose output scores a candidate token at index >= ``first`` (token j is scored at its parent's
+        position): the only positions that go through the output head."""
+        return sorted({path[j - 1] for path in self.paths for j in range(max(first, 1), len(path))})
+
     def ancestors(self) -> np.ndarray:
         """(n, n) bool: row i is True at i and at each of its ancestors (what node i may attend to)."""
         n = len(self.tokens)
@@ -438,7 +443,7 @@ class Predictor:
             cp = common_prefix(toks)
             trie = Trie.build(toks)
             first = max(cp, 1)  # token 0 of a candidate is scored from the prompt's logits
-            need = sorted({path[j - 1] for path in trie.paths for j in range(first, len(path))})
+            need = trie.inner_nodes(first)
             rows.append((toks, cp, trie, need))
         t = max(len(r[2].tokens) for r in rows)
         m = max(1, max(len(r[3]) for r in rows))

@@ -40,6 +40,7 @@ from ..cli import build_parser, setting
 from ..contract import RUN_FILE, ContractError, RunContract, TrainingSection, assumed_contract
 from ..io_utils import atomic_path, write_atomic, write_json
 from .loading import REAL_MODEL_ID, ModelConfig, ModelLoadError
+from ..platform_check import peak_memory
 from ..prompt import build_messages
 from ..data.shards import ClipRecord, decode_sample, shard_paths
 
@@ -282,18 +283,6 @@ def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
     return loss / targets.numel()
 
 
-def _peak_memory() -> dict:
-    import resource
-
-    import torch
-
-    if torch.cuda.is_available():
-        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated()),
-                "reserved_bytes": int(torch.cuda.max_memory_reserved())}
-    # Linux ru_maxrss is KiB: the process's peak resident set (model + data + Python), not accelerator memory
-    return {"kind": "cpu_peak_rss", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
-
-
 def _versions() -> dict:
     import peft
     import torch
@@ -446,7 +435,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
             "first_logged_loss": losses[0] if losses else None,
             "last_logged_loss": losses[-1] if losses else None,
             "runtime_s": round(runtime, 2),
-            "peak_memory": _peak_memory(),
+            "peak_memory": peak_memory(),
             "params": trainable_summary(trainer.model),
             "shards": [p.name for p in paths],
         })
