@@ -673,3 +673,19 @@ def test_serving_requirements_cover_what_serving_imports(repo_root):
     everything = _requirement_names(repo_root / "requirements.txt")
     for f in ("requirements-torch.txt", "requirements-serve.txt", "requirements-train.txt", "requirements-dev.txt"):
         assert set(_requirement_names(repo_root / f)) <= set(everything), f  # CI installs the union
+
+
+def test_decoder_pool_close_is_bounded_by_a_hung_decoder():
+    """Shutting the server down never waits on a decoder stuck in a file: it gets its time, then it is killed."""
+    import time
+
+    from openpack_vlm.serving.decoders import DecoderPool
+
+    pool = DecoderPool(workers=1, timeout_s=60, memory_mb=1024).start()
+    slot = pool._slots[0]
+    proc = next(iter(slot.executor._processes.values()))
+    slot.executor.submit(time.sleep, 120)  # a decode that would outlast any shutdown
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    slot.close(timeout=1.0)
+    assert time.perf_counter() - t0 < 10 and not proc.is_alive()

@@ -93,8 +93,18 @@ class _Slot:
         except Exception as exc:  # noqa: BLE001 - the next call sees the broken pool and restarts again
             log.error("decoder process restart failed: %s", one_line(exc))
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the decoder process: it gets ``timeout`` s to finish its current file, then it is killed, so a
+        hung decode can never hold up the server's shutdown."""
+        procs = list(getattr(self.executor, "_processes", {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("decoder process %s did not stop in %.0f s: killed", proc.pid, timeout)
+                proc.kill()
+                proc.join(5)
         self.shm.close()
         self.shm.unlink()
 
