@@ -124,7 +124,7 @@ class SessionTask:
     source: str
     k: int
     jpeg_quality: int
-    pose_render: dict | None = None  # PoseRender fields (None: the default renderer)
+    pose_render: dict  # PoseRender fields, as the run contract records them
 
 
 @dataclass
@@ -147,8 +147,7 @@ def process_session(task: SessionTask) -> SessionResult:
     items: list = []
     t = time.perf_counter()
     try:
-        src = open_source(task.root, task.user, task.session, task.source,
-                          PoseRender(**task.pose_render) if task.pose_render else None)
+        src = open_source(task.root, task.user, task.session, task.source, PoseRender.from_json(task.pose_render))
     except (OpenPackError, FrameError, VideoDecodeError, OSError, ValueError) as e:
         reason = f"no usable frame source ({one_line(e, with_type=True)})"
         skipped.append({"user": task.user, "session": task.session, "clips": len(task.specs), "reason": reason})

@@ -92,12 +92,12 @@ TRAIL_JOINTS = ((9, LEFT), (10, RIGHT), (7, LEFT), (8, RIGHT), (17, CENTRE))  # 
 class PoseRender:
     """How keypoint clips become frames (``data.pose_render`` of the run contract)."""
 
-    mode: str = "person"  # "person": a window around the worker, fixed per clip | "frame": the whole Kinect frame
+    mode: str = "person"  # "person": a window following the worker, sized per clip | "frame": the whole Kinect frame
     margin: float = 0.1  # share of the window's side added on each side of the joints' box
     min_window: float = 200.0  # Kinect px: the smallest window side (a still worker is not magnified beyond ~1.7x)
     max_stretch: float = 2.0  # most the window's narrow side is stretched relative to its long side (1 = square)
     smooth: int = 7  # keypoint frames each side averaged for the window's centre (15 Hz: +-0.47 s)
-    trail: int = 8  # keypoint frames of fading wrist/elbow trail (15 Hz keypoints: 0.53 s)
+    trail: int = 8  # keypoint frames of fading wrist/elbow/hip trail (15 Hz keypoints: 0.53 s)
     limb_px: float = 16.0  # output px at 336: limb width
     forearm_px: float = 22.0
     joint_px: float = 9.0  # joint disc radius
