@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..io_utils import atomic_path, write_atomic
+from ..io_utils import atomic_path, write_atomic, write_json
 from ..labels import ID_TO_NAME, NULL_ID
 from .timegrid import at_or_before
 from .openpack import (
@@ -500,6 +500,49 @@ def write_synthetic_root(root: str | Path, cfg: SyntheticConfig | None = None) -
     return root
 
 
+# ------------------------------------------------------------------------------------------- a camera video
+def write_session_video(path: str | Path, seconds: float, seed: int = 0, user: str = "U0108", session: str = "S0100",
+                        size: tuple[int, int] = (640, 360), fps: int = KINECT_FPS, progress: bool = False) -> dict:
+    """A synthetic session as ONE camera video with a known timeline (long-video / timeline tests and benchmarks).
+
+    The frames are the synthetic colour frames (``render_frame``: the operation's panel colour behind the masked
+    worker) at the Kinect's 15 fps, H.264, from the first annotated operation on; ``seconds`` of annotated work.
+    Written atomically (a temp file renamed into place), one frame at a time (memory does not grow with length).
+    Returns the truth: ``{"video", "seconds", "fps", "size", "segments": [{"start_s", "end_s", "operation"}]}`` with
+    times from the video's first frame; Null gaps are segments of "Null".
+    """
+    import av
+
+    path = Path(path)
+    cfg = SyntheticConfig(users=(user,), sessions=(session,), seed=seed, session_seconds=float(seconds),
+                          lead_seconds=0.0, rgb_size=tuple(size))
+    rows = make_rows(cfg, user, session)
+    timeline = rows_to_timeline(rows)
+    t0 = rows[0][0]
+    n = int(round((rows[-1][1] - t0) * fps / 1000))
+    ts = t0 + np.round(np.arange(n) * 1000 / fps).astype(np.int64)
+    kpts = make_keypoints(cfg, user, session, timeline, ts)
+    ops = labels_at(timeline, ts)
+    bases = _base_frames(tuple(size))
+    w, h = size
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.options = {"preset": "ultrafast", "crf": "23"}
+            for k, op in tqdm(zip(kpts, ops.tolist()), total=n, disable=not progress, unit="frame",
+                              desc=f"video {path.name}"):
+                rgb = cv2.cvtColor(render_frame(bases[op], k), cv2.COLOR_BGR2RGB)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+    segs = [{"start_s": round((s.start_ms - t0) / 1000, 3), "end_s": round((s.end_ms - t0) / 1000, 3),
+             "operation": ID_TO_NAME[s.op_id]} for s in timeline]
+    return {"video": path.name, "seconds": n / fps, "fps": fps, "size": list(size), "user": user, "session": session,
+            "seed": seed, "segments": segs}
+
+
 # ---------------------------------------------------------------------------------------------------------- CLI
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -511,7 +554,9 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m openpack_vlm.data.synthetic", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="root folder to write")
+    ap.add_argument("--out", help="root folder to write")
+    ap.add_argument("--video", metavar="FILE.mp4", help="instead of a root: one session as a camera video with a known "
+                    "timeline (--seconds long; its truth beside it as FILE.truth.json)")
     ap.add_argument("--users", nargs="+", default=list(DEFAULT_USERS))
     ap.add_argument("--sessions", nargs="+", default=["S0100"])
     ap.add_argument("--seed", type=int, default=0)
@@ -519,6 +564,19 @@ def main(argv=None) -> int:
     ap.add_argument("--rgb-size", type=_size, default=KINECT_SIZE, help="JPEG WIDTHxHEIGHT (real: 1280x720)")
     ap.add_argument("--no-rgb", action="store_true", help="skip the color-masked JPEG frames")
     args = ap.parse_args(argv)
+    if bool(args.out) == bool(args.video):
+        ap.error("give exactly one of --out ROOT or --video FILE.mp4")
+    if args.video:
+        t = time.time()
+        try:
+            truth = write_session_video(args.video, args.seconds, seed=args.seed, progress=True)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        truth_path = write_json(Path(args.video).with_suffix(".truth.json"), truth)
+        print(f"wrote {args.video} ({truth['seconds']:.1f} s, {len(truth['segments'])} segments; truth {truth_path}) "
+              f"in {time.time() - t:.1f} s")
+        return 0
     cfg = SyntheticConfig(users=tuple(args.users), sessions=tuple(args.sessions), seed=args.seed,
                           session_seconds=args.seconds, rgb=not args.no_rgb, rgb_size=args.rgb_size)
     t = time.time()

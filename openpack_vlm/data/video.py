@@ -1,13 +1,17 @@
 """Video decoding: a file -> (T, 336, 336, 3) uint8 RGB at 25 fps by frame timestamps, letterboxed.
 
 ``decode_video`` decodes with PyAV (one sequential pass, only the frames a tick shows converted; decord when PyAV
-cannot decode the file). ``to_clip`` turns any decoded upload into exactly 125 frames (rule in its docstring). The
+cannot decode the file). ``iter_video`` yields the same frames one 25-fps tick at a time in bounded memory (long
+recordings: the timeline). ``to_clip`` turns any decoded upload into exactly 125 frames (rule in its docstring). The
 frame choice is ``timegrid.video_ticks``; decord's random access (``VideoFrameSource`` in sources.py, used by the
 pipeline on session videos) gives the same pixels (tests/test_frames.py).
 """
 from __future__ import annotations
 
+import heapq
 import os
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +150,126 @@ def decode_video(path: str | os.PathLike, fps: int = FPS, size: int = SIZE, max_
     else:
         raise VideoDecodeError(f"cannot decode video {path.name} ({'; '.join(errors)})")
     return frames
+
+
+REORDER_FRAMES = 32  # iter_video: frames whose times arrive out of order are re-sorted within this many decoded
+# frames (box.mp4's swaps span 2-3 frames; a B-frame group is at most 16)
+
+
+def _iter_pyav(path: Path, size: int, fps: int, reorder: int) -> Iterator[np.ndarray]:
+    """PyAV, one sequential pass, yielding the letterboxed frame shown at each 25-fps tick, in order.
+
+    The rule of ``decode_video``: the decoder's output order is the presentation order and the frame times, sorted,
+    are its clock (sorted here within ``reorder`` frames: a bounded heap, so memory does not grow with the video);
+    tick k (k/fps s after the first frame) shows the last frame at or before it (``timegrid.video_ticks``, 1 µs
+    tolerance); the stream lasts until the last frame's time plus the median frame interval. A frame is converted
+    only when a tick shows it. Memory: ``reorder`` decoded frames, one letterboxed frame and the frame times (8 bytes
+    per frame).
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        rate = float(stream.average_rate or fps)
+        times: list[float] = []  # every frame's time (s), for the median interval at the end
+        heap: list[float] = []  # times not yet given to a frame
+        pending: deque = deque()  # decoded frames waiting for their (sorted) time
+        box = None
+        t_first = None
+        held = None  # (time relative to the first frame, av frame, converted image or None)
+        tick = 0
+
+        def show(item) -> np.ndarray:
+            nonlocal box
+            _, fr, img = item
+            if img is None:
+                raw = fr.to_ndarray(format="rgb24", threads=1)
+                box = box or Letterbox.for_shape(raw.shape[1], raw.shape[0], size)
+                img = box.apply(raw)
+            return img
+
+        def advance(t_next: float):
+            """Yield the held frame for every tick before ``t_next`` (the next frame's time)."""
+            nonlocal tick, held
+            img = None
+            while tick / fps + 1e-6 < t_next:
+                img = show(held) if img is None else img
+                yield img
+                tick += 1
+            if img is not None:
+                held = (held[0], held[1], img)
+
+        def assign(fr, t: float):
+            nonlocal held, t_first
+            if t_first is None:
+                t_first = t
+            t -= t_first
+            if held is not None:
+                yield from advance(t)
+            held = (t, fr, None)
+
+        for fr in container.decode(stream):
+            t = len(times) / rate if fr.pts is None else float(fr.pts * fr.time_base)
+            times.append(t)
+            heapq.heappush(heap, t)
+            pending.append(fr)
+            if len(pending) > reorder:
+                yield from assign(pending.popleft(), heapq.heappop(heap))
+        while pending:
+            yield from assign(pending.popleft(), heapq.heappop(heap))
+        if held is None:
+            raise VideoDecodeError(f"video has zero frames: {path}")
+        ts = np.sort(np.asarray(times))
+        step = float(np.median(np.diff(ts))) if len(ts) > 1 else 1.0 / fps
+        n_out = max(1, int(np.floor((ts[-1] - ts[0] + max(step, 1e-6)) * fps + 0.01)))
+        while tick < n_out:
+            img = show(held)
+            held = (held[0], held[1], img)
+            yield img
+            tick += 1
+
+
+def _iter_decord(path: Path, size: int, fps: int) -> Iterator[np.ndarray]:
+    """decord: the same ticks from the frame times read up front, decoded DECODE_CHUNK ticks at a time."""
+    ts, get = _decode_decord(path, size, None)
+    _, src = video_ticks(ts, fps)
+    for c in range(0, len(src), DECODE_CHUNK):
+        yield from get(src[c : c + DECODE_CHUNK])
+
+
+def iter_video(path: str | os.PathLike, fps: int = FPS, size: int = SIZE, reorder: int = REORDER_FRAMES
+               ) -> Iterator[np.ndarray]:
+    """The frames of ``decode_video(path)``, one (size, size, 3) uint8 frame per 25-fps tick, in bounded memory.
+
+    PyAV streams the file; decord is used when PyAV fails before its first frame. A failure later (a recording
+    damaged in the middle) raises VideoDecodeError naming the time reached, never a silently shortened stream.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(f"video file not found: {path}")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"video file is empty (0 bytes): {path}")
+    n = 0
+    try:
+        for frame in _iter_pyav(path, size, fps, reorder):
+            yield frame
+            n += 1
+        return
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - libav errors come in many types; reported in one line
+        if n:
+            raise VideoDecodeError(f"video {path.name} could not be decoded after {n / fps:.1f} s "
+                                   f"({one_line(e, 200)})") from None
+        first = one_line(e, 200)
+    try:
+        yield from _iter_decord(path, size, fps)
+    except Exception as e:  # noqa: BLE001
+        raise VideoDecodeError(f"cannot decode video {path.name} (pyav: {first}; decord: {one_line(e, 200)})"
+                               ) from None
 
 
 def to_clip(frames: np.ndarray, n: int = CLIP_FRAMES, min_frames: int = MIN_CLIP_FRAMES) -> np.ndarray:

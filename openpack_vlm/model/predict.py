@@ -701,6 +701,10 @@ class Predictor:
         """Answer for a whole (125, H, W, 3) uint8 clip: frames chosen by ``sampling.sample_clip`` as in training
         (the run contract's K and parameters), then through the shards' JPEG encode/decode at the run's quality, so
         the model sees what it was trained on."""
+        return self.predict_clips([frames], [clip_id])[0]
+
+    def sampled_frames(self, frames: np.ndarray) -> tuple[list, list[int]]:
+        """The frames the model sees of a (125, H, W, 3) uint8 clip, and their indices (``predict_clip``'s choice)."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[0] != CLIP_FRAMES or frames.shape[-1] != 3:
             raise PredictError(f"clip must be ({CLIP_FRAMES}, H, W, 3) frames, got shape {frames.shape}")
@@ -708,5 +712,10 @@ class Predictor:
             raise PredictError(f"clip frames must be uint8, got {frames.dtype}")
         idx = sample_clip(frames, self.config.sampling)
         q = self.config.jpeg_quality
-        images = [frames[i] if q is None else jpeg_round_trip(frames[i], q) for i in idx]
-        return self.predict(images, idx, clip_id)
+        return [frames[i] if q is None else jpeg_round_trip(frames[i], q) for i in idx], idx
+
+    def predict_clips(self, clips: list[np.ndarray], clip_ids: list[str]) -> list[PredictResult]:
+        """``predict_clip`` for several clips at once (one ``predict_batch``): the timeline's windows."""
+        if len(clips) != len(clip_ids):
+            raise PredictError(f"{len(clips)} clips for {len(clip_ids)} clip ids")
+        return self.predict_batch([(*self.sampled_frames(c), cid) for c, cid in zip(clips, clip_ids)])
