@@ -10,6 +10,7 @@ so the event loop never waits for it. Every error is a JSON body ``{"error": cod
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -22,14 +23,15 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS, Prediction
 from .decoders import DecoderPool
 from .settings import ServeConfig
-from .uploads import ErrorBody, UploadError, sanitize_clip_id, save_upload
+from .timeline_jobs import TimelineJobs
+from .uploads import ErrorBody, UploadError, probe_upload, sanitize_clip_id, save_upload
 
 log = logging.getLogger("openpack_vlm.serving")
 
@@ -41,19 +43,21 @@ def error_response(status: int, error: str, detail: str, headers: dict | None = 
 
 
 class UploadSizeLimit:
-    """ASGI middleware: a request body to ``paths`` over ``max_bytes`` gets 413 while it streams in.
+    """ASGI middleware: a request body to a path of ``limits`` ({path: max bytes}) over its cap gets 413 while it
+    streams in.
 
     A declared Content-Length over the cap is refused before any byte is read; a chunked body is counted as it
     arrives. The 413 is raised from ``receive`` as an HTTPException, which FastAPI passes through its body parsing to
     the app's exception handler (JSON body), so nothing over the cap is ever buffered or spooled.
     """
 
-    def __init__(self, app, max_bytes: int, paths: tuple[str, ...] = ("/predict",)):
-        self.app, self.max_bytes, self.paths = app, max_bytes, paths
+    def __init__(self, app, limits: dict[str, int]):
+        self.app, self.limits = app, dict(limits)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or scope["path"] not in self.limits:
             return await self.app(scope, receive, send)
+        max_bytes = self.limits[scope["path"]]
         declared = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -65,12 +69,12 @@ class UploadSizeLimit:
 
         async def limited_receive():
             nonlocal total
-            if declared is not None and declared > self.max_bytes:
+            if declared is not None and declared > max_bytes:
                 raise StarletteHTTPException(413)
             message = await receive()
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
-                if total > self.max_bytes:
+                if total > max_bytes:
                     raise StarletteHTTPException(413)
             return message
 
@@ -165,6 +169,25 @@ def get_model(request: Request) -> ModelState:
     return model
 
 
+PREVIEW_QUALITY = 80  # JPEG quality of the frames /predict returns with include_frames (~15 KB each at 336x336)
+
+
+def frame_previews(clip, indices) -> list[dict]:
+    """The frames the model saw, for the page: ``{index, t_s, jpeg}`` (a data URL)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    out = []
+    for i in indices:
+        buf = io.BytesIO()
+        Image.fromarray(clip[int(i)]).save(buf, format="JPEG", quality=PREVIEW_QUALITY)
+        out.append({"index": int(i), "t_s": round(int(i) / FPS, 2),
+                    "jpeg": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()})
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- routes
 API_DESCRIPTION = f"""
 Operation understanding for 5-second clips of an OpenPack packaging worker, by a (QLoRA-tuned) Qwen2-VL.
@@ -240,6 +263,8 @@ async def predict(
     response: Response,
     file: UploadFile = File(..., description="the video (any container/codec libav reads)"),
     clip_id: str | None = Form(None, description="id echoed in the answer; default: the file name"),
+    include_frames: bool = Form(False, description="also return the frames the model saw (`frames`: index, time, "
+                                "JPEG data URL) — for the web page; off: the answer is exactly the Prediction"),
     model: ModelState = Depends(get_model),
     cfg: ServeConfig = Depends(get_settings),
 ):
@@ -278,6 +303,9 @@ async def predict(
         # model saw (frames of the normalised clip), chosen by the run contract's sampler
         if getattr(result, "repair", None):  # the model's text needed repair to fit the schema (predict.py)
             response.headers["X-Output-Repair"] = one_line(Exception(result.repair), 200)
+        if include_frames:
+            body = pred.model_dump() | {"frames": frame_previews(clip, result.scores["frame_indices"])}
+            return JSONResponse(body, headers=dict(response.headers))
         return pred
     except UploadError as exc:
         log.info("predict %s: %d %s: %s", cid, exc.status, exc.error, exc.detail)
@@ -287,6 +315,140 @@ async def predict(
         if path is not None:
             path.unlink(missing_ok=True)
         await file.close()
+
+
+# --------------------------------------------------------------------------------------------------- timeline
+def get_jobs(request: Request) -> TimelineJobs:
+    return request.app.state.timeline
+
+
+def _sse(event: str, data) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+SSE_PING_S = 10.0  # a comment line this often keeps proxies from closing a quiet stream (s)
+
+
+async def job_events(job, owner: bool):
+    """Server-sent events of a job: ``job`` (its status, first), ``window`` per answered window (with progress),
+    then ``done`` (status with the result), ``error`` or ``cancelled``. ``owner``: this stream started the job, and
+    its client's disconnect cancels it."""
+    sent = 0
+    last = time.monotonic()
+    try:
+        yield _sse("job", job.status())
+        while True:
+            job.touch()
+            final = not job.active  # read before the windows: every window of a finished job is sent first
+            while sent < len(job.windows):
+                sent += 1
+                yield _sse("window", {"window": job.windows[sent - 1], "progress": job.progress()})
+                last = time.monotonic()
+            if final:
+                if job.state == "done":
+                    yield _sse("done", job.status())
+                else:
+                    yield _sse("error" if job.state == "failed" else "cancelled", job.error)
+                return
+            if time.monotonic() - last > SSE_PING_S:
+                yield b": ping\n\n"
+                last = time.monotonic()
+            await asyncio.sleep(0.2)
+    finally:
+        if owner and job.active:
+            job.cancel("the client closed the event stream")
+            log.info("timeline %s: client disconnected, cancelled", job.id)
+
+
+TIMELINE_DESCRIPTION = """A whole recording (up to `MAX_TIMELINE_SECONDS`) → its operation timeline: sliding 5-s
+windows (every `stride` s, default `TIMELINE_STRIDE_S`), each answered like `/predict`, merged into segments
+(`{start_s, end_s, operation, confidence}`: per-second votes of the overlapping windows smoothed by the grammar HMM),
+per-box cycle times and the operation expected next. The job runs in the background: the answer is `202` with
+`job_id` and `status_url` (poll `GET /timeline/{job_id}`; `?since=N` adds the windows from N on) — or, with
+`Accept: text/event-stream`, this response streams the job's events (`job`, `window`..., then `done`/`error`/
+`cancelled`) and closing it cancels the job. `DELETE /timeline/{job_id}` cancels; `GET /timeline/{job_id}/plot.png`
+draws the finished timeline."""
+
+
+@router.post("/timeline", status_code=202, summary="Start the operation timeline of a long recording",
+             description=TIMELINE_DESCRIPTION, responses=ERROR_RESPONSES,
+             form_limits={"max_files": 1, "max_fields": 4, "max_part_size": 4096})
+async def timeline(
+    request: Request,
+    file: UploadFile = File(..., description="the recording (any container/codec libav reads)"),
+    stride: float | None = Form(None, description="seconds between window starts (0.04-5); default TIMELINE_STRIDE_S"),
+    model: ModelState = Depends(get_model),
+    cfg: ServeConfig = Depends(get_settings),
+    jobs: TimelineJobs = Depends(get_jobs),
+):
+    if jobs.active() >= cfg.max_timeline_jobs:  # before the (large) upload is copied
+        raise UploadError(503, "busy", f"{jobs.active()} timeline jobs running (MAX_TIMELINE_JOBS="
+                          f"{cfg.max_timeline_jobs})", {"Retry-After": "10"})
+    streamed = "text/event-stream" in request.headers.get("accept", "")
+    name = sanitize_clip_id(None, file.filename)
+    try:
+        path = await anyio.to_thread.run_sync(save_upload, file.file, cfg.upload_dir, cfg.max_timeline_upload_bytes)
+    finally:
+        await file.close()
+    try:  # recognised (415/422) now, in a decoder process, so a bad upload gets its HTTP error, not a failed job
+        await anyio.to_thread.run_sync(model.decoders.run, probe_upload, path, cfg.max_timeline_seconds,
+                                       cfg.max_frame_pixels, "/timeline")
+        job = jobs.submit(path, name, cfg.timeline_stride_s if stride is None else stride, streamed)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    log.info("timeline %s: %s (%.1f MB) submitted%s", job.id, name, path.stat().st_size / 1e6 if path.exists() else 0,
+             " (streamed)" if streamed else "")
+    if streamed:
+        return StreamingResponse(job_events(job, owner=True), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Job-Id": job.id})
+    return JSONResponse(job.status(), status_code=202, headers={"Location": f"/timeline/{job.id}"})
+
+
+@router.get("/timeline/{job_id}", summary="A timeline job's state, progress, and its result when done",
+            responses={404: {"model": ErrorBody, "description": "unknown or expired job"}})
+async def timeline_status(job_id: str, since: int | None = None, jobs: TimelineJobs = Depends(get_jobs)):
+    return jobs.get(job_id).status(since=None if since is None else max(0, since))
+
+
+@router.get("/timeline/{job_id}/events", summary="A timeline job's server-sent events (watching does not own it)",
+            responses={404: {"model": ErrorBody, "description": "unknown or expired job"}})
+async def timeline_events(job_id: str, jobs: TimelineJobs = Depends(get_jobs)):
+    job = jobs.get(job_id)
+    return StreamingResponse(job_events(job, owner=False), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+@router.delete("/timeline/{job_id}", summary="Cancel a timeline job",
+               responses={404: {"model": ErrorBody, "description": "unknown or expired job"}})
+async def timeline_cancel(job_id: str, jobs: TimelineJobs = Depends(get_jobs)):
+    job = jobs.get(job_id)
+    job.cancel("cancelled by DELETE")
+    for _ in range(100):  # the job thread stops between batches; wait briefly so the answer shows the final state
+        if not job.active:
+            break
+        await asyncio.sleep(0.1)
+    return job.status()
+
+
+@router.get("/timeline/{job_id}/plot.png", summary="The finished timeline as a Gantt chart (PNG)",
+            response_class=Response, responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+async def timeline_plot(job_id: str, jobs: TimelineJobs = Depends(get_jobs)):
+    job = jobs.get(job_id)
+    if job.state != "done":
+        raise UploadError(409, "not_done", f"timeline job {job_id} is {job.state}; the chart exists once it is done")
+    from ..timeline.plot import plot_timeline
+
+    png = await anyio.to_thread.run_sync(plot_timeline, job.result, None)
+    return Response(png, media_type="image/png")
+
+
+@router.get("/", include_in_schema=False)
+async def page(cfg: ServeConfig = Depends(get_settings)):
+    """The web page: upload a clip or a recording, see the answer, the frames, the timeline (no CDN, no build)."""
+    from .page import page_html
+
+    return HTMLResponse(page_html(cfg))
 
 
 # --------------------------------------------------------------------------------------------------- the app
@@ -299,9 +461,11 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
     async def lifespan(app: FastAPI):
         model = ModelState(cfg, factory)
         app.state.model = model
+        app.state.timeline = TimelineJobs(cfg, model)
         model.start()
         yield
         app.state.model = None
+        await anyio.to_thread.run_sync(app.state.timeline.close)
         await anyio.to_thread.run_sync(model.close)
 
     app = FastAPI(
@@ -311,7 +475,8 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
         lifespan=lifespan,
     )
     app.state.cfg = cfg
-    app.add_middleware(UploadSizeLimit, max_bytes=cfg.max_upload_bytes + MULTIPART_SLACK)
+    app.add_middleware(UploadSizeLimit, limits={"/predict": cfg.max_upload_bytes + MULTIPART_SLACK,
+                                                "/timeline": cfg.max_timeline_upload_bytes + MULTIPART_SLACK})
 
     @app.exception_handler(UploadError)
     async def _upload_error(request: Request, exc: UploadError):
@@ -320,6 +485,9 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 413:
+            if request.url.path == "/timeline":
+                return error_response(413, "too_large",
+                                      f"upload exceeds MAX_TIMELINE_UPLOAD_MB={cfg.max_timeline_upload_mb:g} MB")
             return error_response(413, "too_large", f"upload exceeds MAX_UPLOAD_MB={cfg.max_upload_mb:g} MB")
         return error_response(exc.status_code, f"http_{exc.status_code}", one_line(Exception(exc.detail)),
                               exc.headers)

@@ -54,6 +54,19 @@ class ServeConfig(BaseSettings):
     decode_timeout_s: float = Field(60.0, gt=0, description="a decode running longer is killed → 422 (5-s clip: <1 s)")
     decode_memory_mb: int = Field(4096, gt=0,
                                   description="address-space cap of a decoder process in MB (imports use ~1.4 GB)")
+    max_timeline_seconds: float = Field(900.0, gt=0, description="POST /timeline: longer recordings get 422 "
+                                         "(15 min = 359 windows at a 2.5-s stride)")
+    max_timeline_upload_mb: float = Field(1024.0, gt=0, description="POST /timeline: file cap in MB (15 min of "
+                                          "1080p H.264 is ~0.2-1 GB)")
+    max_timeline_jobs: int = Field(2, gt=0, description="timeline jobs running at once; more get 503 (each holds "
+                                   "a decoder process and ~250 MB of windows)")
+    timeline_stride_s: float = Field(2.5, gt=0, le=5, description="default seconds between 5-s window starts "
+                                     "(form field stride overrides)")
+    timeline_batch_windows: int = Field(2, gt=0, description="windows per model call of a timeline job; a /predict "
+                                        "request waits for at most one such batch")
+    timeline_keep_s: float = Field(3600.0, gt=0, description="a finished timeline job's result is kept this long (s)")
+    timeline_abandon_s: float = Field(60.0, gt=0, description="a job nobody streams or polls for this long (s) is "
+                                      "cancelled (its client went away)")
     upload_dir: str | None = Field(None, description="where upload temp files live; unset = the system temp dir")
     free_text: bool = Field(False, description="also let the model write its free answer, to report in the "
                             "X-Output-Repair header whether it fit the schema; costs up to 128 decode steps per request")
@@ -99,6 +112,10 @@ class ServeConfig(BaseSettings):
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MIB)
 
+    @property
+    def max_timeline_upload_bytes(self) -> int:
+        return int(self.max_timeline_upload_mb * MIB)
+
 
 def describe_error(exc: ValidationError) -> str:
     """The first problem of a ServeConfig ValidationError as one line: ``VAR must be ..., got 'value'``."""
@@ -115,6 +132,8 @@ def describe_error(exc: ValidationError) -> str:
         rule = "must be an integer"
     elif kind == "greater_than":
         rule = f"must be > {ctx.get('gt')}"
+    elif kind == "less_than_equal":
+        rule = f"must be <= {ctx.get('le')}"
     elif kind == "less_than":
         rule = f"must be < {ctx.get('lt')} (1..65535 for PORT)" if var == "PORT" else f"must be < {ctx.get('lt')}"
     elif kind == "literal_error":

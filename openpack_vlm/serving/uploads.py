@@ -109,17 +109,20 @@ class UploadInfo:
     duration_s: float | None  # from the container, when it says
 
 
-def too_long(what: str, max_clip_seconds: float) -> str:
-    """The too-long answer says what to do: /predict judges one clip (its first 5 s)."""
+def too_long(what: str, max_clip_seconds: float, route: str = "/predict") -> str:
+    """The too-long answer says what to do: /predict judges one clip (its first 5 s); /timeline has its own cap."""
+    if route == "/timeline":
+        return (f"{what}; /timeline takes recordings of up to MAX_TIMELINE_SECONDS={max_clip_seconds:g} s: cut it "
+                "(e.g. ffmpeg -ss START -t SECONDS -i IN OUT.mp4) or raise MAX_TIMELINE_SECONDS")
     return (f"{what}; /predict takes clips of up to MAX_CLIP_SECONDS={max_clip_seconds:g} s and judges their first "
             f"{CLIP_SECONDS:g} s: cut the clip you mean (e.g. ffmpeg -ss START -t {CLIP_SECONDS:g} -i IN OUT.mp4) or "
             "raise MAX_CLIP_SECONDS")
 
 
-def probe_upload(path: Path, max_clip_seconds: float, max_frame_pixels: int) -> UploadInfo:
+def probe_upload(path: Path, max_clip_seconds: float, max_frame_pixels: int, route: str = "/predict") -> UploadInfo:
     """Recognise a video by its bytes (libav probing, not the name): metadata checks before any frame is decoded.
 
-    422 empty file / damaged container / frames too large / longer than ``max_clip_seconds``;
+    422 empty file / damaged container / frames too large / longer than ``max_clip_seconds`` (``route``'s cap);
     415 no recognised container, no video stream, or a still image.
     """
     import av
@@ -157,7 +160,7 @@ def probe_upload(path: Path, max_clip_seconds: float, max_frame_pixels: int) -> 
         elif container.duration is not None:
             duration = container.duration / 1_000_000  # AV_TIME_BASE µs
         if duration is not None and duration > max_clip_seconds + 0.5 / FPS:
-            raise UploadError(422, "too_long", too_long(f"video is {duration:.1f} s long", max_clip_seconds))
+            raise UploadError(422, "too_long", too_long(f"video is {duration:.1f} s long", max_clip_seconds, route))
         return UploadInfo(fmt, ctx.name, width, height, duration)
     finally:
         container.close()
