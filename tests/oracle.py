@@ -62,7 +62,7 @@ class OraclePredictor:
                           anticipated_next_operation=ID_TO_NAME[nxt], confidence=0.9)
         return OracleResult(pred, {"dominant": dist, "next_model": nd, "frame_indices": list(range(0, 125, 16))})
 
-    def predict_clips(self, clips, clip_ids):
+    def predict_clips(self, clips, clip_ids, motions=None):
         self.calls += 1
         return [self.answer(c, i) for c, i in zip(clips, clip_ids)]
 

@@ -273,3 +273,27 @@ def test_keypoint_baseline_without_root_is_a_clear_error(tmp_path, capsys):
     assert kb.main(["--data", str(tmp_path / "D")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "names no OpenPack root" in err and "\n" not in err
+
+
+def test_timeline_mode_scores_a_whole_session_with_openpacks_metric(eval_out, pipeline_out):
+    """results.json's timeline: the first test session analysed window by window by both systems, merged, and
+    scored at 1 Hz by openpack-toolkit; the numbers can be recomputed from the per-session files."""
+    from openpack_vlm.timeline import score_timeline
+    from openpack_vlm.timeline.windows import expected_windows
+
+    r = json.loads((eval_out / "results.json").read_text())
+    tl = r["timeline"]
+    assert tl is not None and "skipped" not in tl, tl
+    assert len(tl["sessions"]) == 1 and tl["sessions"][0]["user"] == "U0108" and tl["stride_s"] == 2.48
+    sess = tl["sessions"][0]
+    assert sess["n_windows"] == expected_windows(int(sess["seconds"] * 25), 62)
+    assert "SYNTHETIC" in tl["note"]
+    for system in ("base_model", "finetuned_model"):
+        res = json.loads((eval_out / "timeline" / f"U0108-{sess['session']}.{system}.json").read_text())
+        assert (eval_out / "timeline" / f"U0108-{sess['session']}.{system}.png").is_file()
+        again = score_timeline(res["seconds"], res["truth"])
+        assert again["macro_f1"] == sess[system]["macro_f1"] == tl[system]["macro_f1"]
+        assert 0.0 <= again["macro_f1"] <= 1.0 and len(res["seconds"]) == int(np.ceil(res["duration_s"]))
+        assert res["merge"]["mean_seconds"] and res["n_windows"] == sess["n_windows"]
+        assert res["merge"]["grammar"] is (system == "finetuned_model")  # the tuned grammar fusion, as served
+    assert r["config"]["timeline_sessions"] == 1

@@ -33,9 +33,9 @@ class SlowOracle(OraclePredictor):
         self.delay = delay
         self.predict_calls = 0
 
-    def predict_clips(self, clips, clip_ids):
+    def predict_clips(self, clips, clip_ids, motions=None):
         time.sleep(self.delay)
-        return super().predict_clips(clips, clip_ids)
+        return super().predict_clips(clips, clip_ids, motions)
 
     def predict_clip(self, clip, clip_id):
         self.predict_calls += 1

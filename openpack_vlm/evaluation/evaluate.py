@@ -20,6 +20,7 @@ synthetic/tiny numbers are flagged and never OpenPack results.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import gc
 import logging
@@ -84,6 +85,14 @@ class EvalConfig:
                                   "closed set); the same answers as 1, faster on a GPU")
     keypoint_baseline: bool = setting(True, "also train and score the keypoint baseline (evaluation/keypoint_baseline.py; "
                                             "needs the OpenPack root named in D/summary.json; ~1 min on a CPU)")
+    timeline: bool = setting(True, "also analyse whole sessions of the split as timelines (sliding windows, merged) and "
+                                   "score them with OpenPack's segmentation metric (macro-F1 at 1 Hz); needs the "
+                                   "OpenPack root named in D/summary.json")
+    timeline_stride: float = setting(2.5, "timeline mode: seconds between 5-s window starts")
+    timeline_sessions: int = setting(1, "timeline mode: the first N sessions of the split")
+    timeline_max_seconds: float | None = setting(600.0, "timeline mode: at most this many seconds of each session "
+                                                        "from its first operation (a real session is ~20-30 min: "
+                                                        "~500-700 windows per system); unset = whole sessions")
     n_boot: int = setting(1000, "bootstrap resamples for the 95 % intervals")
     seed: int = setting(0, "bootstrap seed")
 
@@ -466,12 +475,32 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         except BaselineError as e:
             log.warning("keypoint baseline skipped: %s", e)
             kp = {"skipped": str(e)}
+    timeline = None
+    if cfg.timeline:
+        from .keypoint_baseline import BaselineError, openpack_root
+        from .timeline_eval import evaluate_timelines
+
+        try:
+            root = openpack_root(data)
+        except BaselineError as e:
+            log.warning("timeline mode skipped: %s", e)
+            timeline = {"skipped": str(e)}
+        else:
+            tl_cfg = dataclasses.replace(predictor.config, free_text=False)
+            ft_tl = Predictor(predictor.model, predictor.processor, grammar=grammar, fuse_weight=weight, config=tl_cfg)
+            base_tl = Predictor(predictor.model, predictor.processor, grammar=None, config=tl_cfg)
+            timeline = evaluate_timelines(cfg, data, contract, {"base_model": (base_tl, predictor.model.disable_adapter),
+                                                                "finetuned_model": (ft_tl, None)},
+                                          root, out, rows=select_clips(data, cfg.split, None),
+                                          train_rows=select_clips(data, "train", None))
+            timeline["note"] = note
     results = {
         "base_model": _headline(metrics["base_model"]),
         "finetuned_model": _headline(metrics["finetuned_model"]),
         "variants": metrics,
         "baselines": baselines,
         "keypoint_baseline": kp,
+        "timeline": timeline,
         "intervals": {name: m["intervals"] for name, m in metrics.items()},
         "n_clips": len(recs),
         "selection": {"split": cfg.split, "users": sorted({rec.user for rec in recs}),
@@ -487,6 +516,10 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             "intervals": f"95% percentile bootstrap over clips, {cfg.n_boot} resamples, seed {cfg.seed}",
             "finetuned_model": "base + LoRA adapter, next operation from the model alone; finetuned_grammar "
                                "fuses it with the procedural grammar (weight in grammar_fusion)",
+            "timeline": "whole sessions: sliding 5-s windows (every timeline_stride s) rendered like training "
+                        "clips, answered by each system, merged per second (votes + grammar HMM), scored against the "
+                        "annotation at 1 Hz with openpack-toolkit's eval_operation_segmentation (macro-F1 over the 10 "
+                        "operations, Null ignored)",
             "keypoint_baseline": "no VLM: a temporal conv net on the clip's normalised 2D keypoints, trained on the "
                                  "train split, the same test clips and metrics (evaluation/keypoint_baseline.py)",
         },

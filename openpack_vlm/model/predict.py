@@ -703,19 +703,23 @@ class Predictor:
         the model sees what it was trained on."""
         return self.predict_clips([frames], [clip_id])[0]
 
-    def sampled_frames(self, frames: np.ndarray) -> tuple[list, list[int]]:
-        """The frames the model sees of a (125, H, W, 3) uint8 clip, and their indices (``predict_clip``'s choice)."""
+    def sampled_frames(self, frames: np.ndarray, motion: np.ndarray | None = None) -> tuple[list, list[int]]:
+        """The frames the model sees of a (125, H, W, 3) uint8 clip, and their indices (``predict_clip``'s choice;
+        ``motion``: the clip's per-frame motion when it is known from elsewhere — keypoints, as the data pipeline
+        samples skeleton clips — instead of pixel differences)."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[0] != CLIP_FRAMES or frames.shape[-1] != 3:
             raise PredictError(f"clip must be ({CLIP_FRAMES}, H, W, 3) frames, got shape {frames.shape}")
         if frames.dtype != np.uint8:
             raise PredictError(f"clip frames must be uint8, got {frames.dtype}")
-        idx = sample_clip(frames, self.config.sampling)
+        idx = sample_clip(frames, self.config.sampling, motion=motion)
         q = self.config.jpeg_quality
         return [frames[i] if q is None else jpeg_round_trip(frames[i], q) for i in idx], idx
 
-    def predict_clips(self, clips: list[np.ndarray], clip_ids: list[str]) -> list[PredictResult]:
+    def predict_clips(self, clips: list[np.ndarray], clip_ids: list[str],
+                      motions: list[np.ndarray | None] | None = None) -> list[PredictResult]:
         """``predict_clip`` for several clips at once (one ``predict_batch``): the timeline's windows."""
-        if len(clips) != len(clip_ids):
-            raise PredictError(f"{len(clips)} clips for {len(clip_ids)} clip ids")
-        return self.predict_batch([(*self.sampled_frames(c), cid) for c, cid in zip(clips, clip_ids)])
+        motions = motions or [None] * len(clips)
+        if not len(clips) == len(clip_ids) == len(motions):
+            raise PredictError(f"{len(clips)} clips for {len(clip_ids)} clip ids and {len(motions)} motions")
+        return self.predict_batch([(*self.sampled_frames(c, m), cid) for c, cid, m in zip(clips, clip_ids, motions)])

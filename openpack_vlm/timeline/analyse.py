@@ -62,8 +62,9 @@ class TimelineConfig:
         if not 0 <= self.null_prob < 1:
             raise ValueError(f"null_prob must be in [0, 1), got {self.null_prob}")
 
-    def merge_config(self) -> MergeConfig:
-        return MergeConfig(duration_scale=self.duration_scale, null_prob=self.null_prob, hmm=self.hmm)
+    def merge_config(self, mean_seconds: dict | None = None) -> MergeConfig:
+        return MergeConfig(duration_scale=self.duration_scale, null_prob=self.null_prob, hmm=self.hmm,
+                           mean_seconds=mean_seconds)
 
 
 def _rounded(dist: dict | None) -> dict | None:
@@ -167,9 +168,10 @@ def score_timeline(pred_seconds: list[str], truth_segments: list[dict]) -> dict:
 
 def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | None = None, *, source: str = "",
                     total_windows: int | None = None, on_window: Callable[[dict, int, int | None], None] | None = None,
-                    cancelled: Callable[[], bool] | None = None, truth: list[dict] | None = None) -> dict:
+                    cancelled: Callable[[], bool] | None = None, truth: list[dict] | None = None,
+                    mean_seconds: dict | None = None) -> dict:
     """The timeline of a window stream (see the module docstring). ``truth`` (segments with start_s, end_s,
-    operation) adds ``truth`` and ``metrics``."""
+    operation) adds ``truth`` and ``metrics``; ``mean_seconds`` ({op id: s}) replaces the HMM's duration prior."""
     cfg = cfg or TimelineConfig()
     t0 = time.perf_counter()
     records: list[dict] = []
@@ -183,7 +185,7 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
             raise TimelineCancelled("timeline cancelled")
         ids = [f"{source or 'video'}@{w.start_tick / FPS:.2f}s" for w in batch]
         t = time.perf_counter()
-        results = predictor.predict_clips([w.frames for w in batch], ids)
+        results = predictor.predict_clips([w.frames for w in batch], ids, motions=[w.motion for w in batch])
         model_s += time.perf_counter() - t
         for w, r in zip(batch, results):
             rec = window_record(w, r)
@@ -207,7 +209,8 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
     if cfg.max_seconds is not None and duration_s > cfg.max_seconds + 0.5 / FPS:
         raise TimelineError(f"recording is {duration_s:.1f} s long, over max_seconds={cfg.max_seconds:g} s")
     grammar = getattr(predictor, "grammar", None)
-    merged = merge_windows(records, duration_s, grammar, cfg.merge_config())
+    mcfg = cfg.merge_config(mean_seconds)
+    merged = merge_windows(records, duration_s, grammar, mcfg)
     cycles, cycle_summary = box_cycles(merged["segments"], duration_s)
     last = records[-1]
     nxt = last["next"] or {}
@@ -220,7 +223,7 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
                                        "after": last["dominant_operation"], "from_window": last["index"]},
         "cycles": cycles, "cycle_summary": cycle_summary,
         "merge": {"rule": "per-second mean of the covering windows' distributions, grammar HMM (Viterbi); "
-                          "ARCHITECTURE.md section 6", "grammar": grammar is not None, **asdict(cfg.merge_config())},
+                          "ARCHITECTURE.md section 6", "grammar": grammar is not None, **asdict(mcfg)},
         "windows": records,
         "timing": {"wall_s": round(time.perf_counter() - t0, 2), "model_s": round(model_s, 2),
                    "model_s_per_window": round(model_s / len(records), 3)},

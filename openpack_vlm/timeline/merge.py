@@ -10,7 +10,7 @@ The rule (documented in ARCHITECTURE.md §6, tested on recordings whose true tim
    others), floored at ``floor`` and renormalised.
 2. **HMM smoothing.** The operations are the hidden states, one step per second. Staying in operation a for another
    second has probability ``exp(-1 / d_a)`` with d_a its mean duration in seconds (OpenPack U0209, scaled by
-   ``duration_scale``), so a segment's length prior is geometric with the real mean; leaving goes to b with the
+   ``duration_scale``, or ``mean_seconds`` fitted on the training sessions), so a segment's length prior is geometric with the real mean; leaving goes to b with the
    grammar's P(b | a) (uniform over the others without a grammar), with ``null_prob`` of the leaving mass to Null
    (an unannotated gap) and from Null by the grammar's order-0 distribution. Viterbi gives the most probable
    sequence; forward-backward gives each second's posterior.
@@ -40,6 +40,8 @@ class MergeConfig:
     duration_scale: float = 1.0  # x the real mean durations (the synthetic demo data use 0.5)
     null_prob: float = 0.05  # share of operation changes that go to Null first (real U0209: 5 of 192)
     hmm: bool = True  # False: each second's argmax evidence (the vote alone), for comparison
+    mean_seconds: dict | None = None  # {op id: mean duration s} fitted on training sessions (evaluate.py); None =
+    #                                   the real U0209 means x duration_scale
 
 
 def _dist_vector(dist: dict | None) -> np.ndarray:
@@ -83,7 +85,10 @@ def transition_matrix(grammar=None, cfg: MergeConfig | None = None) -> np.ndarra
     a = np.zeros((N, N))
     for i, op in enumerate(OPERATION_IDS):
         mean = NULL_MEAN_S if op == NULL_ID else REAL_DURATIONS_S[op][0]
-        stay = math.exp(-1.0 / max(1.0, mean * cfg.duration_scale))
+        mean *= cfg.duration_scale
+        if cfg.mean_seconds and op in cfg.mean_seconds:
+            mean = float(cfg.mean_seconds[op])
+        stay = math.exp(-1.0 / max(1.0, mean))
         if grammar is not None:
             g = grammar.next_distribution(op)
             nxt = np.array([g.get(o, 0.0) for o in OPERATION_IDS])
@@ -134,6 +139,15 @@ def posteriors(e: np.ndarray, a: np.ndarray) -> np.ndarray:
         p = alpha[t] * beta
         post[t] = p / p.sum()
     return post
+
+
+def mean_durations(timelines) -> dict[int, float]:
+    """{op id: mean segment duration s} over sessions' segment lists (openpack.Segment, ms): the HMM's prior."""
+    acc: dict[int, list[float]] = {}
+    for segs in timelines:
+        for seg in segs:
+            acc.setdefault(int(seg.op_id), []).append((seg.end_ms - seg.start_ms) / 1000.0)
+    return {op: round(float(np.mean(v)), 3) for op, v in sorted(acc.items())}
 
 
 def merge_windows(windows: list[dict], duration_s: float, grammar=None, cfg: MergeConfig | None = None) -> dict:

@@ -25,6 +25,7 @@ class Window:
     start_tick: int  # first frame of the window in the recording (25-fps ticks)
     frames: np.ndarray  # (125, H, W, 3) uint8
     padded: int = 0  # frames repeated at the end (a recording shorter than 5 s)
+    motion: np.ndarray | None = None  # per-frame motion known from keypoints (skeleton sessions), else None
 
     @property
     def start_s(self) -> float:
@@ -70,7 +71,11 @@ def expected_windows(n_ticks: int, stride: int, n: int = CLIP_FRAMES) -> int:
 
 def session_windows(source, t0_ms: int, t1_ms: int, stride: int) -> Iterator[Window]:
     """Windows of a session, each rendered by the source as ONE clip (``source.clip(start, 125)``) — what the data
-    pipeline gives a training clip (the skeleton renderer sizes its view per clip) — on ``iter_windows``' grid."""
+    pipeline gives a training clip (the skeleton renderer sizes its view per clip; skeleton clips carry their joints'
+    motion for the frame sampler, as in data/pipeline.py) — on ``iter_windows``' grid."""
+    from ..data.sampling import motion_from_keypoints
+    from ..data.sources import PoseFrameSource
+
     n_ticks = int((t1_ms - t0_ms) * FPS // 1000)
     starts = [w * stride for w in range(max(0, (n_ticks - CLIP_FRAMES) // stride + 1))]
     if starts and starts[-1] + CLIP_FRAMES < n_ticks:
@@ -78,4 +83,8 @@ def session_windows(source, t0_ms: int, t1_ms: int, stride: int) -> Iterator[Win
     if not starts:
         raise ValueError(f"session span of {n_ticks / FPS:.1f} s is shorter than one {CLIP_FRAMES / FPS:g}-s window")
     for i, s in enumerate(starts):
-        yield Window(i, s, source.clip(t0_ms + round(s * 1000 / FPS), n=CLIP_FRAMES))
+        t = t0_ms + round(s * 1000 / FPS)
+        motion = None
+        if isinstance(source, PoseFrameSource):
+            motion = motion_from_keypoints(source.kpts[source.source_indices(t)])
+        yield Window(i, s, source.clip(t, n=CLIP_FRAMES), motion=motion)
