@@ -75,6 +75,13 @@ def main(argv=None) -> int:
             result = analyse_video(predictor, extra.video, cfg, on_window=progress, truth=truth)
         finally:
             bar.close()
+        import resource
+
+        from ..platform_check import peak_memory
+
+        # host peak RSS (KiB on Linux) whatever the device: what "memory stays flat with video length" is about
+        result["memory"] = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                            "device": peak_memory()}
         write_json(cfg.out, result)
         if cfg.plot:
             from .plot import plot_timeline
@@ -96,7 +103,8 @@ def main(argv=None) -> int:
         m = result["metrics"]
         print(f"macro-F1 {m['macro_f1']:.3f} (present classes {m['macro_f1_present_classes']}), "
               f"1 Hz accuracy {m['accuracy_1hz']}")
-    print(f"wrote {cfg.out}" + (f" and {cfg.plot}" if cfg.plot else ""))
+    print(f"peak RSS {result['memory']['peak_rss_bytes'] / 1e9:.2f} GB; wrote {cfg.out}"
+          + (f" and {cfg.plot}" if cfg.plot else ""))
     return 0
 
 

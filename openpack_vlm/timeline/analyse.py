@@ -223,7 +223,7 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
                                        "after": last["dominant_operation"], "from_window": last["index"]},
         "cycles": cycles, "cycle_summary": cycle_summary,
         "merge": {"rule": "per-second mean of the covering windows' distributions, grammar HMM (Viterbi); "
-                          "ARCHITECTURE.md section 6", "grammar": grammar is not None, **asdict(mcfg)},
+                          "ARCHITECTURE.md section 5", "grammar": grammar is not None, **asdict(mcfg)},
         "windows": records,
         "timing": {"wall_s": round(time.perf_counter() - t0, 2), "model_s": round(model_s, 2),
                    "model_s_per_window": round(model_s / len(records), 3)},

@@ -1,6 +1,6 @@
 """From overlapping window answers to one operation per second, then to segments: votes + an HMM (Viterbi).
 
-The rule (documented in ARCHITECTURE.md §6, tested on recordings whose true timeline is known):
+The rule (documented in ARCHITECTURE.md §5, tested on recordings whose true timeline is known):
 
 1. **Evidence per second.** Second j is the interval [j, j+1) s; its centre c = j + 0.5 s. Every window that covers c
    gives a distribution q over the 11 classes: inside the window's predicted span → the window's dominant-operation
