@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         truth = write_session_video(work / f"s{seed}.mp4", args.seconds, seed=seed)
-        for name, hmm, g in (("votes", False, None), ("hmm", True, None), ("hmm+grammar", True, grammar)):
+        for name, hmm, g in (("votes", "off", None), ("hmm", "on", None), ("hmm+grammar", "on", grammar)):
             oracle = OraclePredictor()
             oracle.grammar = g
             res = analyse_video(oracle, work / f"s{seed}.mp4", TimelineConfig(stride=args.stride, hmm=hmm),

@@ -235,6 +235,7 @@ def test_timeline_of_a_known_video_recovers_segments_and_cycles(session_video, g
     result = analyse_video(oracle, path, TimelineConfig(stride=2.5, batch_windows=3), truth=truth["segments"],
                            on_window=lambda rec, done, total: seen.append((done, total)))
     assert result["n_windows"] == len(seen) == seen[-1][0] == seen[-1][1]  # progress counts every window
+    assert result["merge"]["hmm"] is True and result["merge"]["grammar"] is True  # hmm=auto: a grammar → the HMM
     assert result["duration_s"] == pytest.approx(truth["seconds"], abs=0.05)
     m = result["metrics"]
     assert m["accuracy_1hz"] >= 0.95 and m["macro_f1_present_classes"] >= 0.9, m
@@ -253,6 +254,19 @@ def test_timeline_of_a_known_video_recovers_segments_and_cycles(session_video, g
     for g, w in zip(got, want):
         assert abs(g["cycle_s"] - w["cycle_s"]) <= 2.0, (g, w)
     json.dumps(result)  # JSON-ready
+
+
+def test_hmm_auto_needs_a_grammar(session_video):
+    """Without a grammar the votes alone scored better than the HMM (scripts/timeline_merge_check.py), so auto uses
+    the HMM only with one; on/off force it."""
+    path, truth = session_video
+    short = TimelineConfig(max_seconds=None, batch_windows=8)
+    res = analyse_video(OraclePredictor(), path, short)
+    assert res["merge"]["hmm"] is False and "HMM" not in res["merge"]["rule"]
+    forced = analyse_video(OraclePredictor(), path, TimelineConfig(hmm="on", batch_windows=8))
+    assert forced["merge"]["hmm"] is True and "HMM" in forced["merge"]["rule"]
+    with pytest.raises(ValueError, match="hmm must be auto, on or off"):
+        TimelineConfig(hmm="yes")
 
 
 def test_cancel_stops_between_batches(session_video):

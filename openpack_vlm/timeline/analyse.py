@@ -50,7 +50,9 @@ class TimelineConfig:
     duration_scale: float = setting(1.0, "x the real OpenPack mean operation durations in the HMM prior "
                                          "(the synthetic demo data use 0.5)")
     null_prob: float = setting(0.05, "share of operation changes that pass through Null in the HMM")
-    hmm: bool = setting(True, "smooth the per-second votes with the grammar HMM (--no_hmm: the votes alone)")
+    hmm: str = setting("auto", "smooth the per-second votes with the HMM: auto = when the predictor has a grammar "
+                               "(without one the votes alone scored better, ARCHITECTURE.md section 5) | on | off",
+                       choices=["auto", "on", "off"])
     max_seconds: float | None = setting(None, "refuse recordings longer than this (s); unset = no limit")
 
     def __post_init__(self):
@@ -61,9 +63,12 @@ class TimelineConfig:
             raise ValueError(f"duration_scale must be > 0, got {self.duration_scale}")
         if not 0 <= self.null_prob < 1:
             raise ValueError(f"null_prob must be in [0, 1), got {self.null_prob}")
+        if self.hmm not in ("auto", "on", "off"):
+            raise ValueError(f"hmm must be auto, on or off, got {self.hmm!r}")
 
-    def merge_config(self, mean_seconds: dict | None = None) -> MergeConfig:
-        return MergeConfig(duration_scale=self.duration_scale, null_prob=self.null_prob, hmm=self.hmm,
+    def merge_config(self, mean_seconds: dict | None = None, grammar: bool = False) -> MergeConfig:
+        hmm = self.hmm == "on" or (self.hmm == "auto" and grammar)
+        return MergeConfig(duration_scale=self.duration_scale, null_prob=self.null_prob, hmm=hmm,
                            mean_seconds=mean_seconds)
 
 
@@ -209,7 +214,7 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
     if cfg.max_seconds is not None and duration_s > cfg.max_seconds + 0.5 / FPS:
         raise TimelineError(f"recording is {duration_s:.1f} s long, over max_seconds={cfg.max_seconds:g} s")
     grammar = getattr(predictor, "grammar", None)
-    mcfg = cfg.merge_config(mean_seconds)
+    mcfg = cfg.merge_config(mean_seconds, grammar=grammar is not None)
     merged = merge_windows(records, duration_s, grammar, mcfg)
     cycles, cycle_summary = box_cycles(merged["segments"], duration_s)
     last = records[-1]
@@ -222,8 +227,8 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
                                        "probability": nxt.get(last["anticipated_next_operation"]),
                                        "after": last["dominant_operation"], "from_window": last["index"]},
         "cycles": cycles, "cycle_summary": cycle_summary,
-        "merge": {"rule": "per-second mean of the covering windows' distributions, grammar HMM (Viterbi); "
-                          "ARCHITECTURE.md section 5", "grammar": grammar is not None, **asdict(mcfg)},
+        "merge": {"rule": "per-second mean of the covering windows' distributions"
+                          + (", grammar HMM (Viterbi)" if mcfg.hmm else "") + "; ARCHITECTURE.md section 5", "grammar": grammar is not None, **asdict(mcfg)},
         "windows": records,
         "timing": {"wall_s": round(time.perf_counter() - t0, 2), "model_s": round(model_s, 2),
                    "model_s_per_window": round(model_s / len(records), 3)},
