@@ -25,10 +25,11 @@ REQUIRED_HEADINGS = (
     "## 3. Failure-mode analysis",
     "### What to expect on real OpenPack",
     "## 4. Dataset workarounds",
+    "## 5. Long recordings",
 )
 # sections that report numbers: each must name at least one command of the repo
 MEASURED_SECTIONS = ("### VRAM budget", "## 2. Frame sampling rationale", "## 3. Failure-mode analysis",
-                     "### What to expect on real OpenPack")
+                     "### What to expect on real OpenPack", "## 5. Long recordings")
 COMMAND_RE = re.compile(r"\b(?:python3?\s+-m\s+(?P<mod>[\w.]+)|python3?\s+(?P<py>[\w./-]+\.py)|bash\s+(?P<sh>[\w./-]+\.sh))")
 DECIMAL_RE = re.compile(r"\d+\.\d+")
 
@@ -293,6 +294,27 @@ def test_readme_latency_table_equals_the_committed_benchmark():
         assert row in readme, f"README latency row differs from docs/figures/serve_latency.json: {row}"
 
 
+def test_timeline_tables_equal_the_committed_measurements(doc):
+    """README's timeline memory table is docs/figures/bench_timeline.json (scripts/bench_timeline.py) and
+    ARCHITECTURE's merge table is docs/figures/timeline_merge.json (scripts/timeline_merge_check.py), row by row."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    bench = json.loads((FIGURES / "bench_timeline.json").read_text())
+    assert "python scripts/bench_timeline.py" in readme and f"commit {bench['commit']}" in readme
+    for r in bench["runs"]:
+        row = (f"| {r['video']} | {r['seconds']:.1f} | {r['windows']} | {r['peak_rss_bytes'] / 1e9:.3f} GB | "
+               f"{r['whole_decode_bytes'] / 1e9:.2f} GB | {r['process_wall_s']:.0f} s |")
+        assert row in readme, f"README timeline row differs from docs/figures/bench_timeline.json: {row}"
+    for k, v in bench["peak_rss_ratio"].items():
+        if k.startswith("10min"):
+            assert f"x{v:.3f}" in readme
+    merge = json.loads((FIGURES / "timeline_merge.json").read_text())
+    body = section(doc, "## 5. Long recordings")
+    assert "python scripts/timeline_merge_check.py" in body and f"commit {merge['commit']}" in body
+    for name, m in merge["mean"].items():
+        row = f"| {name} | {m['accuracy_1hz']:.4f} | {m['macro_f1_present_classes']:.4f} |"
+        assert row in body, f"ARCHITECTURE merge row differs from docs/figures/timeline_merge.json: {row}"
+
+
 def test_readme_settings_table_is_generated_from_the_code():
     """Every serving setting is documented from ServeConfig itself (names, defaults, descriptions)."""
     from openpack_vlm.serving.settings import env_names, settings_table
@@ -316,7 +338,10 @@ def _parser_options(kind: str) -> set[str]:
         from openpack_vlm.evaluation.evaluate import EvalConfig
         from openpack_vlm.model.train import TrainConfig
 
-        cls = {"data_pipeline.py": PipelineConfig, "evaluate.py": EvalConfig, "openpack_vlm.model.train": TrainConfig}
+        from openpack_vlm.timeline.__main__ import TimelineRunConfig
+
+        cls = {"data_pipeline.py": PipelineConfig, "evaluate.py": EvalConfig, "openpack_vlm.model.train": TrainConfig,
+               "openpack_vlm.timeline": TimelineRunConfig}
         parser = build_parser(cls[kind])
     return {s for a in parser._actions for s in a.option_strings} | {"--debug"}
 
@@ -332,10 +357,11 @@ def test_documented_flags_exist_in_the_generated_clis():
                                                           "data_pipeline.py", "evaluate.py", "serve.py",
                                                           "scripts/demo.sh", "finetune.ipynb")}
     texts["train.py"] = (REPO / "openpack_vlm/model/train.py").read_text()
+    texts["timeline"] = (REPO / "openpack_vlm/timeline/__main__.py").read_text()
     seen = 0
     for where, text in texts.items():
         text = text.replace("\\\n", " ")
-        for kind in ("data_pipeline.py", "evaluate.py", "openpack_vlm.model.train", "serve.py"):
+        for kind in ("data_pipeline.py", "evaluate.py", "openpack_vlm.model.train", "serve.py", "openpack_vlm.timeline"):
             for m in re.finditer(r"(?<![\w.])" + re.escape(kind) + r"((?:[ \t]+(?:--[\w-]+|\[--[\w-]+|[^\s`|\]]+))*)", text):
                 flags = re.findall(r"--[A-Za-z][\w-]*", m.group(1))
                 unknown = sorted(set(flags) - _parser_options(kind))

@@ -569,6 +569,12 @@ def format_table(results: dict) -> str:
     if kp and "skipped" not in kp:
         lines.append(f"{'keypoint_baseline':<{w}}" + "".join(
             f"{kp[k]:.3f} [{kp['intervals'][k][0]:.2f},{kp['intervals'][k][1]:.2f}]".rjust(22) for k in HEADLINE))
+    tl = results.get("timeline")
+    if tl and "skipped" not in tl:
+        sess = ", ".join(f"{e['user']}/{e['session']} {e['seconds']:g} s" for e in tl["sessions"])
+        lines.append(f"timeline ({sess}, 1 Hz, openpack-toolkit): " + "; ".join(
+            f"{name} macro-F1 {tl[name]['macro_f1']:.3f} (present classes {tl[name]['macro_f1_present_classes']:.3f}, "
+            f"accuracy {tl[name]['accuracy_1hz']:.3f})" for name in ("base_model", "finetuned_model")))
     lines.append(f"n_clips={results['n_clips']}  {results['note']}")
     return "\n".join(lines)
 
