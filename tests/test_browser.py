@@ -82,3 +82,42 @@ def test_a_recording_fills_the_timeline_chart(page):
     driver.save_screenshot(str(Path(log).with_name("timeline.png")))
     assert driver.find_element(By.ID, "progress").get_property("value") == 1
     assert "timeline" in log.read_text() and not driver.find_element(By.ID, "error").is_displayed()
+
+
+def test_closing_the_event_stream_cancels_the_job_and_health_answers_meanwhile(page, tmp_path):
+    """The real server: POST /timeline streaming events, /health answers while the job runs, and closing the
+    stream (the client going away) cancels the job it started."""
+    import time
+
+    import httpx2 as httpx
+
+    from openpack_vlm.data.synthetic import write_session_video
+
+    _, base, log = page
+    video = tmp_path / "s60.mp4"
+    truth = write_session_video(video, 60, seed=4, size=(160, 90))
+    with open(video, "rb") as fh, httpx.Client(timeout=60) as client:
+        with client.stream("POST", base + "/timeline", files={"file": ("s60.mp4", fh, "video/mp4")},
+                           headers={"Accept": "text/event-stream"}) as resp:
+            assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+            job_id = resp.headers["x-job-id"]
+            windows = 0
+            for line in resp.iter_lines():
+                if line == "event: window":
+                    windows += 1
+                    t0 = time.perf_counter()
+                    assert httpx.get(base + "/health", timeout=5).json() == {"status": "ok"}
+                    assert time.perf_counter() - t0 < 1.0
+                if windows == 2:
+                    break  # the client goes away mid-job
+    for _ in range(100):
+        st = httpx.get(f"{base}/timeline/{job_id}", timeout=5).json()
+        if st["state"] != "running":
+            break
+        time.sleep(0.1)
+    assert st["state"] == "cancelled" and "closed the event stream" in st["error"]["detail"], st
+    from openpack_vlm.timeline.windows import expected_windows
+
+    total = expected_windows(int(round(truth["seconds"] * 25)), 62)
+    assert st["progress"]["windows_done"] < st["progress"]["windows_total"] == total
+    assert f"timeline {job_id}: client disconnected, cancelled" in log.read_text()

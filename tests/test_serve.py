@@ -644,7 +644,8 @@ def test_serving_requirements_cover_what_serving_imports(repo_root):
     import sys
 
     code = ("import sys, serve, openpack_vlm.serving.app, openpack_vlm.serving.decoders, openpack_vlm.serving.uploads, "
-            "openpack_vlm.model.predict, openpack_vlm.model.loading, openpack_vlm.data.video; "
+            "openpack_vlm.model.predict, openpack_vlm.model.loading, openpack_vlm.data.video, openpack_vlm.serving.page, "
+            "openpack_vlm.serving.timeline_jobs, openpack_vlm.timeline.analyse, openpack_vlm.timeline.plot; "
             "print(' '.join(m.__file__ for n, m in list(sys.modules.items()) "
             "if n.startswith('openpack_vlm') and getattr(m, '__file__', None)))")
     files = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,

@@ -100,7 +100,14 @@ def test_timeline_job_result_matches_the_truth(tmp_path, videos):
         from openpack_vlm.timeline import score_timeline
 
         m = score_timeline(res["seconds"], truth)
-        assert m["accuracy_1hz"] > 0.9, m  # no grammar in this predictor: the HMM with a uniform successor
+        assert m["accuracy_1hz"] > 0.9, m  # no grammar in this predictor: the votes alone (hmm=auto)
+        assert res["merge"]["hmm"] is False
+        for s in truth:  # every true segment of >= 3 s is found, its boundaries within 1.5 s
+            if s["end_s"] - s["start_s"] >= 3 and s["operation"] != "Null":
+                mid = (s["start_s"] + s["end_s"]) / 2
+                p = next(q for q in res["segments"] if q["start_s"] <= mid < q["end_s"])
+                assert p["operation"] == s["operation"] and abs(p["start_s"] - s["start_s"]) <= 1.5 and \
+                    abs(p["end_s"] - s["end_s"]) <= 1.5, (s, p)
         # ?since=N gives the windows from N on; the chart is there once done
         part = client.get(f"/timeline/{job['job_id']}?since=40").json()["windows"]
         assert [w["index"] for w in part] == list(range(40, 48))
