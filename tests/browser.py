@@ -39,6 +39,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGINT (uvicorn's graceful stop), 30 s to exit, then kill."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @contextmanager
 def serve(repo_root: Path, env: dict, log_path: Path, timeout: float = 240.0):
     """``python serve.py`` on a free port until /ready answers 200; yields the base URL; stops it with SIGINT."""
@@ -66,13 +77,7 @@ def serve(repo_root: Path, env: dict, log_path: Path, timeout: float = 240.0):
             time.sleep(0.3)
         yield base
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_server(proc)
 
 
 @contextmanager

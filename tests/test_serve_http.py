@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from openpack_vlm.schema import CLIP_FRAMES, Prediction
 from media import make_jpeg, make_truncated, make_video
+from browser import free_port, stop_server
 from test_serve import assert_error
 
 pytestmark = pytest.mark.slow
@@ -30,18 +30,12 @@ MAX_CLIP_SECONDS = 30  # the default: the real box.mp4 (15.2 s) is answered, vte
 REAL_VIDEOS = Path(__file__).parent / "data" / "videos"  # real camera files from opencv-doc (see README.md there)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory, repo_root):
     """``python serve.py`` as a subprocess; yields (base_url, process, upload_dir, log_path)."""
     import httpx2 as httpx
 
-    port = _free_port()
+    port = free_port()
     upload_dir = tmp_path_factory.mktemp("server_uploads")
     log_path = tmp_path_factory.mktemp("server_log") / "server.log"
     env = dict(os.environ, MODEL_ID=str(tiny_model_dir), QUANTIZATION="none", DEVICE="cpu",
@@ -66,13 +60,7 @@ def server(tiny_model_dir, tmp_path_factory, repo_root):
             time.sleep(0.2)
         yield base, proc, upload_dir, log_path
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
