@@ -27,10 +27,6 @@ class Window:
     padded: int = 0  # frames repeated at the end (a recording shorter than 5 s)
     motion: np.ndarray | None = None  # per-frame motion known from keypoints (skeleton sessions), else None
 
-    @property
-    def start_s(self) -> float:
-        return self.start_tick / FPS
-
 
 def stride_ticks(stride_s: float) -> int:
     """The stride in 25-fps ticks (at least one tick, at most a window: no second may be left out)."""
