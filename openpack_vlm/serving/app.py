@@ -191,6 +191,7 @@ def frame_previews(clip, indices) -> list[dict]:
 # --------------------------------------------------------------------------------------------------- routes
 API_DESCRIPTION = f"""
 Operation understanding for 5-second clips of an OpenPack packaging worker, by a (QLoRA-tuned) Qwen2-VL.
+Whole recordings: **POST /timeline** (below). A web page to try both: **GET /**.
 
 **POST /predict** takes one video as multipart field `file` (optional form field `clip_id`; default: the file name
 without extension, reduced to letters, digits, `_` and `-`). The video is recognised by its bytes, not by its name or
@@ -304,7 +305,8 @@ async def predict(
         if getattr(result, "repair", None):  # the model's text needed repair to fit the schema (predict.py)
             response.headers["X-Output-Repair"] = one_line(Exception(result.repair), 200)
         if include_frames:
-            body = pred.model_dump() | {"frames": frame_previews(clip, result.scores["frame_indices"])}
+            previews = await anyio.to_thread.run_sync(frame_previews, clip, result.scores["frame_indices"])
+            body = pred.model_dump() | {"frames": previews}
             return JSONResponse(body, headers=dict(response.headers))
         return pred
     except UploadError as exc:
