@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     if args.adapter:
         env["ADAPTER_PATH"] = str(Path(args.adapter).resolve())
     log = Path(tempfile.mkdtemp()) / "server.log"
-    with serve(REPO, env, log) as base, chrome() as driver:
+    with serve(REPO, env, log) as (base, _), chrome() as driver:
         driver.get(base + "/")
         wait = WebDriverWait(driver, 600, poll_frequency=0.3)
         upload(driver, Path(args.clip), "clip")

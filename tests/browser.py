@@ -52,7 +52,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def serve(repo_root: Path, env: dict, log_path: Path, timeout: float = 240.0):
-    """``python serve.py`` on a free port until /ready answers 200; yields the base URL; stops it with SIGINT."""
+    """``python serve.py`` on a free port until /ready answers 200; yields (base URL, the process); stops it with
+    SIGINT."""
     import httpx2 as httpx
 
     port = free_port()
@@ -75,7 +76,7 @@ def serve(repo_root: Path, env: dict, log_path: Path, timeout: float = 240.0):
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
-        yield base
+        yield base, proc
     finally:
         stop_server(proc)
 

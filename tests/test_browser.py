@@ -24,7 +24,7 @@ def page(tiny_model_dir, repo_root, tmp_path_factory):
     log = tmp_path_factory.mktemp("browser") / "server.log"
     env = {"MODEL_ID": str(tiny_model_dir), "QUANTIZATION": "none", "DEVICE": "cpu", "OMP_NUM_THREADS": "1",
            "LOG_LEVEL": "info"}
-    with serve(repo_root, env, log) as base, chrome() as driver:
+    with serve(repo_root, env, log) as (base, _), chrome() as driver:
         driver.get(base + "/")
         yield driver, base, log
 
