@@ -307,6 +307,11 @@ def test_timeline_tables_equal_the_committed_measurements(doc):
     for k, v in bench["peak_rss_ratio"].items():
         if k.startswith("10min"):
             assert f"x{v:.3f}" in readme
+    assert bench["server_runs"], "bench_timeline.json lacks the POST /timeline runs (--server)"
+    for r in bench["server_runs"]:
+        row = (f"| {r['video']} | {r['windows']} | {r['idle_tree_rss_bytes'] / 1e9:.3f} GB | "
+               f"{r['peak_tree_rss_bytes'] / 1e9:.3f} GB | {r['job_wall_s']:.0f} s |")
+        assert row in readme, f"README server timeline row differs from docs/figures/bench_timeline.json: {row}"
     merge = json.loads((FIGURES / "timeline_merge.json").read_text())
     body = section(doc, "## 5. Long recordings")
     assert "python scripts/timeline_merge_check.py" in body and f"commit {merge['commit']}" in body
