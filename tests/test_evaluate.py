@@ -294,6 +294,13 @@ def test_timeline_mode_scores_a_whole_session_with_openpacks_metric(eval_out, pi
         again = score_timeline(res["seconds"], res["truth"])
         assert again["macro_f1"] == sess[system]["macro_f1"] == tl[system]["macro_f1"]
         assert 0.0 <= again["macro_f1"] <= 1.0 and len(res["seconds"]) == int(np.ceil(res["duration_s"]))
-        assert res["merge"]["mean_seconds"] and res["n_windows"] == sess["n_windows"]
-        assert res["merge"]["grammar"] is (system == "finetuned_model")  # the tuned grammar fusion, as served
+        assert res["n_windows"] == sess["n_windows"]
+        tuned = system == "finetuned_model"  # the tuned grammar fusion, as served; its durations prime the HMM
+        assert res["merge"]["grammar"] is tuned and res["merge"]["hmm"] is tuned
+        assert bool(res["merge"]["mean_seconds"]) is tuned
+    grammar = json.loads((pipeline_out / "grammar.json").read_text())
+    fitted = {int(k): v for k, v in grammar["meta"]["mean_seconds"].items()}
+    assert set(fitted) >= {100, 300, 500} and all(0.5 < v < 30 for v in fitted.values())
+    ft = json.loads((eval_out / "timeline" / f"U0108-{sess['session']}.finetuned_model.json").read_text())
+    assert {int(k): v for k, v in ft["merge"]["mean_seconds"].items()} == fitted
     assert r["config"]["timeline_sessions"] == 1

@@ -96,8 +96,15 @@ def test_pairs_are_chat_format_with_shard_members(pipeline_out):
 
 def test_grammar_fitted_on_train_timelines(pipeline_out, synthetic_root):
     g = Grammar.load(pipeline_out / "grammar.json")
-    seqs = [[s.op_id for s in openpack.load_timeline(synthetic_root, u, "S0100")] for u in SPLITS["train"]]
-    assert g.to_json() == Grammar.fit(seqs).to_json()
+    timelines = [openpack.load_timeline(synthetic_root, u, "S0100") for u in SPLITS["train"]]
+    seqs = [[s.op_id for s in tl] for tl in timelines]
+    expected = Grammar.fit(seqs)
+    # with it, the train timelines' mean duration per operation: the timeline HMM's prior wherever the grammar goes
+    from openpack_vlm.timeline.merge import mean_durations
+
+    expected.meta["mean_seconds"] = {str(k): v for k, v in mean_durations(timelines).items()}
+    assert g.to_json() == expected.to_json()
+    assert set(g.meta["mean_seconds"]) == {str(s.op_id) for tl in timelines for s in tl}
     # val/test timelines are not in it: fitting with U0107 too changes the counts
     assert g.to_json() != Grammar.fit(seqs + [[s.op_id for s in openpack.load_timeline(
         synthetic_root, "U0107", "S0100")]]).to_json()

@@ -313,3 +313,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "t.json").exists()
     assert timeline_main([str(junk), "--out", str(tmp_path / "t.json"), "--stride", "9"]) == 2
     assert "stride must be between" in capsys.readouterr().err
+
+
+def test_the_grammars_durations_prime_the_hmm(session_video, grammar):
+    """data_pipeline.py stores the train timelines' mean durations in grammar.json's meta; the timeline's HMM uses
+    them wherever that grammar goes (evaluation and serving alike), else the real U0209 means."""
+    from openpack_vlm.timeline.merge import transition_matrix
+
+    path, _ = session_video
+    g = Grammar.from_json(grammar.to_json())
+    g.meta["mean_seconds"] = {"100": 2.0, "300": 20.0}
+    oracle = OraclePredictor()
+    oracle.grammar = g
+    res = analyse_video(oracle, path, TimelineConfig(batch_windows=8, max_seconds=200))
+    assert res["merge"]["mean_seconds"] == {100: 2.0, 300: 20.0}
+    a = transition_matrix(g, MergeConfig(mean_seconds={100: 2.0, 300: 20.0}))
+    i, j = 0, 2  # Picking, Assemble Box
+    assert a[i, i] == pytest.approx(np.exp(-1 / 2.0)) and a[j, j] == pytest.approx(np.exp(-1 / 20.0))
+    assert np.allclose(a.sum(1), 1.0)

@@ -267,7 +267,7 @@ def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[st
     users_in_root = set(openpack.list_users(root))
     ccfg = clipsmod.ClipConfig(within_share=cfg.within_share, null_boundaries=cfg.null_boundaries, seed=cfg.seed)
     plan: dict[str, list] = {}
-    train_sequences: list[list[int]] = []
+    train_timelines: list[list] = []
     for split, users in cfg.split_users.items():
         plan[split] = []
         for user in users:
@@ -291,7 +291,7 @@ def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[st
                     skipped.append({**where, "reason": "session shorter than one 5-s clip"})
                     continue
                 if split == "train":
-                    train_sequences.append([int(s.op_id) for s in timeline])
+                    train_timelines.append(timeline)
                 clip_skips: list[dict] = []
                 specs = clipsmod.make_clips(timeline, user, session, ccfg, skipped=clip_skips)
                 skipped.extend({"split": split, **s} for s in clip_skips)
@@ -300,7 +300,7 @@ def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[st
                     skipped.append({**where, "reason": "no clip fits the timeline"})
                     continue
                 plan[split].append((user, session, specs))
-    return plan, train_sequences
+    return plan, train_timelines
 
 
 def _check_settings(out: Path, cfg: PipelineConfig) -> RunContract:
@@ -347,7 +347,7 @@ def run(cfg: PipelineConfig) -> dict:
 
     skipped: list[dict] = []
     try:
-        plan, train_sequences = _plan(cfg, root, skipped)
+        plan, train_timelines = _plan(cfg, root, skipped)
     except openpack.OpenPackError as e:
         raise PipelineError(str(e)) from None
     if not any(plan.values()):
@@ -422,8 +422,13 @@ def run(cfg: PipelineConfig) -> dict:
             "sources": dict(Counter(r["source"] for r in records)),
             "dominant_operation": dict(sorted(Counter(r["truth"]["dominant_operation"] for r in records).items())),
         }
-    if train_sequences:
-        Grammar.fit(train_sequences).save(out / "grammar.json")
+    if train_timelines:
+        from ..timeline.merge import mean_durations
+
+        grammar = Grammar.fit([[int(s.op_id) for s in tl] for tl in train_timelines])
+        # the procedure's other half: how long each operation lasts, for the timeline's HMM (timeline/merge.py)
+        grammar.meta["mean_seconds"] = {str(k): v for k, v in mean_durations(train_timelines).items()}
+        grammar.save(out / "grammar.json")
         contract.data.grammar = {"file": "grammar.json", "sha256": file_sha256(out / "grammar.json")}
         contract.save(out)
     else:
@@ -438,7 +443,7 @@ def run(cfg: PipelineConfig) -> dict:
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(re.sub(r"\d{6,}", "N", s["reason"]) for s in skipped)),
         "sources_used_this_run": dict(sources),
-        "grammar": "grammar.json" if train_sequences else None,
+        "grammar": "grammar.json" if train_timelines else None,
         "timing": {
             "wall_s": round(wall, 3),
             "workers": cfg.workers,

@@ -491,8 +491,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             base_tl = Predictor(predictor.model, predictor.processor, grammar=None, config=tl_cfg)
             timeline = evaluate_timelines(cfg, data, contract, {"base_model": (base_tl, predictor.model.disable_adapter),
                                                                 "finetuned_model": (ft_tl, None)},
-                                          root, out, rows=select_clips(data, cfg.split, None),
-                                          train_rows=select_clips(data, "train", None))
+                                          root, out, rows=select_clips(data, cfg.split, None))
             timeline["note"] = note
     results = {
         "base_model": _headline(metrics["base_model"]),

@@ -4,8 +4,8 @@ For each session of the split (the first ``timeline_sessions``, at most ``timeli
 first annotated operation), the session's frames are cut into sliding 5-s windows exactly as the data pipeline
 renders a training clip (``timeline.session_windows``: same frame source, skeleton renderer and keypoint-motion
 sampler), every window is answered by the base model and by the fine-tuned one (with the grammar and its tuned
-weight), the answers are merged into per-second labels (``timeline.merge``; the HMM's duration prior and grammar
-fitted on the TRAIN split), and the labels are scored against the session's annotation at 1 Hz by
+weight), the answers are merged into per-second labels (``timeline.merge``; the HMM's grammar and duration prior
+are the run's grammar.json, fitted on the TRAIN split's timelines by data_pipeline.py — what serving uses), and the labels are scored against the session's annotation at 1 Hz by
 openpack-toolkit's ``eval_operation_segmentation`` (macro-F1, Null ignored).
 """
 from __future__ import annotations
@@ -33,20 +33,17 @@ def _relative(segments, t0_ms: int, t1_ms: int) -> list[dict]:
 
 
 def evaluate_timelines(cfg, data: Path, contract: RunContract, systems: dict, root: Path, out: Path,
-                       rows: list[dict], train_rows: list[dict]) -> dict:
+                       rows: list[dict]) -> dict:
     """``systems``: {name: (predictor, context manager factory or None)} answered on the same windows.
-    ``rows``/``train_rows``: manifest rows of the evaluated split and of the train split (their sessions)."""
+    ``rows``: manifest rows of the evaluated split (their sessions)."""
     from ..data import openpack
     from ..data.skeleton import PoseRender
     from ..data.sources import open_source
     from ..timeline import TimelineConfig, analyse_windows, session_windows
-    from ..timeline.merge import mean_durations
     from ..timeline.plot import plot_timeline
     from ..timeline.windows import stride_ticks
 
     sessions = sorted({(r["user"], r["session"]) for r in rows})[: cfg.timeline_sessions]
-    train_sessions = sorted({(r["user"], r["session"]) for r in train_rows})
-    means = mean_durations(openpack.load_timeline(root, u, s) for u, s in train_sessions)
     tcfg = TimelineConfig(stride=cfg.timeline_stride, batch_windows=cfg.batch_clips)
     stride = stride_ticks(cfg.timeline_stride)
     render = PoseRender.from_json(contract.data.pose_render)
@@ -67,11 +64,9 @@ def evaluate_timelines(cfg, data: Path, contract: RunContract, systems: dict, ro
             windows = session_windows(src, t0, t1, stride)
             if context is not None:
                 with context():
-                    res = analyse_windows(predictor, windows, tcfg, source=f"{user}-{session}", truth=truth,
-                                          mean_seconds=means)
+                    res = analyse_windows(predictor, windows, tcfg, source=f"{user}-{session}", truth=truth)
             else:
-                res = analyse_windows(predictor, windows, tcfg, source=f"{user}-{session}", truth=truth,
-                                      mean_seconds=means)
+                res = analyse_windows(predictor, windows, tcfg, source=f"{user}-{session}", truth=truth)
             stem = f"{user}-{session}.{name}"
             write_json(out_dir / f"{stem}.json", res)
             plot_timeline(res, out_dir / f"{stem}.png",
@@ -94,7 +89,8 @@ def evaluate_timelines(cfg, data: Path, contract: RunContract, systems: dict, ro
         **summary,
         "sessions": per_session,
         "stride_s": stride / FPS,
-        "hmm_mean_seconds_fitted_on": f"{len(train_sessions)} train sessions",
+        "hmm_prior": "the run's grammar.json (transitions and mean durations of the train split's timelines); "
+                     "the HMM smooths only systems that carry it (hmm=auto)",
         "files": str(out_dir),
         "rule": "sliding 5-s windows rendered like training clips, per-second votes + grammar HMM, scored at 1 Hz by "
                 "openpack_toolkit eval_operation_segmentation (macro over the 10 operations, Null ignored; "

@@ -180,7 +180,8 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
                     cancelled: Callable[[], bool] | None = None, truth: list[dict] | None = None,
                     mean_seconds: dict | None = None) -> dict:
     """The timeline of a window stream (see the module docstring). ``truth`` (segments with start_s, end_s,
-    operation) adds ``truth`` and ``metrics``; ``mean_seconds`` ({op id: s}) replaces the HMM's duration prior."""
+    operation) adds ``truth`` and ``metrics``; ``mean_seconds`` ({op id: s}) is the HMM's duration prior (default: the
+    grammar's ``meta["mean_seconds"]``, fitted on the training timelines with it; else the real U0209 means)."""
     cfg = cfg or TimelineConfig()
     t0 = time.perf_counter()
     records: list[dict] = []
@@ -218,6 +219,9 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
     if cfg.max_seconds is not None and duration_s > cfg.max_seconds + 0.5 / FPS:
         raise TimelineError(f"recording is {duration_s:.1f} s long, over max_seconds={cfg.max_seconds:g} s")
     grammar = getattr(predictor, "grammar", None)
+    if mean_seconds is None and grammar is not None and grammar.meta.get("mean_seconds"):
+        # the durations fitted with the grammar on the training timelines (data_pipeline.py), carried by the run
+        mean_seconds = {int(k): float(v) for k, v in grammar.meta["mean_seconds"].items()}
     mcfg = cfg.merge_config(mean_seconds, grammar=grammar is not None)
     merged = merge_windows(records, duration_s, grammar, mcfg)
     cycles, cycle_summary = box_cycles(merged["segments"], duration_s)
