@@ -6,12 +6,13 @@ The rule (documented in ARCHITECTURE.md §5, tested on recordings whose true tim
    gives a distribution q over the 11 classes: inside the window's predicted span → the window's dominant-operation
    distribution (the scores behind ``confidence``); after the span → its next-operation distribution (what the
    model expects to follow); before the span → uniform (the window says nothing about what came before). The
-   evidence e_j is the MEAN of the covering windows' q (a vote: one confident wrong window cannot overrule the
-   others), floored at ``floor`` and renormalised.
+   evidence e_j is the MEAN of the covering windows' q (a vote: each window weighs 1/n; at a 2.5-s stride n = 2,
+   so a confident wrong window can still win its seconds — rule 2 removes such flickers), floored at ``floor`` and
+   renormalised.
 2. **HMM smoothing.** The operations are the hidden states, one step per second. Staying in operation a for another
-   second has probability ``exp(-1 / d_a)`` with d_a its mean duration in seconds (OpenPack U0209, scaled by
-   ``duration_scale``, or ``mean_seconds`` fitted on the training sessions), so a segment's length prior is geometric with the real mean; leaving goes to b with the
-   grammar's P(b | a) (uniform over the others without a grammar), with ``null_prob`` of the leaving mass to Null
+   second has probability ``exp(-1 / d_a)`` with d_a its mean duration in seconds (``mean_seconds``: the grammar's,
+   fitted on the training timelines by data_pipeline.py; else OpenPack U0209's x ``duration_scale``), so a segment's
+   length prior is geometric with that mean; leaving goes to b with the grammar's P(b | a) (uniform over the others without a grammar), with ``null_prob`` of the leaving mass to Null
    (an unannotated gap) and from Null by the grammar's order-0 distribution. Viterbi gives the most probable
    sequence; forward-backward gives each second's posterior.
 3. **Segments** are runs of equal Viterbi labels: ``{start_s, end_s, operation, confidence}`` with confidence =
@@ -40,8 +41,8 @@ class MergeConfig:
     duration_scale: float = 1.0  # x the real mean durations (the synthetic demo data use 0.5)
     null_prob: float = 0.05  # share of operation changes that go to Null first (real U0209: 5 of 192)
     hmm: bool = True  # False: each second's argmax evidence (the vote alone), for comparison
-    mean_seconds: dict | None = None  # {op id: mean duration s} fitted on training sessions (evaluate.py); None =
-    #                                   the real U0209 means x duration_scale
+    mean_seconds: dict | None = None  # {op id: mean duration s}, the grammar's (fitted on the training timelines);
+    #                                   None = the real U0209 means x duration_scale
 
 
 def _dist_vector(dist: dict | None) -> np.ndarray:
