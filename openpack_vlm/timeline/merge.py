@@ -12,8 +12,9 @@ The rule (documented in ARCHITECTURE.md §5, tested on recordings whose true tim
 2. **HMM smoothing.** The operations are the hidden states, one step per second. Staying in operation a for another
    second has probability ``exp(-1 / d_a)`` with d_a its mean duration in seconds (``mean_seconds``: the grammar's,
    fitted on the training timelines by data_pipeline.py; else OpenPack U0209's x ``duration_scale``), so a segment's
-   length prior is geometric with that mean; leaving goes to b with the grammar's P(b | a) (uniform over the others without a grammar), with ``null_prob`` of the leaving mass to Null
-   (an unannotated gap) and from Null by the grammar's order-0 distribution. Viterbi gives the most probable
+   length prior is geometric with that mean; leaving goes to b with the grammar's P(b | a) (uniform over the others
+   without a grammar), with ``null_prob`` of the leaving mass to Null (an unannotated gap) and from Null by the
+   grammar's order-0 distribution. Viterbi gives the most probable
    sequence; forward-backward gives each second's posterior.
 3. **Segments** are runs of equal Viterbi labels: ``{start_s, end_s, operation, confidence}`` with confidence =
    the mean posterior of the segment's operation over its seconds.
