@@ -85,6 +85,8 @@ class TrainingSection:
     quantization: str
     settings: dict  # TrainConfig as JSON (LoRA r/alpha/dropout, steps, LR, batch, ...)
     data_dir: str | None = None
+    vision_lora: bool = False  # the adapter also changes the vision tower + merger (loading.VISION_LINEAR_RE): a
+    #                            server that merges or swaps adapters must apply it to the tower too
 
 
 @dataclass
@@ -209,6 +211,7 @@ class RunContract:
                 "frame_size": self.data.frame_size, "jpeg_quality": self.data.jpeg_quality,
                 "sampler": self.data.sampler.get("name"),
                 "model_id": self.training.model_id if self.training else None,
+                "vision_lora": self.training.vision_lora if self.training else None,
                 "fuse_weight": e.fuse_weight if e else None, "fuse_mode": e.fuse_mode if e else None,
                 "tuned_on": e.tuned_on if e else None}
 

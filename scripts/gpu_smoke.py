@@ -33,7 +33,8 @@ def _raw(model) -> dict:
     return {n: p.detach().cpu().contiguous().view(-1).view(torch.uint8).clone() for n, p in model.named_parameters()}
 
 
-def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Path, work: Path) -> dict:
+def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Path, work: Path,
+              vision_lora: bool = False) -> dict:
     import torch
     from transformers import TrainerCallback
 
@@ -47,16 +48,18 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
             snap["before"] = _raw(model)
             snap["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
             snap["quantized"] = quantized_modules(model)
-            snap["visual_dtypes"] = sorted({str(p.dtype) for n, p in model.named_parameters() if ".visual." in n})
+            snap["visual_dtypes"] = sorted({str(p.dtype) for n, p in model.named_parameters()
+                                            if ".visual." in n and "lora_" not in n})
 
         def on_train_end(self, args, state, control, model=None, **kw):
             snap["after"] = _raw(model)
 
-    out = work / f"run-{dtype}"
+    out = work / f"run-{dtype}{'-vision' if vision_lora else ''}"
     cfg = TrainConfig(data=str(data_dir), out=str(out), model_id=str(model_dir), quantization="4bit", dtype=dtype,
                       device=device, max_steps=steps, save_steps=steps, per_device_train_batch_size=2,
                       gradient_accumulation_steps=1, learning_rate=5e-3, warmup_steps=0, lr_scheduler_type="constant",
-                      max_grad_norm=1.0, logging_steps=1, num_workers=0, shuffle_buffer=8, report_to=("none",))
+                      max_grad_norm=1.0, logging_steps=1, num_workers=0, shuffle_buffer=8, report_to=("none",),
+                      vision_lora=vision_lora)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     t0 = time.time()
@@ -78,6 +81,9 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
         "lm_linears_4bit": bool(snap["quantized"])
         and all(".language_model." in n for n in snap["quantized"]),
         "vision_in_compute_dtype": snap["visual_dtypes"] == [expect_dtype],
+        # vision_lora: the tower's own LoRA learned too; without it, nothing of the tower is trainable
+        "vision_lora_as_asked": (any(".visual." in n and "lora_B" in n for n in changed) if vision_lora
+                                 else not any(".visual." in n for n in snap["trainable"])),
     }
     # inference path: the saved adapter on a fresh 4-bit base generates tokens
     model, proc = load_model(ModelConfig(model_id=str(model_dir), quantization="4bit", dtype=dtype, device=device),
@@ -95,7 +101,7 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
     checks["inference_logits_finite"] = bool(torch.isfinite(logits).all())
     del model
     gc.collect()
-    return {"dtype": dtype, "device": device, "ok": all(checks.values()), "checks": checks, "losses": losses,
+    return {"dtype": dtype, "device": device, "vision_lora": vision_lora, "ok": all(checks.values()), "checks": checks, "losses": losses,
             "peak_memory": summ["peak_memory"], "train_s": round(secs, 1), "changed_tensors": len(changed),
             "changed_non_lora": [f"{n} {tuple(before[n].shape) if n in before else None}->{tuple(after[n].shape)}"
                                  for n in sorted(changed) if "lora_" not in n][:12],
@@ -131,11 +137,13 @@ def main(argv=None) -> int:
         work = Path(tmp)
         model_dir = build_tiny_model(work / "tiny", seed=0)
         data_dir = write_smoke_shards(work / "data")
-        for dt in dtypes:
+        for dt, vision_lora in [(d, v) for d in dtypes for v in (False, True)]:
             try:
-                r = smoke_one(dt, a.device, a.steps, model_dir, data_dir, work)
+                r = smoke_one(dt, a.device, a.steps, model_dir, data_dir, work, vision_lora=vision_lora)
             except Exception as e:  # a crash is a failed check, reported in one line
                 r = {"dtype": dt, "device": a.device, "ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            r["vision_lora"] = vision_lora
+            dt = dt + (" + vision LoRA" if vision_lora else "")
             reports.append(r)
             if "error" in r:
                 print(f"  {dt}: FAIL  {r['error']}")

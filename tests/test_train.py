@@ -210,6 +210,59 @@ def test_only_lora_weights_change(data_dir, tiny_model_dir, tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
+def test_vision_lora_trains_the_tower_and_travels_with_the_adapter(data_dir, tiny_model_dir, tmp_path):
+    """--vision_lora: LoRA on every vision block's qkv/proj/fc1/fc2 and the merger's two linears, nothing else of the
+    tower; those weights change in training; run.json records it; the predictor loads the adapter with them and its
+    answers differ from the same adapter without the tower's LoRA (so the tower's weights are used)."""
+    from transformers import TrainerCallback
+
+    from openpack_vlm.contract import RunContract
+    from openpack_vlm.model.loading import ModelConfig, load_model
+    from openpack_vlm.model.predict import Predictor
+
+    captured = {}
+
+    class Grab(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            captured["before"] = _snapshot(model)
+            captured["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            captured["after"] = _snapshot(model)
+
+    out = tmp_path / "r"
+    T.train(_cfg(data_dir, out, tiny_model_dir, vision_lora=True, save_steps=4), callbacks=[Grab()])
+    trainable = captured["trainable"]
+    assert all("lora_" in n for n in trainable)
+    vis = {n.split(".lora_")[0].split("model.visual.")[1] for n in trainable if "visual" in n}
+    assert vis == {f"blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")} | {
+        "merger.mlp.0", "merger.mlp.2"}
+    changed = {n for n in captured["after"] if not torch.equal(captured["after"][n], captured["before"][n])}
+    assert any("visual" in n and "lora_B" in n for n in changed)  # the tower's adapter learned something
+    n_lora = sum(captured["after"][n].numel() for n in trainable)
+    from openpack_vlm.model import vram
+
+    assert n_lora == vram.lora_params(tiny_model_dir, r=16) + vram.vision_lora_params(tiny_model_dir, r=16)
+    run = RunContract.load(out)
+    assert run.training.vision_lora is True and run.summary()["vision_lora"] is True
+    # serving: the adapter brings the tower's LoRA; dropping it changes the answer scores
+    pred = Predictor.from_pretrained(str(tiny_model_dir), adapter=out / "adapter", grammar=None)  # fake grammar here
+    assert any("visual" in n and "lora_" in n for n, _ in pred.model.named_parameters())
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (336, 336, 3), dtype=np.uint8) for _ in range(8)]
+    idx = [0, 15, 31, 48, 64, 80, 101, 124]
+    with_tower = pred.predict(frames, idx, "c").scores["dominant"]
+    for name, p in pred.model.named_parameters():
+        if "visual" in name and "lora_B" in name:
+            p.data.zero_()
+    without = pred.predict(frames, idx, "c").scores["dominant"]
+    assert max(abs(with_tower[k] - without[k]) for k in with_tower) > 1e-6
+    # the default stays as before: the tower frozen and without LoRA
+    model, _ = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none", gradient_checkpointing=False),
+                          for_training=True)
+    assert not any("visual" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
 def test_interrupted_run_resumes_with_optimizer_state(data_dir, tiny_model_dir, tmp_path):
     from transformers import TrainerCallback
 

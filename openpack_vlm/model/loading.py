@@ -11,7 +11,10 @@ QLoRA recipe (``load_model(ModelConfig(quantization="4bit"), for_training=True)`
   * the vision tower (``model.visual``) and ``lm_head`` stay unquantised (``llm_int8_skip_modules`` patterns are
     matched from the start of the module path, so the pattern must be ``model.visual``, not ``visual``);
   * ``prepare_model_for_kbit_training`` (gradient checkpointing, input grads), then LoRA on the language model's
-    q/k/v/o/gate/up/down projections only; the vision tower stays frozen.
+    q/k/v/o/gate/up/down projections; the vision tower stays frozen unless ``vision_lora`` also puts LoRA on its
+    blocks' attention (qkv, proj) and MLP (fc1/fc2; gate/up/down in Qwen2.5-VL) and on the merger's two linears
+    (as 2U1's ``--vision_lora``; vLLM serves such adapters since PR #26674). Skeleton renders are far from the photos
+    the pretrained tower saw, so the 2B recipe for the pose path can adapt the tower instead of only reading it.
 """
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ REAL_MODEL_ID = "Qwen/Qwen2-VL-2B-Instruct"
 # Language-model projections LoRA adapts. Matched as a regex on the full module path so that only modules under
 # the language model are adapted (the vision tower's qkv/proj/fc1/fc2 and the merger stay frozen).
 LM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Vision-tower linears vision_lora adapts (full module path below ``visual.``): each block's attention and MLP
+# (Qwen2-VL fc1/fc2, Qwen2.5-VL gate/up/down) and the merger's two linears (``merger.mlp.0`` / ``.2``). The patch
+# embedding (a Conv3d) and the norms stay frozen.
+VISION_LINEAR_RE = r"visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj))|merger\.mlp\.(0|2))"
 # Modules bitsandbytes must leave in full precision. Patterns match from the start of the module path.
 BNB_SKIP_MODULES = ("model.visual", "lm_head")
 
@@ -48,7 +55,8 @@ class ModelConfig:
     lora_r: int = 16  # rank 16: ~18M trainable params on 2B, fits T4 with batch 2
     lora_alpha: int = 32  # alpha = 2r, the usual QLoRA scaling
     lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = LM_LINEAR  # language-model projections only; vision tower frozen
+    target_modules: tuple[str, ...] = LM_LINEAR  # language-model projections
+    vision_lora: bool = False  # also LoRA on the vision tower's attention + MLP and the merger (VISION_LINEAR_RE)
     modules_to_save: tuple[str, ...] = ()  # e.g. ("lm_head",) for the tiny model; never for 2B (233M-param head)
     gradient_checkpointing: bool = True  # recompute layer activations: ~5x less activation memory at batch 2
 
@@ -115,8 +123,12 @@ def load_processor(model_id: str):
 def lora_config(cfg: ModelConfig):
     from peft import LoraConfig
 
-    # regex on the full module path: only language-model projections (vision blocks use qkv/proj/fc1/fc2 anyway)
-    target = r".*language_model.*\.(" + "|".join(cfg.target_modules) + r")$"
+    # regex on the full module path: language-model projections (vision blocks use qkv/proj/fc1/fc2 anyway), plus
+    # the vision tower's linears when asked (full path: the LM's q_proj must not match under visual, nor vice versa)
+    target = r".*language_model.*\.(" + "|".join(cfg.target_modules) + r")"
+    if cfg.vision_lora:
+        target = rf"({target}|.*{VISION_LINEAR_RE})"
+    target += "$"
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

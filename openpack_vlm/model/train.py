@@ -72,6 +72,9 @@ class TrainConfig:
     lora_r: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA alpha (2r, the usual QLoRA scaling)")
     lora_dropout: float = setting(0.05, "LoRA dropout")
+    vision_lora: bool = setting(False, "also LoRA on the vision tower's attention + MLP and the merger "
+                                "(2U1's --vision_lora; for skeleton frames, far from the photos the tower saw); "
+                                "recorded in run.json's training section")
     modules_to_save: list[str] | None = setting(
         None, f"modules trained in full besides LoRA; unset = none, {list(TINY_RECIPE['modules_to_save'])} for the "
         "tiny model (for 2B lm_head would be 233M params + Adam states: never); the flag alone = none", nargs="*")
@@ -415,7 +418,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
         if (data / "grammar.json").is_file():
             write_atomic(out / "grammar.json", (data / "grammar.json").read_bytes())
         contract.training = TrainingSection(model_id=cfg.model_id, quantization=cfg.quantization,
-                                            settings=cfg.to_json(), data_dir=str(data))
+                                            settings=cfg.to_json(), data_dir=str(data), vision_lora=cfg.vision_lora)
         contract.evaluation = None  # a new adapter: any earlier tuned weight belonged to other weights
         contract.save(out)
         write_json(out / "config.json", {

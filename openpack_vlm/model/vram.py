@@ -216,12 +216,29 @@ def answer_tokens(tokenizer=None) -> tuple[int, bool]:
     return math.ceil(len(text) / 3.6) + 1, False
 
 
+def vision_lora_params(config=None, r: int = 16) -> int:
+    """LoRA parameters of ``vision_lora`` (loading.VISION_LINEAR_RE): r x (in + out) per adapted linear — each
+    block's qkv, proj and MLP linears, and the merger's two."""
+    a = arch(config)
+    e = a.v_embed
+    mlp = [(e, a.v_intermediate), (e, a.v_intermediate), (a.v_intermediate, e)] if a.v_gated else \
+        [(e, int(e * a.v_mlp_ratio)), (int(e * a.v_mlp_ratio), e)]
+    block = [(e, 3 * e), (e, e)] + mlp
+    ctx = e * a.merge**2
+    merger = [(ctx, ctx), (ctx, a.v_out)]
+    return a.v_depth * sum(r * (i + o) for i, o in block) + sum(r * (i + o) for i, o in merger)
+
+
 def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: int | None = None,
              n_text: int | None = None, lora_r: int = 16, gradient_checkpointing: bool = True,
              answer_logits_only: bool = True, n_answer: int | None = None,
-             compute_bytes: int = 2, quantization: str = "4bit", cuda: bool = True) -> dict:
+             compute_bytes: int = 2, quantization: str = "4bit", cuda: bool = True, vision_lora: bool = False) -> dict:
     """Memory components (bytes) of one QLoRA training step as model.py/train.py run it.
-    ``quantization="none"``: every base weight in the compute dtype (``compute_bytes``: 2 on GPU, 4 on CPU)."""
+    ``quantization="none"``: every base weight in the compute dtype (``compute_bytes``: 2 on GPU, 4 on CPU).
+    ``vision_lora``: LoRA on the vision tower too — its LoRA states, and the tower's activations kept for the
+    backward pass (per block: input, LayerNorms, qkv, attention output, proj, the MLP's hidden and its activation,
+    LoRA-dropout copies ~ (10 + 2 x mlp_ratio) x embed per patch; with checkpointing, the transformers blocks are
+    checkpointed layers too: one saved input per block plus one recomputed block)."""
     a = arch(config)
     pc = param_counts(config)
     if visual_per_frame is None:
@@ -237,7 +254,7 @@ def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: 
         weights_4bit = 0
         full = (pc["embed"] + pc["lm_head"] + pc["lm_other"] + pc["lm_linear"]) * compute_bytes
     vision = pc["vision"] * compute_bytes
-    n_lora = lora_params(config, lora_r)
+    n_lora = lora_params(config, lora_r) + (vision_lora_params(config, lora_r) if vision_lora else 0)
     lora = n_lora * 16  # fp32 weight + grad + AdamW m, v
     h, i, kv = a.hidden, a.intermediate, a.kv_dim
     per_token_layer = (16 * h + 3 * kv + 5 * i) * compute_bytes  # see module docstring; LoRA dropout copies incl.
@@ -253,6 +270,11 @@ def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: 
     logits = logit_tokens * a.vocab * (compute_bytes + 4 + 4)
     patches = batch * frames * visual_per_frame * a.merge**2
     vision_peak = patches * a.v_embed * compute_bytes * (4 + a.v_mlp_ratio)  # one block's transient tensors
+    vision_acts = 0
+    if vision_lora:
+        v_block = patches * a.v_embed * compute_bytes * (10 + 2 * a.v_mlp_ratio)
+        vision_acts = (a.v_depth * patches * a.v_embed * compute_bytes + v_block if gradient_checkpointing
+                       else a.v_depth * v_block)
     comp = {
         "weights_4bit": weights_4bit,
         "weights_full_precision": full,
@@ -261,13 +283,14 @@ def estimate(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: 
         "activations": acts,
         "logits_and_loss": logits,
         "vision_forward_peak": vision_peak,
+        "vision_lora_activations": vision_acts,
         "cuda_overhead": CUDA_OVERHEAD if cuda else 0,
     }
     comp["total"] = sum(comp.values())
     comp["_meta"] = {"logit_tokens": logit_tokens, "answer_logits_only": answer_logits_only,
                      "tokens_per_sample": seq, "text_tokens": n_text, "visual_tokens_per_frame": visual_per_frame,
                      "frames": frames, "batch": batch, "lora_params": n_lora, "vocab": a.vocab, "params": pc,
-                     "gradient_checkpointing": gradient_checkpointing}
+                     "gradient_checkpointing": gradient_checkpointing, "vision_lora": vision_lora}
     return comp
 
 
@@ -286,7 +309,7 @@ def model_name(config=None) -> str:
 
 def vram_table(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame: int | None = None,
                n_text: int | None = None, text_exact: bool | None = None, lora_r: int = 16,
-               gpus: tuple[tuple[str, float], ...] = GPUS) -> list[dict]:
+               gpus: tuple[tuple[str, float], ...] = GPUS, vision_lora: bool = False) -> list[dict]:
     """Rows (one per GPU x checkpointing on/off) with the components in GB and whether the total fits."""
     if visual_per_frame is None:
         visual_per_frame = visual_tokens_per_frame()
@@ -297,7 +320,7 @@ def vram_table(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame
         for ckpt in (True, False):
             # T4 has no bf16: fp16 (2 B) either way, so the compute dtype does not change the numbers
             c = estimate(config, batch=batch, frames=frames, visual_per_frame=visual_per_frame, n_text=n_text,
-                         lora_r=lora_r, gradient_checkpointing=ckpt)
+                         lora_r=lora_r, gradient_checkpointing=ckpt, vision_lora=vision_lora)
             row = {"gpu": gpu, "gpu_gb": mem, "gradient_checkpointing": ckpt}
             row.update({k: round(v / GB, 2) for k, v in c.items() if not k.startswith("_")})
             row["fits"] = c["total"] <= mem * GB * 0.95  # 5 % headroom
@@ -306,8 +329,9 @@ def vram_table(config=None, *, batch: int = 2, frames: int = 8, visual_per_frame
     return rows
 
 
-def vram_math(rows: list[dict] | None = None) -> str:
-    """The notebook's ``# VRAM MATH`` lines (T4 with checkpointing first, then the other cases)."""
+def vram_math(rows: list[dict] | None = None, vision_rows: list[dict] | None = None) -> str:
+    """The notebook's ``# VRAM MATH`` lines (T4 with checkpointing first, then the other cases; then, given
+    ``vision_rows`` from ``vram_table(vision_lora=True)``, the same cases with LoRA on the vision tower too)."""
     rows = rows or vram_table()
     r = rows[0]
     m = r["meta"]
@@ -331,6 +355,12 @@ def vram_math(rows: list[dict] | None = None) -> str:
     for o in rows[1:]:
         lines.append(f"# {o['gpu']} {o['gpu_gb']:.0f} GB, checkpointing {'on' if o['gradient_checkpointing'] else 'off'}:"
                      f" activations {o['activations']:.2f} GB, total {o['total']:.2f} GB -> "
+                     f"{'fits' if o['fits'] else 'does NOT fit'}")
+    for o in vision_rows or ():
+        extra = o["meta"]["lora_params"] - r["meta"]["lora_params"]
+        lines.append(f"# + vision LoRA ({extra / 1e6:.1f}M more LoRA params), {o['gpu']} {o['gpu_gb']:.0f} GB, "
+                     f"checkpointing {'on' if o['gradient_checkpointing'] else 'off'}: vision activations "
+                     f"{o['vision_lora_activations']:.2f} GB, total {o['total']:.2f} GB -> "
                      f"{'fits' if o['fits'] else 'does NOT fit'}")
     return "\n".join(lines)
 
@@ -394,10 +424,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         rows = vram_table(a.config, batch=a.batch, frames=a.frames)
+        vision_rows = vram_table(a.config, batch=a.batch, frames=a.frames, vision_lora=True)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: cannot read model config: {e}", file=sys.stderr)
         return 2
-    print(vram_math(rows))
+    print(vram_math(rows, vision_rows))
     return 0
 
 
