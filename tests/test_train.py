@@ -400,6 +400,14 @@ def test_finetuned_beats_untrained_on_held_out(e2e_data, tiny_model_dir, tmp_pat
     assert after["valid_json"] > before["valid_json"]
     assert after["operation_acc"] > before["operation_acc"]
     assert after["next_op_acc"] > before["next_op_acc"]
+    # the colour-panel POSITIVE CONTROL (#21): a content cue the tiny model must learn well above a constant answer
+    from collections import Counter
+
+    rows = [json.loads(x) for x in (e2e_data / "train" / "manifest.jsonl").read_text().splitlines() if x]
+    majority = Counter(r["truth"]["dominant_operation"] for r in rows).most_common(1)[0][0]
+    majority_acc = sum(rec.truth["dominant_operation"] == majority for rec, _ in held_out) / len(held_out)
+    print(f"  majority class on the held-out clips: {majority_acc:.3f}")
+    assert after["operation_acc"] >= majority_acc + 0.15, (after, majority_acc)
 
 
 def test_gpu_smoke_script_runs_the_qlora_path_on_cpu(capsys):

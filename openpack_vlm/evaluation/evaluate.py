@@ -167,6 +167,14 @@ def _truth(rec) -> dict:
             "next": to_id(t["anticipated_next_operation"])}
 
 
+def _torch_threads() -> int:
+    """torch's intra-op thread count: float reductions are split by thread, so results are bit-identical only at the
+    same count (scripts/demo.sh fixes it at 2)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def data_provenance(data: Path) -> dict:
     """Where the data came from: D/summary.json's root; synthetic if that root carries synthetic_config.json."""
     summary_path = data / "summary.json"
@@ -446,9 +454,10 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
                                                cfg, tuning)
 
     prov = data_provenance(data)
-    from ..model.tiny import is_tiny
+    from ..model.tiny import is_tiny, tiny_pretrain_meta
 
     tiny = is_tiny(cfg.model_id)
+    pretrained = tiny and tiny_pretrain_meta(cfg.model_id) is not None
     frame_sources = dict(Counter(rec.source for rec in recs))
     synthetic = prov["data"] != "real" or tiny
     from ..platform_check import peak_memory
@@ -456,12 +465,14 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     memory = peak_memory()
     log.info("peak memory: %s %.3f GB", memory["kind"], memory["bytes"] / 1e9)
     provenance = prov | {"frame_sources": frame_sources, "model_id": cfg.model_id, "tiny_random_model": tiny,
+                         "tiny_pretraining": tiny_pretrain_meta(cfg.model_id) if tiny else None,
                          "adapter": str(cfg.adapter), "quantization": cfg.quantization, "batch_clips": cfg.batch_clips,
-                         "memory": memory,
+                         "memory": memory, "torch_threads": _torch_threads(),
                          "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")} | git_provenance()
     note = ("SYNTHETIC / TINY-MODEL RESULT: " + ("synthetic data" if prov["data"] == "synthetic" else
                                                   f"data provenance {prov['data']!r}") +
-            (", tiny randomly initialised model" if tiny else "") +
+            ((", tiny model (random LM; vision tower pre-trained on a separate synthetic corpus)" if pretrained
+              else ", tiny randomly initialised model") if tiny else "") +
             ". Checks the pipeline end to end; these are NOT OpenPack results.") if synthetic else (
         f"Real OpenPack data ({', '.join(f'{k}: {v}' for k, v in frame_sources.items())} frames), "
         f"held-out {cfg.split} split, {len(recs)} clips.")

@@ -5,6 +5,8 @@ tiny layers, built in code, cached, and loaded with ``from_pretrained`` like the
                frame): cheap, for everything where the tokenizer does not matter;
 ``tiny-real``  the same layers with the REAL Qwen2-VL-2B-Instruct tokenizer, chat template and processor settings
                (vendored in ``assets/``; vocabulary 151936, 144 visual tokens per 336x336 frame);
+``tiny-pretrained``  ``tiny-real`` with its vision tower pre-trained on a separate synthetic corpus (``pretrain.py``):
+               the tiny base that already sees, which the CPU demo fine-tunes;
 ``build_tiny_model(family="qwen2_5_vl", base_config=...)``  a tiny Qwen2.5-VL scaled down from a real config.json.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ TINY_DIRNAME = "tiny-qwen2vl"
 TINY_REAL_ID = "tiny-real"  # tiny random layers + the real Qwen2-VL-2B-Instruct tokenizer, template and processor
 TINY_REAL_DIRNAME = "tiny-real-qwen2vl"
 REAL_FILES = Path(__file__).parent / "assets" / "qwen2-vl-2b-instruct"  # vendored hub files (PROVENANCE.md there)
+TINY_PRETRAINED_ID = "tiny-pretrained"  # tiny-real + a vision tower pre-trained on its own corpus (pretrain.py)
 TINY_VERSION = 1  # bump when the tiny recipe changes: the cache is rebuilt
 
 QWEN2VL_CHAT_TEMPLATE = (
@@ -271,16 +274,30 @@ def _tiny_cached(seed: int = 0, tokenizer: str = "tiny") -> Path:
 
 
 def resolve_model_id(model_id: str) -> str:
-    """``"tiny"`` / ``"tiny-real"`` -> local dir of that tiny model (built on first use); anything else unchanged."""
+    """``"tiny"`` / ``"tiny-real"`` / ``"tiny-pretrained"`` -> local dir of that tiny model (built on first use);
+    anything else unchanged."""
     if model_id == TINY_MODEL_ID:
         return str(_tiny_cached())
     if model_id == TINY_REAL_ID:
         return str(_tiny_cached(tokenizer="real"))
+    if model_id == TINY_PRETRAINED_ID:
+        from .pretrain import pretrained_cached  # pretrain.py builds on tiny-real: imported here, not at the top
+
+        return str(pretrained_cached())
     return model_id
+
+
+def tiny_pretrain_meta(model_id: str) -> dict | None:
+    """What ``pretrain.py`` recorded for a pre-trained tiny base (corpus, objective, steps, R^2); None otherwise."""
+    try:
+        meta = json.loads((Path(resolve_model_id(model_id)) / "openpack_tiny.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("pretrained")
 
 
 def is_tiny(model_id: str) -> bool:
     """Whether ``model_id`` ("tiny", "tiny-real" or a directory) is a tiny random model built by ``build_tiny_model``."""
-    if model_id in (TINY_MODEL_ID, TINY_REAL_ID):
+    if model_id in (TINY_MODEL_ID, TINY_REAL_ID, TINY_PRETRAINED_ID):
         return True
     return (Path(model_id) / "openpack_tiny.json").is_file()

@@ -94,6 +94,9 @@ class TrainConfig:
     save_total_limit: int = setting(3, "checkpoints kept")
     logging_steps: int = setting(10, "log every N steps")
     seed: int = setting(42, "seed of the model init, the shuffle and dropout")
+    shuffle_labels: bool = setting(False, "NEGATIVE CONTROL: train each clip on the answer of another training clip "
+                                   "(a fixed seeded permutation of the split's answers); a recipe that still beats "
+                                   "the majority class learns from a leak, not from the frames")
     shuffle_buffer: int = setting(256, "samples held for shuffling (~256 x 8 JPEG frames decoded: ~0.3 GB)")
     num_workers: int = setting(2, "dataloader processes decoding JPEGs and running the processor")
     gradient_checkpointing: bool = setting(True, "recompute activations (~5x less memory; required for batch 2 on a "
@@ -214,11 +217,27 @@ def make_stream(paths: list[Path], **kw):
     return _TorchShardStream(paths, **kw)
 
 
-class Collator:
-    """(record, frames) list -> model batch. Labels: only the assistant's JSON answer and its ``<|im_end|>``."""
+def shuffled_truths(data: Path, seed: int) -> dict[str, dict]:
+    """clip_id -> the answer of another clip of the train split (a seeded permutation of the manifest's answers, so
+    the class frequencies stay those of the split): the shuffled-label control's targets."""
+    path = data / "train" / "manifest.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise TrainError(f"--shuffle_labels needs the train split's manifest ({path}): {e}") from None
+    rows.sort(key=lambda r: r["clip_id"])
+    truths = [r["truth"] for r in rows]
+    random.Random(seed).shuffle(truths)
+    return {r["clip_id"]: t for r, t in zip(rows, truths)}
 
-    def __init__(self, processor):
+
+class Collator:
+    """(record, frames) list -> model batch. Labels: only the assistant's JSON answer and its ``<|im_end|>``.
+    ``truth_of``: clip_id -> the answer to train instead of the record's own (the shuffled-label control)."""
+
+    def __init__(self, processor, truth_of: dict[str, dict] | None = None):
         self.processor = processor
+        self.truth_of = truth_of
         tok = processor.tokenizer
         self.im_start = tok.convert_tokens_to_ids("<|im_start|>")
         self.im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -226,7 +245,9 @@ class Collator:
 
     def texts(self, records: list[ClipRecord]) -> list[str]:
         return [
-            self.processor.apply_chat_template(build_messages(r.frame_indices, r.truth), tokenize=False)
+            self.processor.apply_chat_template(
+                build_messages(r.frame_indices, self.truth_of[r.clip_id] if self.truth_of else r.truth),
+                tokenize=False)
             for r in records
         ]
 
@@ -379,7 +400,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     # a resumed run draws a fresh shuffle of the (infinite) stream instead of replaying the consumed batches
     stream = make_stream(paths, buffer=cfg.shuffle_buffer, seed=cfg.seed + resumed_step,
                          rank=args.process_index, world_size=args.world_size)
-    collator = Collator(processor)
+    collator = Collator(processor, truth_of=shuffled_truths(data, cfg.seed) if cfg.shuffle_labels else None)
 
     class StreamTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,0 +1,125 @@
+"""Does the VLM learn, and from the frames? Controls of the training signal (issue #21), each CI-sized (<= 3 min on 2
+cores once the cached ``tiny-pretrained`` base exists):
+
+* positive control: the demo's recipe (LoRA + lm_head on ``tiny-pretrained``, skeleton frames of calibrated synthetic
+  keypoints) learns the pose task well above the majority class on held-out users;
+* negative control: the same recipe trained on shuffled answers (``--shuffle_labels``) does not beat the majority
+  class — so the gain comes from the frames, not from a leak (clip id, time, position) that encodes the answer;
+* the learning check itself fails on a model that answers one constant class (run against one here).
+The colour-panel positive control (RGB frames, a cue real frames lack) is test_train's
+``test_finetuned_beats_untrained_on_held_out``.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from openpack_vlm.data.shards import iter_samples, shard_paths
+from openpack_vlm.model import train as T
+
+#: the controls' budget: steps of 2 clips (~0.45 s a step on 2 cores), the same for both so they differ only in labels
+STEPS = 300
+#: how far above the majority class the positive control must land on the held-out users' clips (OCA)
+MARGIN = 0.2
+
+
+@pytest.fixture(scope="module")
+def pose_data(pose_samples) -> Path:
+    """The data pipeline on the synthetic root with skeleton frames (the demo's public path): train U0101-U0106,
+    val U0107, test U0108."""
+    return pose_samples.parent
+
+
+@pytest.fixture(scope="module")
+def held_out(pose_data):
+    return list(iter_samples(shard_paths(pose_data / "val"))) + list(iter_samples(shard_paths(pose_data / "test")))
+
+
+def _train_majority(data: Path) -> tuple[str, str]:
+    rows = [json.loads(line) for line in (data / "train" / "manifest.jsonl").read_text().splitlines() if line]
+    ops = Counter(r["truth"]["dominant_operation"] for r in rows)
+    nxt = Counter(r["truth"]["anticipated_next_operation"] for r in rows)
+    return ops.most_common(1)[0][0], nxt.most_common(1)[0][0]
+
+
+def scores(answers: list[tuple[str, str]], clips) -> dict:
+    """OCA and AA@1 of (dominant, next) answers on clips [(record, frames)]."""
+    n = len(clips)
+    return {"OCA": sum(a == r.truth["dominant_operation"] for (a, _), (r, _) in zip(answers, clips)) / n,
+            "AA@1": sum(b == r.truth["anticipated_next_operation"] for (_, b), (r, _) in zip(answers, clips)) / n}
+
+
+def learned(s: dict, majority: dict) -> bool:
+    """The positive control's verdict: OCA at least MARGIN above the majority class's on the same clips."""
+    return s["OCA"] >= majority["OCA"] + MARGIN
+
+
+def _answers(run: Path, clips) -> list[tuple[str, str]]:
+    from openpack_vlm.model.predict import PredictConfig, Predictor
+
+    pred = Predictor.from_pretrained("tiny-pretrained", adapter=run / "adapter", grammar=None,
+                                     config=PredictConfig(free_text=False))
+    out = []
+    for i in range(0, len(clips), 8):
+        part = clips[i:i + 8]
+        for res in pred.predict_batch([(fr, r.frame_indices, r.clip_id) for r, fr in part]):
+            out.append((res.prediction.dominant_operation, res.prediction.anticipated_next_operation))
+    return out
+
+
+def _train(data: Path, out: Path, **kw) -> Path:
+    # the demo's recipe (scripts/demo.sh): tiny recipe defaults, batch 2, no accumulation, no checkpointing
+    argv = ["--data", str(data), "--out", str(out), "--model", "tiny-pretrained", "--quantization", "none",
+            "--max-steps", str(STEPS), "--grad-accum", "1", "--no_gradient_checkpointing", "--num-workers", "0",
+            "--report-to", "none", "--save-steps", str(STEPS)]
+    argv += [f"--{k}" for k, v in kw.items() if v is True]
+    return T.train(T.parse_args(argv))
+
+
+def test_learning_check_fails_on_a_constant_answer(pose_data, held_out):
+    """The verdict used below, on a model that answers the train split's majority class for every clip: not learned
+    (so the positive control cannot pass by answering one class)."""
+    maj_op, maj_next = _train_majority(pose_data)
+    majority = scores([(maj_op, maj_next)] * len(held_out), held_out)
+    assert not learned(majority, majority)
+    for op in {r.truth["dominant_operation"] for r, _ in held_out}:  # nor any other constant class
+        assert not learned(scores([(op, maj_next)] * len(held_out), held_out), majority)
+
+
+@pytest.mark.slow
+def test_positive_control_the_recipe_learns_the_pose_task(pose_data, held_out, tmp_path):
+    run = _train(pose_data, tmp_path / "run")
+    s = scores(_answers(run, held_out), held_out)
+    maj_op, maj_next = _train_majority(pose_data)
+    majority = scores([(maj_op, maj_next)] * len(held_out), held_out)
+    print(f"\npositive control ({STEPS} steps, {len(held_out)} held-out clips): {s}; majority class {majority}")
+    assert learned(s, majority), (s, majority)
+
+
+@pytest.mark.slow
+def test_negative_control_shuffled_labels_do_not_beat_the_majority(pose_data, held_out, tmp_path):
+    run = _train(pose_data, tmp_path / "run", shuffle_labels=True)
+    settings = json.loads((run / "run.json").read_text())["training"]["settings"]
+    assert settings["shuffle_labels"] is True  # the control says what it was
+    s = scores(_answers(run, held_out), held_out)
+    maj_op, maj_next = _train_majority(pose_data)
+    majority = scores([(maj_op, maj_next)] * len(held_out), held_out)
+    print(f"\nnegative control ({STEPS} steps on shuffled answers): {s}; majority class {majority}")
+    # one clip of slack over the majority (a shuffled model may split its answers between the two commonest classes)
+    assert s["OCA"] <= majority["OCA"] + 1 / len(held_out) + 1e-9, (s, majority)
+    assert not learned(s, majority)
+
+
+def test_shuffled_truths_are_a_permutation_of_the_split(pose_data):
+    """--shuffle_labels trains every clip on another clip's answer, keeping the split's answer frequencies."""
+    rows = [json.loads(line) for line in (pose_data / "train" / "manifest.jsonl").read_text().splitlines() if line]
+    got = T.shuffled_truths(pose_data, seed=42)
+    assert set(got) == {r["clip_id"] for r in rows}
+    key = lambda t: json.dumps(t, sort_keys=True)  # noqa: E731
+    assert Counter(map(key, got.values())) == Counter(key(r["truth"]) for r in rows)
+    own = sum(key(got[r["clip_id"]]) == key(r["truth"]) for r in rows)
+    assert own < len(rows) * 0.3  # most clips get another clip's answer
+    assert got == T.shuffled_truths(pose_data, seed=42) != T.shuffled_truths(pose_data, seed=1)
