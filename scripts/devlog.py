@@ -58,6 +58,7 @@ ISSUE_TITLES: dict[str, str] = {
     "#14": "Inference at the hardware's pace: fewer model calls per clip, batched evaluation",
     "#15": "Runs the first time where users run it: OpenPack download, Kaggle's own torch, GPU Docker on common drivers",
     "#16": "From a clip to a shift: long-video operation timeline, and a web page to try it",
+    "#21": "Show that the VLM learns: a CPU demo whose fine-tuned model beats the baselines, every run the same",
 }
 NOTES_FILE = Path("docs") / "devlog_notes.json"  # {hash prefix: {"issues": [...], "kept": str, "changed": str}}
 

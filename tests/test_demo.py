@@ -1,7 +1,9 @@
 """The offline demo chain (scripts/demo.sh) end to end, as CI runs it: synthetic keypoints -> skeleton frames ->
-data_pipeline.py -> LoRA on the tiny Qwen2-VL with the real tokenizer -> evaluate.py with the keypoint baseline.
-The fine-tuned model must beat the base model on the held-out synthetic user, the keypoint baseline must beat the
-majority class, and results.json must say that it is a synthetic / tiny-model result."""
+data_pipeline.py -> LoRA on tiny-pretrained (the real tokenizer; vision tower pre-trained on a separate corpus) ->
+evaluate.py with the keypoint baseline. The fine-tuned model must LEARN the pose task — the lower ends of its 95 %
+intervals above the majority class for OCA and AA@1 (a constant answer cannot pass: its interval holds the majority
+share) — its timeline must beat the base model's, the keypoint baseline must beat the majority class, and
+results.json must say that it is a synthetic / tiny-model result."""
 from __future__ import annotations
 
 import json
@@ -31,15 +33,22 @@ def test_demo_chain_finetuned_beats_base(tmp_path, repo_root):
     assert res["synthetic"] is True and res["provenance"]["data"] == "synthetic"
     assert res["provenance"]["tiny_random_model"] is True and "NOT OpenPack" in res["note"]
     assert res["n_clips"] >= 20
-    # the public path is hard for the tiny model at the demo's budget (README: it stays near the majority class);
-    # it must still learn something, and the keypoint baseline must learn the task
-    assert ft["OCA"] > base["OCA"] + 0.1 and ft["tIoU@0.5"] > base["tIoU@0.5"] + 0.3
     kp, maj = res["keypoint_baseline"], res["baselines"]["majority_class"]
+    ci = res["intervals"]
+    # the VLM learns the operations from the frames (measured at e1386e3: OCA 0.690 [0.52, 0.86] vs majority 0.207)
+    assert ft["OCA"] >= maj["OCA"] + 0.3 and ci["finetuned_model"]["OCA"][0] > maj["OCA"], (ft, ci["finetuned_model"])
+    # ... and the next one, with the grammar (0.793 [0.62, 0.93]; the model alone 0.655 [0.48, 0.79])
+    assert ci["finetuned_grammar"]["AA@1"][0] > maj["AA@1"], ci["finetuned_grammar"]
+    assert ci["finetuned_model"]["AA@1"][0] > maj["AA@1"], ci["finetuned_model"]
+    assert ft["tIoU@0.5"] > base["tIoU@0.5"] + 0.3
+    tl = res["timeline"]  # the whole test session, merged per second (0.449 vs base 0.137 at e1386e3)
+    assert tl["finetuned_model"]["macro_f1"] > tl["base_model"]["macro_f1"] + 0.15, tl
     assert kp["OCA"] > maj["OCA"] + 0.3 and kp["AA@1"] > maj["AA@1"] + 0.3
     run = json.loads((out / "data" / "run.json").read_text())["data"]
     assert run["source"] == "pose" and run["pose_render"]["mode"] == "person"
     assert res["provenance"]["frame_sources"] == {"pose": res["n_clips"]}
-    assert res["provenance"]["model_id"] == "tiny-real"
+    assert res["provenance"]["model_id"] == "tiny-pretrained" and res["provenance"]["torch_threads"] == 2
+    assert res["provenance"]["tiny_pretraining"]["corpus"]["users"][0] == "U0201"  # never the demo's users
     lines = (ev / "predictions.jsonl").read_text().splitlines()
     assert len(lines) >= res["n_clips"]
     rec = json.loads(lines[0])

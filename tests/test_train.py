@@ -174,10 +174,9 @@ def _snapshot(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_only_lora_weights_change(data_dir, tiny_model_dir, tmp_path):
+def _grab(captured: dict):
+    """A Trainer callback class recording the weights before and after training and which ones were trainable."""
     from transformers import TrainerCallback
-
-    captured = {}
 
     class Grab(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kw):
@@ -186,6 +185,13 @@ def test_only_lora_weights_change(data_dir, tiny_model_dir, tmp_path):
 
         def on_train_end(self, args, state, control, model=None, **kw):
             captured["after"] = _snapshot(model)
+
+    return Grab
+
+
+def test_only_lora_weights_change(data_dir, tiny_model_dir, tmp_path):
+    captured = {}
+    Grab = _grab(captured)
 
     cfg = _cfg(data_dir, tmp_path / "r", tiny_model_dir)
     T.train(cfg, callbacks=[Grab()])
@@ -214,21 +220,12 @@ def test_vision_lora_trains_the_tower_and_travels_with_the_adapter(data_dir, tin
     """--vision_lora: LoRA on every vision block's qkv/proj/fc1/fc2 and the merger's two linears, nothing else of the
     tower; those weights change in training; run.json records it; the predictor loads the adapter with them and its
     answers differ from the same adapter without the tower's LoRA (so the tower's weights are used)."""
-    from transformers import TrainerCallback
-
     from openpack_vlm.contract import RunContract
     from openpack_vlm.model.loading import ModelConfig, load_model
     from openpack_vlm.model.predict import Predictor
 
     captured = {}
-
-    class Grab(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            captured["before"] = _snapshot(model)
-            captured["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
-
-        def on_train_end(self, args, state, control, model=None, **kw):
-            captured["after"] = _snapshot(model)
+    Grab = _grab(captured)
 
     out = tmp_path / "r"
     T.train(_cfg(data_dir, out, tiny_model_dir, vision_lora=True, save_steps=4), callbacks=[Grab()])

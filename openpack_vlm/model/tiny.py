@@ -248,22 +248,37 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, family: str = "q
     return out
 
 
-def _tiny_cached(seed: int = 0, tokenizer: str = "tiny") -> Path:
-    """Build the tiny model once into the cache (file lock + temp dir + rename; concurrent callers wait)."""
+def cached_build(dirname: str, is_current, build) -> Path:
+    """``cache_dir()/dirname``, built by ``build(tmp_dir)`` unless ``is_current(meta)`` holds for the
+    ``openpack_tiny.json`` already there (file lock + temp dir + one rename; concurrent callers wait)."""
     import fcntl
 
     base = cache_dir()
     base.mkdir(parents=True, exist_ok=True)
-    final = base / (TINY_REAL_DIRNAME if tokenizer == "real" else TINY_DIRNAME)
+    final = base / dirname
 
     def ok() -> bool:
         try:
-            return json.loads((final / "openpack_tiny.json").read_text()).get("version") == TINY_VERSION
-        except (OSError, ValueError):
+            return bool(is_current(json.loads((final / "openpack_tiny.json").read_text())))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
 
     if ok():
         return final
+    with open(base / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ok():
+            return final
+        with atomic_path(final, directory=True) as tmp:  # replaces a stale version in one rename
+            build(tmp)
+    return final
+
+
+def _tiny_cached(seed: int = 0, tokenizer: str = "tiny") -> Path:
+    """Build the tiny model once into the cache."""
+    return cached_build(TINY_REAL_DIRNAME if tokenizer == "real" else TINY_DIRNAME,
+                        lambda meta: meta.get("version") == TINY_VERSION,
+                        lambda tmp: build_tiny_model(tmp, seed=seed, tokenizer=tokenizer))
     with open(base / f"{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if ok():
