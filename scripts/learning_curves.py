@@ -5,8 +5,8 @@
     # e.g. --run "random tower: --model tiny-real --max-steps 600" --run "pretrained: --model tiny-pretrained ..."
     python scripts/learning_curves.py --regenerate docs/figures/learning     # the committed table's runs, again
 
-Each run is ``openpack_vlm.model.train`` itself (the flags are its own; ``--data``/``--out``/``--report-to`` are
-set here), with a callback that every ``--eval-every`` steps answers the first ``--n-val`` validation clips through
+Each run is ``openpack_vlm.model.train`` itself (the flags are its own; ``--data``/``--report-to`` are set here,
+``--out`` is a scratch folder removed afterwards), with a callback that every ``--eval-every`` steps answers the first ``--n-val`` validation clips through
 the product's ``Predictor`` (the 5 closed-set calls serving makes) and records OCA, AA@1, tIoU@0.5 and mean tIoU,
 beside the training loss. Writes ``OUT/curves.json`` (every point, each run's flags, wall time, the
 majority-class line) and ``OUT/curves.png`` (loss, val OCA, val AA@1, val mean tIoU per step), and prints the
@@ -50,12 +50,13 @@ def val_scores(model, processor, clips, batch: int = 8) -> dict:
 
 
 def run_one(name: str, flags: str, data: Path, out: Path, val, every: int) -> dict:
+    """One training run of train.py (its adapter and checkpoints under ``out``, a scratch folder) with the curve."""
     import torch
     from transformers import TrainerCallback
 
     from openpack_vlm.model import train as T
 
-    cfg = T.parse_args(shlex.split(flags) + ["--data", str(data), "--out", str(out / "runs" / _slug(name)),
+    cfg = T.parse_args(shlex.split(flags) + ["--data", str(data), "--out", str(out / _slug(name)),
                                               "--report-to", "none", "--save-steps", "100000"])
     points: list[dict] = []
     t0 = time.time()
@@ -142,7 +143,7 @@ def table(runs: list[dict], maj: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="data_pipeline.py output (train + val splits)")
-    ap.add_argument("--out", help="folder for curves.json / curves.png / runs/")
+    ap.add_argument("--out", help="folder for curves.json / curves.png")
     ap.add_argument("--run", action="append", default=[], help='"NAME: TRAIN FLAGS" (repeatable)')
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--n-val", type=int, default=28, help="first N validation clips (sorted by clip id)")
@@ -164,10 +165,13 @@ def main(argv=None) -> int:
     val = load_clips(data, "val", select_clips(data, "val", a.n_val))
     maj = majority(data, val)
     runs = []
+    import tempfile
+
     for spec in a.run:
         name, flags = (s.strip() for s in spec.split(":", 1))
         print(f"== {name}: {flags}", flush=True)
-        runs.append(run_one(name, flags, data, out, val, a.eval_every))
+        with tempfile.TemporaryDirectory(prefix="curves_") as scratch:  # adapters are ~40 MB: not kept
+            runs.append(run_one(name, flags, data, Path(scratch), val, a.eval_every))
         write_json(out / "curves.json", {"data": str(data), "eval_every": a.eval_every, "n_val": len(val),
                                          "threads": os.environ.get("OMP_NUM_THREADS"), "majority": maj,
                                          "runs": runs})

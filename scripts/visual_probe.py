@@ -9,7 +9,10 @@ For every clip of D's train and test splits (data_pipeline.py output), the UNTRA
     near-uniform attention does?
   * the LM's hidden state at the position that writes the dominant operation (after ``"dominant_operation": "``), per
     layer: does it reach the answer?
-A logistic regression is fitted on train and scored on test (accuracy), beside the test split's majority share.
+A logistic regression (features scaled by one global std, C=10) is fitted on train and scored on test (accuracy),
+beside the test split's majority share. Also printed: how LARGE the clip-to-clip variation of the mean visual token is
+next to the token itself (std across clips of the mean token / mean token norm): a weak signal that a probe with
+scaled features still finds can be too small for a few hundred LoRA steps to amplify.
 """
 from __future__ import annotations
 
@@ -72,8 +75,14 @@ def main(argv=None) -> int:
     model = AutoModelForImageTextToText.from_pretrained(resolve_model_id(a.model)).eval()
     tr, ytr = features(model, processor, load_clips(data, "train", select_clips(data, "train", None)))
     te, yte = features(model, processor, load_clips(data, "test", select_clips(data, "test", None)))
+    import numpy as np
+
+    mean_tok = tr["visual tokens, mean"]
+    rel = float(np.linalg.norm(mean_tok.std(0)) / np.linalg.norm(mean_tok, axis=1).mean())
     rows = {"model": a.model, "train_clips": len(ytr), "test_clips": len(yte),
-            "test_majority_share": Counter(yte).most_common(1)[0][1] / len(yte), "probes": {}}
+            "test_majority_share": Counter(yte).most_common(1)[0][1] / len(yte),
+            "mean_token_variation_over_norm": round(rel, 4), "probes": {}}
+    print(f"{'mean visual token: clip-to-clip std / norm':40s} {rel:.4f}")
     for name in tr:
         scale = tr[name].std() + 1e-12  # one scale for all features: the probe sees the same geometry
         clf = LogisticRegression(max_iter=5000, C=10.0).fit(tr[name] / scale, ytr)

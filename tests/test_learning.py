@@ -123,3 +123,54 @@ def test_shuffled_truths_are_a_permutation_of_the_split(pose_data):
     own = sum(key(got[r["clip_id"]]) == key(r["truth"]) for r in rows)
     assert own < len(rows) * 0.3  # most clips get another clip's answer
     assert got == T.shuffled_truths(pose_data, seed=42) != T.shuffled_truths(pose_data, seed=1)
+
+
+def test_compare_results_sees_a_changed_metric_and_ignores_timing(repo_root, tmp_path):
+    """scripts/compare_results.py (the demo's determinism check) on the committed results.json: identical to itself
+    with other wall times, paths and dates; one changed metric or interval bound is reported (exit 1)."""
+    import copy
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_results", repo_root / "scripts" / "compare_results.py")
+    cr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cr)
+    a = json.loads((repo_root / "results.json").read_text())
+    b = copy.deepcopy(a)
+    b["variants"]["finetuned_model"]["seconds_per_clip"] = 99.0
+    b["provenance"]["date"] = "another day"
+    b["baselines"]["majority_class"]["fitted_on"] = "/elsewhere/manifest.jsonl"
+    assert cr.compare(a, b) == []
+    c = copy.deepcopy(a)
+    c["intervals"]["finetuned_model"]["AA@1"][0] += 1e-9
+    c["timeline"]["finetuned_model"]["macro_f1"] += 0.001
+    diffs = cr.compare(a, c)
+    assert len(diffs) == 2 and any("AA@1" in d for d in diffs) and any("macro_f1" in d for d in diffs)
+    pa, pc = tmp_path / "a.json", tmp_path / "c.json"
+    pa.write_text(json.dumps(a))
+    pc.write_text(json.dumps(c))
+    assert cr.main([str(pa), str(pa)]) == 0 and cr.main([str(pa), str(pc)]) == 1
+    assert cr.main([str(pa)]) == 2
+
+
+def test_learning_curves_script_runs_train_py_with_a_validation_curve(repo_root, pose_data, tiny_model_dir, tmp_path,
+                                                                      capsys):
+    """scripts/learning_curves.py (ARCHITECTURE's curves) on the cheap tiny model: points every 2 steps through the
+    Predictor, the majority line, the PNG, the table, and --regenerate reading its own record back."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_curves", repo_root / "scripts" / "learning_curves.py")
+    lc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lc)
+    flags = f"--model {tiny_model_dir} --quantization none --max-steps 4 --grad-accum 1 --no_gradient_checkpointing " \
+            "--num-workers 0"
+    out = tmp_path / "curves"
+    assert lc.main(["--data", str(pose_data), "--out", str(out), "--eval-every", "2", "--n-val", "4",
+                    "--run", f"tiny: {flags}"]) == 0
+    rec = json.loads((out / "curves.json").read_text())
+    (run,) = rec["runs"]
+    assert [p["step"] for p in run["points"]] == [2, 4] and run["flags"] == flags
+    assert all(0 <= p["OCA"] <= 1 and p["train_loss"] > 0 for p in run["points"])
+    assert 0 <= rec["majority"]["OCA"] <= 1 and rec["n_val"] == 4
+    assert (out / "curves.png").stat().st_size > 0 and not list(out.glob("tiny*"))  # adapters not kept
+    assert "| tiny |" in capsys.readouterr().out
+    assert lc.main(["--regenerate", str(out)]) == 0
