@@ -457,7 +457,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     from ..model.tiny import is_tiny, tiny_pretrain_meta
 
     tiny = is_tiny(cfg.model_id)
-    pretrained = tiny and tiny_pretrain_meta(cfg.model_id) is not None
+    pretraining = tiny_pretrain_meta(cfg.model_id) if tiny else None  # the tiny base's pre-training record
     frame_sources = dict(Counter(rec.source for rec in recs))
     synthetic = prov["data"] != "real" or tiny
     from ..platform_check import peak_memory
@@ -465,13 +465,13 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     memory = peak_memory()
     log.info("peak memory: %s %.3f GB", memory["kind"], memory["bytes"] / 1e9)
     provenance = prov | {"frame_sources": frame_sources, "model_id": cfg.model_id, "tiny_random_model": tiny,
-                         "tiny_pretraining": tiny_pretrain_meta(cfg.model_id) if tiny else None,
+                         "tiny_pretraining": pretraining,
                          "adapter": str(cfg.adapter), "quantization": cfg.quantization, "batch_clips": cfg.batch_clips,
                          "memory": memory, "torch_threads": _torch_threads(),
                          "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")} | git_provenance()
     note = ("SYNTHETIC / TINY-MODEL RESULT: " + ("synthetic data" if prov["data"] == "synthetic" else
                                                   f"data provenance {prov['data']!r}") +
-            ((", tiny model (random LM; vision tower pre-trained on a separate synthetic corpus)" if pretrained
+            ((", tiny model (random LM; vision tower pre-trained on a separate synthetic corpus)" if pretraining
               else ", tiny randomly initialised model") if tiny else "") +
             ". Checks the pipeline end to end; these are NOT OpenPack results.") if synthetic else (
         f"Real OpenPack data ({', '.join(f'{k}: {v}' for k, v in frame_sources.items())} frames), "

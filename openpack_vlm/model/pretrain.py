@@ -146,15 +146,6 @@ def pretrained_cached() -> Path:
         build_pretrained_tiny(tmp)
 
     return cached_build(PRETRAINED_DIRNAME, lambda meta: meta["pretrained"]["version"] == PRETRAIN_VERSION, build)
-    with open(base / f"{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ok():
-            return final
-        print(f"building {PRETRAINED_ID} once into {final} (vision tower pre-trained on its own synthetic corpus, "
-              "a few minutes on 2 cores)", file=sys.stderr, flush=True)
-        with atomic_path(final, directory=True) as tmp:
-            build_pretrained_tiny(tmp)
-    return final
 
 
 def main(argv=None) -> int:

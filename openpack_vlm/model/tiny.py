@@ -279,13 +279,6 @@ def _tiny_cached(seed: int = 0, tokenizer: str = "tiny") -> Path:
     return cached_build(TINY_REAL_DIRNAME if tokenizer == "real" else TINY_DIRNAME,
                         lambda meta: meta.get("version") == TINY_VERSION,
                         lambda tmp: build_tiny_model(tmp, seed=seed, tokenizer=tokenizer))
-    with open(base / f"{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if ok():
-            return final
-        with atomic_path(final, directory=True) as tmp:  # replaces a stale version in one rename
-            build_tiny_model(tmp, seed=seed, tokenizer=tokenizer)
-    return final
 
 
 def resolve_model_id(model_id: str) -> str:
