@@ -25,6 +25,7 @@ from typing import Any
 
 from .io_utils import read_json, write_json
 from .labels import ID_TO_NAME
+from .prompt import SPAN_FORMATS
 from .schema import CLIP_FRAMES, FPS
 
 VERSION = 1
@@ -69,6 +70,9 @@ class DataSection:
     grammar: dict | None = None  # {"file": "grammar.json", "sha256": ...}; None until the train split is fitted
     pose_render: dict | None = None  # skeleton.PoseRender fields for pose clips; None = the first (whole-frame)
     #                                  renderer, which runs made before this field used
+    answer_span: str = "clip"  # how the answer's span is written (prompt.SPAN_FORMATS): "shown" = the first/last
+    #                            sampled frame inside it; "clip" = exact clip frames, what runs before this field wrote
+    time_bar: bool = False  # sampled frames carry the time bar (data/timebar.py); runs before this field: none
 
     def settings(self) -> dict:
         """The fields a resumed pipeline run must match (everything but the grammar, which the run produces)."""
@@ -189,6 +193,9 @@ class RunContract:
         if [list(c) for c in d.classes] != class_list():
             raise ContractError(f"{self.where}: class list {[c[1] for c in d.classes]} differs from this code's "
                                 f"{[c[1] for c in class_list()]}")
+        if d.answer_span not in SPAN_FORMATS:
+            raise ContractError(f"{self.where}: answer span format {d.answer_span!r} is not one this code reads "
+                                f"({', '.join(SPAN_FORMATS)})")
         if frames_per_clip is not None and frames_per_clip != d.k:
             raise ContractError(f"FRAMES_PER_CLIP={frames_per_clip} but the run was trained on K={d.k} frames per "
                                 f"clip ({self.where})")
@@ -209,7 +216,8 @@ class RunContract:
         e = self.evaluation
         return {"path": self.where, "version": self.version, "k": self.data.k, "source": self.data.source,
                 "frame_size": self.data.frame_size, "jpeg_quality": self.data.jpeg_quality,
-                "sampler": self.data.sampler.get("name"),
+                "sampler": self.data.sampler.get("name"), "answer_span": self.data.answer_span,
+                "time_bar": self.data.time_bar,
                 "model_id": self.training.model_id if self.training else None,
                 "vision_lora": self.training.vision_lora if self.training else None,
                 "fuse_weight": e.fuse_weight if e else None, "fuse_mode": e.fuse_mode if e else None,

@@ -8,7 +8,9 @@
 #   env: STEPS=1200 (training steps of 2 clips), N_CLIPS=30 (test clips), SOURCE=pose|rgb (rgb: the synthetic colour
 #        frames, a cue real frames lack), POSE_RENDER=person|frame (the first whole-frame skeleton renderer),
 #        MODEL=tiny-pretrained|tiny-real|tiny (tiny-real: the same layers with a random vision tower, which never
-#        learns the pose task at this budget; tiny: the 512-token BPE, ~10x cheaper)
+#        learns the pose task at this budget; tiny: the 512-token BPE, ~10x cheaper), ANSWER_SPAN=shown|clip (how the
+#        answer names its span: a sampled frame, or an exact clip frame), TIME_BAR=0|1 (draw each frame's time into
+#        it) — the last two are the span rows of ARCHITECTURE.md §3
 #   Deterministic: every random source is seeded and the thread count is fixed (2), so two runs on one machine write
 #   the same metrics and intervals.
 #
@@ -23,6 +25,8 @@ OUT="${1:-out/demo}"
 # 1200 steps x 2 clips (~9 min on 2 cores; 144 visual tokens per frame)
 STEPS="${STEPS:-1200}"
 N_CLIPS="${N_CLIPS:-30}"
+ANSWER_SPAN="${ANSWER_SPAN:-shown}"
+TIME_BAR="${TIME_BAR:-0}"
 SOURCE="${SOURCE:-pose}"
 POSE_RENDER="${POSE_RENDER:-person}"
 MODEL="${MODEL:-tiny-pretrained}"
@@ -45,7 +49,10 @@ else
 fi
 
 step "2/4 data pipeline ($SOURCE frames, skeleton renderer $POSE_RENDER) -> $OUT/data"
-python data_pipeline.py --root "$OUT/root" --out "$OUT/data" --source "$SOURCE" --pose-render "$POSE_RENDER"
+BAR_FLAG=""
+if [ "$TIME_BAR" = 1 ]; then BAR_FLAG="--time_bar"; fi
+python data_pipeline.py --root "$OUT/root" --out "$OUT/data" --source "$SOURCE" --pose-render "$POSE_RENDER" \
+    --answer-span "$ANSWER_SPAN" $BAR_FLAG
 
 step "3/4 LoRA training of $MODEL, $STEPS steps of 2 clips -> $OUT/run"
 # --num-workers 0: no dataloader processes on a 2-core CPU; no gradient checkpointing: the tiny model's activations

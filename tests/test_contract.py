@@ -71,6 +71,7 @@ def test_pipeline_writes_the_contract_training_carries_it(pipeline_out, tiny_mod
     assert c.data.jpeg_quality == 90 and c.data.sampler["name"] == "motion" and c.data.sampler["params"]["k"] == 8
     assert c.data.splits["test"] == ["U0108"] and c.data.classes[0] == [100, "Picking"]
     assert c.data.grammar["file"] == "grammar.json" and c.grammar_path() == pipeline_out / "grammar.json"
+    assert c.data.answer_span == "shown" and c.summary()["answer_span"] == "shown"
     c.check_grammar(pipeline_out / "grammar.json")
     run = _train(pipeline_out, tmp_path / "R", tiny_model_dir)
     r = RunContract.load(run)
@@ -179,13 +180,19 @@ def test_contract_mismatches_are_one_line_errors(pipeline_out, tmp_path):
     # unknown keys (a newer writer), wrong version, not JSON
     d = json.loads((pipeline_out / RUN_FILE).read_text())
     for mutate, pattern in ((lambda x: x["data"].update(crop="centre"), "unknown key"),
+                            (lambda x: x["data"].update(answer_span="seconds"), "answer span format 'seconds'"),
                             (lambda x: x.update(version=99), "version 99"),
                             (lambda x: x.pop("data"), "not a run contract")):
         y = json.loads(json.dumps(d))
         mutate(y)
         (tmp_path / RUN_FILE).write_text(json.dumps(y))
         with pytest.raises(ContractError, match=pattern):
-            RunContract.load(tmp_path)
+            RunContract.load(tmp_path).check(frame_size=336)
+    # a record from before the field: its answers named exact clip frames
+    y = json.loads(json.dumps(d))
+    y["data"].pop("answer_span")
+    (tmp_path / RUN_FILE).write_text(json.dumps(y))
+    assert RunContract.load(tmp_path).data.answer_span == "clip"
     (tmp_path / RUN_FILE).write_text("{")
     with pytest.raises(ContractError, match="not valid JSON"):
         RunContract.load(tmp_path)

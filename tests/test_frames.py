@@ -350,3 +350,23 @@ def test_person_render_rules():
         skeleton.PoseRender.from_json({"mode": "3d"})
     with pytest.raises(errors.FrameError, match=r"\(N,17,3\)"):
         skeleton.render_pose_clip(np.zeros((4, 5, 3)))
+
+
+# ------------------------------------------------------------------------------------------------------------ time bar
+def test_time_bar_shows_the_frame_time_and_survives_the_jpeg_round_trip():
+    from openpack_vlm.data.shards import jpeg_round_trip
+    from openpack_vlm.data.timebar import draw_time_bar, read_time_bar
+
+    frame = np.random.RandomState(0).randint(0, 255, (336, 336, 3), dtype=np.uint8)
+    first, mid, last = draw_time_bar(frame, 0), draw_time_bar(frame, 62), draw_time_bar(frame, 124)
+    assert first.shape == frame.shape and (frame[-28:] != first[-28:]).any()
+    assert (first[:-28] == frame[:-28]).all()  # only the bottom 28 px (one merged-token row) change
+    assert last[-28:].min() == 255 and first[-28:, -10:].max() == 48  # full bar vs the empty track
+    assert first[-28:].mean() < mid[-28:].mean() < last[-28:].mean()  # brightness grows with time
+    for i in range(125):  # every frame index reads back within one frame after the shards' JPEG (q 90)
+        seen = np.asarray(jpeg_round_trip(draw_time_bar(frame, i), 90))
+        assert abs(read_time_bar(seen) - i) <= 1, i
+    with pytest.raises(ValueError, match="outside 0..124"):
+        draw_time_bar(frame, 125)
+    with pytest.raises(ValueError, match="uint8"):
+        draw_time_bar(frame.astype(np.float32), 3)

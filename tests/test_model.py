@@ -64,7 +64,12 @@ def test_chat_template_matches_qwen2vl_format(tiny_model_dir):
     assert text.startswith("<|im_start|>system\nYou analyse")
     assert "<|im_start|>user\nSampled frames of the clip: frame 0 (t=0.00s): <|vision_start|><|image_pad|>" \
            "<|vision_end|> frame 62 (t=2.48s): <|vision_start|><|image_pad|><|vision_end|>\nWhich" in text
-    assert text.endswith("<|im_start|>assistant\n" + target_text(TRUTH) + "<|im_end|>\n")
+    # TRUTH runs 3..124; of the shown frames 0 and 62 only 62 lies in it: the "shown" answer names 62..62
+    assert text.endswith("<|im_start|>assistant\n" + target_text(TRUTH, [0, 62]) + "<|im_end|>\n")
+    assert '"start_frame": 62, "end_frame": 62}' in text and "<first shown frame of it>" in text
+    clip = proc.apply_chat_template(build_messages([0, 62], TRUTH, span="clip"), tokenize=False)
+    assert clip.endswith("<|im_start|>assistant\n" + target_text(TRUTH) + "<|im_end|>\n")
+    assert '"start_frame": 3, "end_frame": 124}' in clip and "<first frame of it>" in clip
     gen = proc.apply_chat_template(build_messages([0]), tokenize=False, add_generation_prompt=True)
     assert gen.endswith("<|im_end|>\n<|im_start|>assistant\n")
 
@@ -211,8 +216,8 @@ def test_vram_counts_text_tokens_with_the_real_tokenizer_offline():
     text = tok.apply_chat_template(build_messages([0, 17, 33, 50, 66, 83, 100, 124], vram._sample_truth()),
                                    tokenize=False)
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    assert exact and n == len(ids) - 8 == 338
-    assert "8 frames x 144 visual tokens + 338 text tokens = 1490 tokens" in vram.vram_math()
+    assert exact and n == len(ids) - 8 == 340  # 338 before the "shown" span wording
+    assert "8 frames x 144 visual tokens + 340 text tokens = 1492 tokens" in vram.vram_math()
 
 
 def test_vram_budget_for_qwen2vl_2b():

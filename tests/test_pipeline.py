@@ -17,6 +17,8 @@ from openpack_vlm.data.sources import open_source
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.prompt import frame_label, target_text
 from openpack_vlm.data.shards import ClipRecord, encode_jpeg, iter_samples, shard_paths
+from openpack_vlm.data.timebar import draw_time_bar, read_time_bar
+from openpack_vlm.contract import RunContract
 
 SPLITS = {"train": [f"U010{i}" for i in range(1, 7)], "val": ["U0107"], "test": ["U0108"]}
 
@@ -71,6 +73,7 @@ def test_stored_frames_are_the_sampled_source_frames(pipeline_out, synthetic_roo
         for j, i in enumerate(rec["frame_indices"]):
             stored = tar.extractfile(f"{rec['clip_id']}.f{j:02d}.jpg").read()
             assert stored == encode_jpeg(Image.fromarray(frames[i]), 90)
+    assert RunContract.load(pipeline_out).data.time_bar is False  # the default: plain frames
 
 
 def test_pairs_are_chat_format_with_shard_members(pipeline_out):
@@ -91,7 +94,11 @@ def test_pairs_are_chat_format_with_shard_members(pipeline_out):
         assert set(images) <= members[pair["shard"]]
         texts = [c["text"] for c in pair["messages"][1]["content"] if c["type"] == "text"]
         assert [t.strip() for t in texts[1:-1]] == [frame_label(i) for i in rec["frame_indices"]]
-        assert pair["messages"][2]["content"][0]["text"] == target_text(rec["truth"])
+        # the default answer format names the first and last SAMPLED frame of the operation (prompt.shown_span)
+        answer = pair["messages"][2]["content"][0]["text"]
+        assert answer == target_text(rec["truth"], rec["frame_indices"])
+        seg = json.loads(answer)["temporal_segment"]
+        assert seg["start_frame"] in rec["frame_indices"] and seg["end_frame"] in rec["frame_indices"]
 
 
 def test_grammar_fitted_on_train_timelines(pipeline_out, synthetic_root):
@@ -189,6 +196,16 @@ def test_pose_source(synthetic_root, tmp_path):
     for rec, frames in iter_samples(shard_paths(tmp_path / "f" / "test")):
         arr = np.asarray(frames[0])
         assert arr[:60].max() < 30 and arr.max() > 100
+    # --time_bar: each stored frame shows its time along the bottom edge, and the contract says so
+    assert _main(["--root", synthetic_root, "--out", tmp_path / "t", "--splits", "test=U0108", "--source", "pose",
+                  "--max-clips-per-session", "2", "--time_bar"]) == 0
+    assert RunContract.load(tmp_path / "t").data.time_bar is True
+    for rec, frames in iter_samples(shard_paths(tmp_path / "t" / "test")):
+        assert [round(read_time_bar(np.asarray(f))) for f in frames] == rec.frame_indices
+        want = src.clip(rec.t0_ms)
+        with tarfile.open(next((tmp_path / "t" / "test").glob("shard-*.tar"))) as tar:
+            stored = tar.extractfile(f"{rec.clip_id}.f00.jpg").read()
+        assert stored == encode_jpeg(Image.fromarray(draw_time_bar(want[rec.frame_indices[0]], rec.frame_indices[0])), 90)
 
 
 def _copy_user(src: Path, dst: Path, user: str) -> None:

@@ -23,8 +23,10 @@ from openpack_vlm.model.predict import (
     next_candidates,
     start_candidates,
 )
-from openpack_vlm.prompt import target_text
+from openpack_vlm.prompt import clip_span, shown_span, target_text
 from openpack_vlm.data.sampling import sample_clip
+from openpack_vlm.data.shards import jpeg_round_trip
+from openpack_vlm.data.timebar import read_time_bar
 from openpack_vlm.schema import Prediction
 
 torch.set_num_threads(1)
@@ -201,18 +203,29 @@ def _same_answer(a, b):
     assert a.scores["span_logprob"] == pytest.approx(b.scores["span_logprob"], abs=1e-3)
 
 
-@pytest.mark.parametrize("which,scale", [("tiny", 0.3), pytest.param("tiny_real", 0.5, marks=pytest.mark.slow)])
-def test_trie_scorer_gives_the_reference_answers(which, scale, request):
+@pytest.mark.parametrize("which,scale,span", [("tiny", 0.3, "shown"), ("tiny", 0.3, "clip"),
+                                              pytest.param("tiny_real", 0.5, "shown", marks=pytest.mark.slow)])
+def test_trie_scorer_gives_the_reference_answers(which, scale, span, request):
     """The one-call-per-set scorer answers 20 clips exactly as the reference path that scores candidate rows over
-    copies of the prompt cache (full-vocabulary log-probs both), in 5 model calls per clip instead of 11."""
+    copies of the prompt cache (full-vocabulary log-probs both), in 5 model calls per clip; the rows path needs 11
+    when the span is one of 125 clip frames (4 batches of 32 rows for start and for end)."""
     new = _sharpened(request.getfixturevalue(f"{which}_model_dir"), scale)
-    old = Predictor(new.model, new.processor, config=PredictConfig(free_text=False, scorer="rows"))
+    new.config.span = span
+    old = Predictor(new.model, new.processor, config=PredictConfig(free_text=False, scorer="rows", span=span))
     clips = _clips(20)
     got = [new.predict(*c) for c in clips]
     want = [old.predict(*c) for c in clips]
     for a, b in zip(got, want):
         _same_answer(a, b)
-    assert {r.scores["model_calls"] for r in got} == {5} and {r.scores["model_calls"] for r in want} == {11}
+        assert a.scores["span_format"] == span and a.scores["span_answered"] == b.scores["span_answered"]
+        if span == "shown":  # the model names sampled frames; the answer is in clip frames
+            s, e = a.scores["span_answered"]
+            idx = a.scores["frame_indices"]
+            assert s in idx and e in idx
+            seg = a.prediction.temporal_segment
+            assert seg.start_frame <= s <= e <= seg.end_frame
+    calls_rows = 5 if span == "shown" else 11
+    assert {r.scores["model_calls"] for r in got} == {5} and {r.scores["model_calls"] for r in want} == {calls_rows}
     # not vacuous: the answers vary from clip to clip
     assert len({(r.prediction.dominant_operation, r.prediction.anticipated_next_operation) for r in got}) >= 2
     assert len({(r.prediction.temporal_segment.start_frame, r.prediction.temporal_segment.end_frame)
@@ -269,6 +282,12 @@ def test_predict_clip_samples_like_training(predictor):
     frames[40:60] = rng.randint(0, 255, (20, 336, 336, 3), dtype=np.uint8)  # motion only in 40..60
     r = predictor.predict_clip(frames, "c")
     assert r.scores["frame_indices"] == sample_clip(frames)
+    # a run whose frames carry the time bar gets it drawn into the served frames too, before the JPEG round trip
+    shown, idx = predictor.sampled_frames(frames)
+    assert all((np.asarray(f) == np.asarray(jpeg_round_trip(frames[i], 90))).all() for f, i in zip(shown, idx))
+    barred = Predictor(predictor.model, predictor.processor, config=PredictConfig(free_text=False, time_bar=True))
+    shown, idx = barred.sampled_frames(frames)
+    assert [round(read_time_bar(np.asarray(f))) for f in shown] == idx
     with pytest.raises(PredictError, match=r"\(125, H, W, 3\)"):
         predictor.predict_clip(frames[:100], "c")
     with pytest.raises(PredictError, match="uint8"):
@@ -309,6 +328,8 @@ def test_from_pretrained_with_adapter_finds_the_run_grammar(tiny_model_dir, adap
     p = Predictor.from_pretrained(str(tiny_model_dir), adapter=str(adapter_run / "adapter"), device="cpu",
                                   config=PredictConfig(free_text=False))
     assert p.grammar is not None and p.fuse_weight == 1.0  # tuned weight stored in the grammar's meta
+    # no run.json: an old run, whose answers named exact clip frames (a pipeline's run.json says "shown")
+    assert p.config.span == "clip" and p.info["run"]["answer_span"] == "clip"
     assert p.info["grammar"] == str(adapter_run / "grammar.json")
     imgs = _images(6)
     ra = p.predict(imgs, IDX, "c")
@@ -371,6 +392,41 @@ def test_parse_raw_text_is_lenient_but_never_invents():
     assert parse_raw_text('{"dominant_operation": ["Picking"]}') == {"op": None, "span": None, "next": None}
 
 
+SAMPLED = [0, 8, 35, 56, 65, 88, 104, 124]  # a demo test clip's motion-sampled frames (boundary at frame 55)
+
+
+def test_shown_span_names_sampled_frames_and_clip_span_returns_to_clip_frames():
+    # the operation before the boundary: frames 0..54 -> shown 0..35 -> back: 0..45 (half-way from 35 to 56)
+    assert shown_span(0, 54, SAMPLED) == (0, 35) and clip_span(0, 35, SAMPLED) == (0, 45)
+    # the one after it: 55..124 -> shown 56..124 -> back: 46..124
+    assert shown_span(55, 124, SAMPLED) == (56, 124) and clip_span(56, 124, SAMPLED) == (46, 124)
+    assert clip_span(0, 124, SAMPLED) == (0, 124) and clip_span(65, 65, SAMPLED) == (61, 76)
+    # no sampled frame inside: the one nearest the span's middle, twice
+    assert shown_span(40, 50, SAMPLED) == (35, 35) and shown_span(60, 62, SAMPLED) == (65, 65)
+    # a boundary that is not a sampled frame (free text) is kept; out-of-range frames are refused
+    assert clip_span(40, 70, SAMPLED) == (40, 70)
+    with pytest.raises(ValueError, match="must lie in 0..124"):
+        shown_span(0, 10, [0, 130])
+    # every boundary lands within half a gap of the truth (+1 frame of rounding), for any span a sample falls in
+    rng = np.random.RandomState(0)
+    for _ in range(2000):
+        idx = sorted({0, 124, *rng.choice(125, 6, replace=False).tolist()})
+        s, e = sorted(rng.choice(125, 2, replace=False).tolist())
+        if not any(s <= f <= e for f in idx):
+            continue
+        a, b = clip_span(*shown_span(s, e, idx), idx)
+        gap_s = min([f for f in idx if f >= s]) - max([f for f in idx if f < s], default=0)
+        gap_e = min([f for f in idx if f > e], default=124) - max([f for f in idx if f <= e])
+        assert abs(a - s) <= gap_s / 2 + 1 and abs(b - e) <= gap_e / 2 + 1, (idx, s, e, a, b)
+
+
+def test_parse_raw_text_reads_a_shown_span_as_clip_frames():
+    text = ('{"dominant_operation": "Picking", "temporal_segment": {"start_frame": 0, "end_frame": 35}, '
+            '"anticipated_next_operation": "Relocate Item Label"}')
+    assert parse_raw_text(text)["span"] == (0, 35)
+    assert parse_raw_text(text, SAMPLED) == {"op": 100, "span": (0, 45), "next": 200}
+
+
 def test_next_operation_is_never_null(predictor):
     """The ground truth skips Null (clips.py), so it is not a next-op candidate."""
     for seed in range(4):
@@ -396,7 +452,7 @@ def test_bench_predict_reports_calls_and_ratios(tmp_path, capsys):
     assert bench.main(["--model", "tiny", "--clips", "3", "--batches", "3", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     calls = [run["model_calls_per_clip"] for run in r["runs"]]
-    assert calls == [11, 5, pytest.approx(5 / 3)]
+    assert calls == [5, 5, pytest.approx(5 / 3)]  # rows: 8 sampled frames fit one batch of rows per set
     assert all(run["same_answers_as_rows"] == 3 for run in r["runs"])
     assert r["runs"][0]["speedup_vs_rows"] == 1.0 and r["flops_2b_per_clip"]["prefill"] > 5e12
     assert "ESTIMATE" in r["estimates"]["note"] and "x rows" in capsys.readouterr().out

@@ -92,9 +92,11 @@ def _check_label_mask(samples, processor, patches_per_frame: int) -> None:
         # ... are one contiguous run ...
         pos = [k for k, lab in enumerate(labels) if lab != T.IGNORE_INDEX]
         assert pos == list(range(pos[0], pos[-1] + 1))
-        # ... that is exactly the target JSON followed by <|im_end|>
-        assert tok.decode(kept) == target_text(rec.truth) + "<|im_end|>"
-        assert kept == tok(target_text(rec.truth) + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        # ... that is exactly the target JSON (its span: the first and last sampled frame inside the operation)
+        # followed by <|im_end|>
+        answer = target_text(rec.truth, rec.frame_indices)
+        assert tok.decode(kept) == answer + "<|im_end|>"
+        assert kept == tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
         # the token before the run is the assistant header's newline; nothing of the prompt/images is trained
         assert tok.decode(ids[pos[0] - 3 : pos[0]]) == "<|im_start|>assistant\n"
         image_id = tok.convert_tokens_to_ids("<|image_pad|>")

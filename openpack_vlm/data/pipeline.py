@@ -43,8 +43,9 @@ from ..cli import setting
 from ..contract import RUN_FILE, ContractError, DataSection, RunContract, file_sha256
 from ..io_utils import one_line, write_json, write_jsonl
 from .letterbox import SIZE
-from ..prompt import build_messages
+from ..prompt import DEFAULT_SPAN, SPAN_FORMATS, build_messages, check_span_format
 from .sampling import SamplingConfig, motion_from_keypoints, sample_clip
+from .timebar import draw_time_bar
 from .shards import SHARD_PATTERN, ClipRecord, ShardWriter, encode_jpeg, frame_member
 
 log = logging.getLogger("openpack_vlm.pipeline")
@@ -80,6 +81,12 @@ class PipelineConfig:
     within_share: float = setting(0.2, "share of clips inside one operation (clips.ClipConfig)")
     null_boundaries: bool = setting(False, "also clips at boundaries with Null on one side (clips.ClipConfig)")
     jpeg_quality: int = setting(90, "JPEG quality of the stored frames (serving round-trips through it too)")
+    answer_span: str = setting(DEFAULT_SPAN, "how the answer's span is written: shown = the first/last sampled frame "
+                               "inside the operation (numbers the prompt shows); clip = exact clip frames 0-124",
+                               choices=list(SPAN_FORMATS))
+    time_bar: bool = setting(False, "draw each sampled frame's time into it (data/timebar.py: a bar along the "
+                                    "bottom edge, filled to the frame's share of the clip); off by default: on the "
+                                    "tiny demo model it did not move the span (ARCHITECTURE.md §3)")
     max_clips_per_session: int | None = setting(None, "cap, evenly spread over the session, for quick runs")
     samples_out: str | None = setting(None, "also export n_samples examples (frames + pair JSON) here")
     n_samples: int = setting(20, "examples exported to samples_out")
@@ -88,6 +95,10 @@ class PipelineConfig:
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
             raise PipelineError(f"unknown --source {self.source!r}; choose one of {', '.join(SOURCE_KINDS)}")
+        try:
+            check_span_format(self.answer_span)
+        except ValueError as e:
+            raise PipelineError(f"--answer_span: {e}") from None
         if self.k < 1 or self.shard_mb < 1 or self.workers < 1:
             raise PipelineError("--k, --shard_mb and --workers must be >= 1")
         if not 0 <= self.within_share < 1:
@@ -107,7 +118,8 @@ class PipelineConfig:
                      "pose_motion": "keypoint speed (sampling.motion_from_keypoints) for pose clips"},
             splits=self.split_users, seed=self.seed, within_share=self.within_share,
             null_boundaries=self.null_boundaries, sessions=self.sessions,
-            max_clips_per_session=self.max_clips_per_session, pose_render=self.render().to_json()))
+            max_clips_per_session=self.max_clips_per_session, pose_render=self.render().to_json(),
+            answer_span=self.answer_span, time_bar=self.time_bar))
 
     def render(self) -> PoseRender:
         return PoseRender(mode=self.pose_render)
@@ -125,6 +137,7 @@ class SessionTask:
     k: int
     jpeg_quality: int
     pose_render: dict  # PoseRender fields, as the run contract records them
+    time_bar: bool = False  # draw the time bar into the sampled frames (data/timebar.py)
 
 
 @dataclass
@@ -166,7 +179,8 @@ def process_session(task: SessionTask) -> SessionResult:
                 motion = motion_from_keypoints(src.kpts[src.source_indices(spec.t0_ms)])
             idx = sample_clip(frames, scfg, motion=motion)
             t2 = time.perf_counter()
-            jpegs = [encode_jpeg(Image.fromarray(frames[i]), task.jpeg_quality) for i in idx]
+            shown = [draw_time_bar(frames[i], i) if task.time_bar else frames[i] for i in idx]
+            jpegs = [encode_jpeg(Image.fromarray(f), task.jpeg_quality) for f in shown]
             t3 = time.perf_counter()
         except (FrameError, VideoDecodeError, OSError, ValueError) as e:
             skipped.append({"user": task.user, "session": task.session, "clip_id": spec.clip_id,
@@ -239,10 +253,11 @@ def read_progress(split_dir: Path) -> list[dict]:
     return entries
 
 
-def pair_for(record: dict) -> dict:
-    """Chat-format training pair of a clip; image items name their member in the record's shard."""
+def pair_for(record: dict, span: str) -> dict:
+    """Chat-format training pair of a clip (its span in the ``span`` format); image items name their member in the
+    record's shard."""
     members = [f"{record['clip_id']}.{frame_member(i)}" for i in range(len(record["frame_indices"]))]
-    messages = build_messages(record["frame_indices"], record["truth"])
+    messages = build_messages(record["frame_indices"], record["truth"], span=span)
     it = iter(members)
     for msg in messages:
         for item in msg["content"]:
@@ -365,7 +380,7 @@ def run(cfg: PipelineConfig) -> dict:
             todo = [s for s in specs if s.clip_id not in done_ids]
             if todo:
                 tasks.append(SessionTask(split, str(root), user, session, todo, cfg.source, cfg.k, cfg.jpeg_quality,
-                                         cfg.render().to_json()))
+                                         cfg.render().to_json(), cfg.time_bar))
 
     seconds = Counter()
     sources = Counter()
@@ -413,7 +428,7 @@ def run(cfg: PipelineConfig) -> dict:
         entries = read_progress(out / split)
         records = [r for e in entries for r in e["records"]]
         write_jsonl(out / split / "manifest.jsonl", records)
-        write_jsonl(out / split / "pairs.jsonl", [pair_for(r) for r in records])
+        write_jsonl(out / split / "pairs.jsonl", [pair_for(r, cfg.answer_span) for r in records])
         counts[split] = {
             "clips": len(records),
             "shards": len(entries),
@@ -464,8 +479,10 @@ def run(cfg: PipelineConfig) -> dict:
         from .samples import export_samples
 
         flags = " ".join(([f"--source {cfg.source}"] if cfg.source != "auto" else []) +
-                         ([f"--pose-render {cfg.pose_render}"] if cfg.pose_render != "person" else []))
-        export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root, flags)
+                         ([f"--pose-render {cfg.pose_render}"] if cfg.pose_render != "person" else []) +
+                         ([f"--answer-span {cfg.answer_span}"] if cfg.answer_span != DEFAULT_SPAN else []) +
+                         (["--time_bar"] if cfg.time_bar else []))
+        export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root, flags, span=cfg.answer_span)
     return summary
 
 

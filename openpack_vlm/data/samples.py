@@ -20,6 +20,8 @@ pair. `{{clip_id}}.json` holds the clip's record (`record`: truth, sampled frame
 messages (`messages`); `{{clip_id}}.fNN.jpg` are its K sampled frames in order (image items in `messages` name them).
 The examples are spread evenly over the train, val and test manifests.
 
+{span}
+
 Input: {input}
 
 Made by (byte-identical on every run; tests/test_pipeline.py regenerates and compares them):
@@ -46,10 +48,19 @@ def _describe_input(root: Path, flags: str = "") -> tuple[str, str]:
             "    python data_pipeline.py --root $OPENPACK_ROOT --out <dir> " + (flags + " " if flags else "")
             + "--samples-out <dir> --n-samples {n}")
 
+SPAN_NOTE = {
+    "shown": "The answer's `temporal_segment` names the first and the last SAMPLED frame inside the dominant operation "
+             "(answer format `shown`,\nprompt.shown_span): frame numbers the prompt shows. `record.truth` keeps the "
+             "exact clip frames that evaluation scores\nagainst; the predictor turns an answer back into clip frames "
+             "(prompt.clip_span).",
+    "clip": "The answer's `temporal_segment` is the truth's exact clip frames (answer format `clip`).",
+}
 
-def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path, flags: str = "") -> list[str]:
+
+def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path, flags: str = "",
+                   span: str = "shown") -> list[str]:
     """Copy n clips (spread evenly over all splits' manifests) as JPEG files + pair JSON into ``dest``; ``flags``:
-    the pipeline flags that shaped them, written into the README's command."""
+    the pipeline flags that shaped them, written into the README's command; ``span``: the answer's span format."""
     records = []
     for split in splits:
         man = out / split / "manifest.jsonl"
@@ -71,12 +82,13 @@ def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path,
                     write_atomic(dest / m.name, tar.extractfile(m).read())
                     wanted.add(m.name)
         for r in recs:
-            pair = pair_for(r)
+            pair = pair_for(r, span)
             body = {"record": r, "messages": pair["messages"]}
             write_json(dest / f"{r['clip_id']}.json", body)
             wanted.add(f"{r['clip_id']}.json")
     what, cmd = _describe_input(root, flags)
-    write_atomic(dest / "README.md", SAMPLES_README.format(n=len(chosen), input=what, command=cmd.format(n=n)))
+    write_atomic(dest / "README.md", SAMPLES_README.format(n=len(chosen), input=what, command=cmd.format(n=n),
+                                                                   span=SPAN_NOTE[span]))
     for p in dest.iterdir():
         if p.is_file() and p.name not in wanted and (p.suffix in (".jpg", ".json") or p.name.endswith(".tmp")):
             p.unlink()  # stale files of an earlier export

@@ -348,6 +348,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     if not hasattr(predictor.model, "disable_adapter"):
         raise EvalError("the fine-tuned model has no LoRA adapter attached (need a PeftModel)")
     # base = the same weights with the LoRA switched off: one load, and exactly the base model
+    # ... asked in the run's span format, as the fine-tuned model is
+    pcfg = dataclasses.replace(pcfg, span=predictor.config.span)
     base = Predictor(predictor.model, predictor.processor, grammar=None, config=pcfg)
     done: dict[str, tuple] = {}
     with tqdm(total=len(rows), desc=f"{cfg.split} clips (base + fine-tuned)", unit="clip") as bar:
@@ -373,7 +375,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             tuning.update(fuse_weight=weight, tuned_on=None)
         else:
             vrows = select_clips(data, cfg.val_split, cfg.val_clips)
-            scorer = Predictor(predictor.model, predictor.processor, grammar=None, config=PredictConfig(free_text=False))
+            scorer = Predictor(predictor.model, predictor.processor, grammar=None,
+                               config=dataclasses.replace(pcfg, free_text=False))
             md, gd, vt = [], [], []
             with tqdm(total=len(vrows), desc=f"{cfg.val_split} clips (fusion weight)", unit="clip") as bar:
                 for batch in batches(iter_clips(data, cfg.val_split, vrows), cfg.batch_clips):
@@ -402,7 +405,9 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             row[name] = {"prediction": p.model_dump(), "raw_text": run["result"].raw_text,
                          "repair": run["result"].repair, "seconds": run["result"].scores["seconds"]}
             if cfg.free_text:
-                free = parse_raw_text(run["result"].raw_text)
+                sc = run["result"].scores
+                free = parse_raw_text(run["result"].raw_text,
+                                      sc["frame_indices"] if sc["span_format"] == "shown" else None)
                 systems[f"{name}_free_text"].append(_record(t, free["op"], free["span"], free["next"]))
         p = f["result"].prediction
         span = (p.temporal_segment.start_frame, p.temporal_segment.end_frame)

@@ -7,9 +7,11 @@ How an answer is made (the model never gets to write an invalid one):
 2. dominant operation: each of the 11 OpenPack names is scored as the continuation of the exact training-target
    prefix ``{"dominant_operation": "`` (summed token log-probs of the name and its closing ``",``); softmax over the
    11 sums → the chosen name and ``confidence`` = its probability.
-3. span: every start frame 0..124 is scored after the prefix built from the chosen name, then every end frame
-   start..124 after the chosen start (candidate scoring = exact argmax over the closed set of integers, always
-   0 ≤ start ≤ end ≤ 124).
+3. span: in the run's answer format (``PredictConfig.span``, from the contract; prompt.py): "shown" scores the
+   clip's K sampled frame numbers as start after the prefix built from the chosen name, then the sampled frames
+   from the chosen start on as end, and turns the pair into clip frames (``prompt.clip_span``: each boundary
+   half-way to the neighbouring sampled frame); "clip" scores every start frame 0..124, then every end frame
+   start..124. Candidate scoring = exact argmax over a closed set of integers, so always 0 ≤ start ≤ end ≤ 124.
 4. next operation: the 11 names scored after the prefix built from the chosen values; with a ``Grammar`` the
    model's distribution is fused with P(next | chosen dominant op) (``grammar.fuse``).
 5. ``raw_text``: free greedy generation (bounded tokens, after the prompt in the same cache), kept for the record;
@@ -41,11 +43,12 @@ import numpy as np
 
 from ..grammar import Grammar, argmax_id, fuse
 from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION_NAMES
-from ..prompt import build_messages, target_text
+from ..prompt import DEFAULT_SPAN, build_messages, check_span_format, clip_span, target_text
 from ..schema import CLIP_FRAMES, Prediction
 from ..contract import RunContract, assumed_contract, find_run
 from ..data.sampling import SamplingConfig, sample_clip
 from ..data.shards import jpeg_round_trip
+from ..data.timebar import draw_time_bar
 
 DEFAULT_FUSE_WEIGHT = 0.3  # used only when no tuned weight is given or stored in the grammar's meta
 
@@ -68,6 +71,9 @@ class PredictConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # predict_clip's frame choice, as in training
     jpeg_quality: int | None = 90  # predict_clip round-trips the sampled frames through the shards' JPEG (training
     #                                saw decoded JPEGs); None = raw frames. Set from the run contract.
+    span: str = DEFAULT_SPAN  # how the model writes the span (prompt.SPAN_FORMATS); set from the run contract
+    time_bar: bool = False  # predict_clip draws the time bar into the sampled frames (data/timebar.py), as the run's
+    #                         data pipeline did; set from the run contract
 
 
 @dataclass
@@ -106,12 +112,16 @@ def dominant_candidates() -> list[str]:
     return [_cut_after_value(_target(n, 0, 0, _DUMMY), "dominant_operation", n) for n in OPERATION_NAMES]
 
 
-def start_candidates(dom: str) -> list[str]:
-    return [_cut_after_value(_target(dom, s, s, _DUMMY), "start_frame", str(s)) for s in range(CLIP_FRAMES)]
+def start_candidates(dom: str, values: list[int] | None = None) -> list[str]:
+    """The target prefixes ending in each start frame of ``values`` (default: every clip frame 0..124)."""
+    values = range(CLIP_FRAMES) if values is None else values
+    return [_cut_after_value(_target(dom, s, s, _DUMMY), "start_frame", str(s)) for s in values]
 
 
-def end_candidates(dom: str, start: int) -> list[str]:
-    return [_cut_after_value(_target(dom, start, e, _DUMMY), "end_frame", str(e)) for e in range(start, CLIP_FRAMES)]
+def end_candidates(dom: str, start: int, values: list[int] | None = None) -> list[str]:
+    """The target prefixes ending in each end frame of ``values`` (default: start..124)."""
+    values = range(start, CLIP_FRAMES) if values is None else values
+    return [_cut_after_value(_target(dom, start, e, _DUMMY), "end_frame", str(e)) for e in values]
 
 
 def next_candidates(dom: str, start: int, end: int) -> list[str]:
@@ -180,6 +190,12 @@ def _softmax(logps: list[float]) -> list[float]:
     return [v / z for v in ex]
 
 
+def _best(logps: list[float], later: bool = True) -> int:
+    """Index of the highest log-prob; ties → the later candidate (``later``; end frames) or the earlier one (start
+    frames): either way the longer span."""
+    return max(range(len(logps)), key=lambda i: (logps[i], i if later else -i))
+
+
 def check_raw_text(text: str) -> str | None:
     """None when the free answer is a valid target (JSON, the 3 keys, OpenPack names, a valid span), else why not."""
     s = text.strip()
@@ -206,10 +222,12 @@ def check_raw_text(text: str) -> str | None:
     return None
 
 
-def parse_raw_text(text: str) -> dict:
+def parse_raw_text(text: str, frame_indices: list[int] | None = None) -> dict:
     """What the free answer says, read leniently (surrounding text/code fences ignored, aliases accepted):
     {"op": id|None, "span": (start, end)|None, "next": id|None}; a part that is missing or invalid is None.
-    Scores the model as if its free text were trusted (evaluation's *_free_text systems)."""
+    Scores the model as if its free text were trusted (evaluation's *_free_text systems). ``frame_indices``: the
+    clip's sampled frames when the answer is in the "shown" format; its span is then turned into clip frames
+    (``prompt.clip_span``), as the scored answer's is."""
     from ..evaluation.metrics import as_span, pred_id
 
     s = text.strip()
@@ -222,7 +240,10 @@ def parse_raw_text(text: str) -> dict:
             continue
     if not isinstance(d, dict):
         return {"op": None, "span": None, "next": None}
-    return {"op": pred_id(d.get("dominant_operation")), "span": as_span(d.get("temporal_segment")),
+    span = as_span(d.get("temporal_segment"))
+    if span is not None and frame_indices is not None:
+        span = clip_span(span[0], span[1], frame_indices)
+    return {"op": pred_id(d.get("dominant_operation")), "span": span,
             "next": pred_id(d.get("anticipated_next_operation"))}
 
 
@@ -293,6 +314,7 @@ class Predictor:
         self._stop_ids = {i for i in (eos, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._dom_cands = dominant_candidates()
+        check_span_format(self.config.span)
         self._room: int | None = None  # cache slots after the prompt (the largest candidate tree; see _cache_room)
         self.model_calls = 0  # forwards so far (benchmarks and tests read it)
 
@@ -349,6 +371,8 @@ class Predictor:
         if contract is not None:
             config.sampling = contract.sampling_config()
             config.jpeg_quality = contract.data.jpeg_quality
+            config.span = contract.data.answer_span
+            config.time_bar = contract.data.time_bar
             ev = contract.evaluation
             if ev is not None and ev.fuse_weight is not None and fuse_weight is None and config.fuse_weight is None:
                 fuse_weight, config.fuse_mode = ev.fuse_weight, ev.fuse_mode  # the tuned pair, as evaluated
@@ -370,8 +394,8 @@ class Predictor:
         return self.model(**kwargs)
 
     def _encode_prompt(self, images, frame_indices, device=True):
-        text = self.processor.apply_chat_template(build_messages(frame_indices), add_generation_prompt=True,
-                                                  tokenize=False)
+        text = self.processor.apply_chat_template(build_messages(frame_indices, span=self.config.span),
+                                                  add_generation_prompt=True, tokenize=False)
         inputs = self.processor(text=[text], images=list(images), return_tensors="pt")
         return {k: v.to(self._device) for k, v in inputs.items()} if device else dict(inputs)
 
@@ -612,7 +636,8 @@ class Predictor:
         """Answer for one clip's sampled frames (PIL images or HxWx3 uint8 arrays, in frame order).
 
         ``scores``: ``dominant`` / ``next_model`` / ``next_grammar`` / ``next_fused`` ({name: prob}),
-        ``fuse_weight``, ``span_logprob`` (start + end), ``frame_indices``, ``seconds``, ``model_calls``,
+        ``fuse_weight``, ``span_logprob`` (start + end), ``span_format`` and ``span_answered`` (the pair the model
+        chose, before ``clip_span``), ``frame_indices``, ``seconds``, ``model_calls``,
         ``batch_size``.
         """
         return self.predict_batch([(images, frame_indices, clip_id)])[0]
@@ -636,16 +661,23 @@ class Predictor:
             dom_p = [_softmax(lp) for lp in self._score_sets(st, [self._dom_cands] * b)]
             ks = [max(range(len(p)), key=lambda i: (p[i], -i)) for p in dom_p]
             doms = [OPERATION_NAMES[k] for k in ks]
-            st_lp = self._score_sets(st, [start_candidates(d) for d in doms])
-            starts = [max(range(CLIP_FRAMES), key=lambda s: (lp[s], -s)) for lp in st_lp]
-            en_lp = self._score_sets(st, [end_candidates(d, s) for d, s in zip(doms, starts)])
-            js = [max(range(len(lp)), key=lambda i: (lp[i], i)) for lp in en_lp]  # ties → the longer span
-            nx_lp = self._score_sets(st, [next_candidates(d, s, s + j) for d, s, j in zip(doms, starts, js)])
+            svals = [self._start_values(idx) for _, idx, _ in checked]
+            st_lp = self._score_sets(st, [start_candidates(d, v) for d, v in zip(doms, svals)])
+            starts = [v[_best(lp, later=False)] for v, lp in zip(svals, st_lp)]
+            evals = [[x for x in v if x >= s] for v, s in zip(svals, starts)]
+            en_lp = self._score_sets(st, [end_candidates(d, s, v) for d, s, v in zip(doms, starts, evals)])
+            ends = [v[_best(lp)] for v, lp in zip(evals, en_lp)]
+            nx_lp = self._score_sets(st, [next_candidates(d, s, e) for d, s, e in zip(doms, starts, ends)])
             raws = self._generate_batch(st) if self.config.free_text else [""] * b
             calls = self.model_calls - calls0
         per_clip = (time.perf_counter() - t0) / b
-        return [self._finish(dom_p[r], ks[r], st_lp[r], starts[r], en_lp[r], js[r], nx_lp[r], raws[r], checked[r][1],
-                             checked[r][2], seconds=per_clip, model_calls=calls / b, batch_size=b) for r in range(b)]
+        return [self._finish(dom_p[r], ks[r], max(st_lp[r]) + max(en_lp[r]), (starts[r], ends[r]), nx_lp[r], raws[r],
+                             checked[r][1], checked[r][2], seconds=per_clip, model_calls=calls / b, batch_size=b)
+                for r in range(b)]
+
+    def _start_values(self, idx: list[int]) -> list[int]:
+        """The start frames a clip's answer may name: its sampled frames ("shown") or every clip frame ("clip")."""
+        return list(idx) if self.config.span == "shown" else list(range(CLIP_FRAMES))
 
     def _predict_rows(self, imgs: list, idx: list[int], clip_id: str) -> PredictResult:
         """The reference path: each closed set scored in batches of candidate rows over copies of the prompt cache."""
@@ -656,17 +688,20 @@ class Predictor:
             dom_p = _softmax(self.score_texts(state, self._dom_cands))
             k = max(range(len(dom_p)), key=lambda i: (dom_p[i], -i))
             dom = OPERATION_NAMES[k]
-            st_lp = self.score_texts(state, start_candidates(dom))
-            start = max(range(CLIP_FRAMES), key=lambda s: (st_lp[s], -s))
-            en_lp = self.score_texts(state, end_candidates(dom, start))
-            j = max(range(len(en_lp)), key=lambda i: (en_lp[i], i))  # ties → the longer span
-            nx_lp = self.score_texts(state, next_candidates(dom, start, start + j))
+            svals = self._start_values(idx)
+            st_lp = self.score_texts(state, start_candidates(dom, svals))
+            start = svals[_best(st_lp, later=False)]
+            evals = [x for x in svals if x >= start]
+            en_lp = self.score_texts(state, end_candidates(dom, start, evals))
+            end = evals[_best(en_lp)]
+            nx_lp = self.score_texts(state, next_candidates(dom, start, end))
             raw = self._generate(state) if self.config.free_text else ""
             calls = self.model_calls - calls0
-        return self._finish(dom_p, k, st_lp, start, en_lp, j, nx_lp, raw, idx, clip_id,
+        return self._finish(dom_p, k, max(st_lp) + max(en_lp), (start, end), nx_lp, raw, idx, clip_id,
                             seconds=time.perf_counter() - t0, model_calls=calls, batch_size=1)
 
-    def _finish(self, dom_p, k, st_lp, start, en_lp, j, nx_lp, raw, idx, clip_id, **timing) -> PredictResult:
+    def _finish(self, dom_p, k, span_lp, answered, nx_lp, raw, idx, clip_id, **timing) -> PredictResult:
+        """``answered``: the (start, end) the model chose, in the run's span format; ``span_lp``: its log-prob."""
         dom = OPERATION_NAMES[k]
         # the truth never names Null as the next operation (clips.py skips it): not a candidate. The dominant op
         # stays one: when the model names the clip's second operation as dominant (boundary clips), its "next"
@@ -679,7 +714,9 @@ class Predictor:
             "next_grammar": None,
             "next_fused": None,
             "fuse_weight": None,
-            "span_logprob": st_lp[start] + en_lp[j],
+            "span_logprob": span_lp,
+            "span_format": self.config.span,
+            "span_answered": list(answered),
             "frame_indices": idx,
         }
         nxt_id = argmax_id(next_model)
@@ -690,8 +727,9 @@ class Predictor:
             scores.update(next_grammar={ID_TO_NAME[i]: p for i, p in g.items()},
                           next_fused={ID_TO_NAME[i]: p for i, p in fused.items()}, fuse_weight=self.fuse_weight)
         scores.update(timing)
+        span = clip_span(*answered, idx) if self.config.span == "shown" else answered
         pred = Prediction(clip_id=str(clip_id), dominant_operation=dom,
-                          temporal_segment={"start_frame": start, "end_frame": start + j},
+                          temporal_segment=dict(zip(("start_frame", "end_frame"), span)),
                           anticipated_next_operation=ID_TO_NAME[nxt_id],
                           confidence=min(1.0, max(0.0, float(dom_p[k]))))
         return PredictResult(prediction=pred, raw_text=raw,
@@ -713,8 +751,9 @@ class Predictor:
         if frames.dtype != np.uint8:
             raise PredictError(f"clip frames must be uint8, got {frames.dtype}")
         idx = sample_clip(frames, self.config.sampling, motion=motion)
+        shown = [draw_time_bar(frames[i], i) if self.config.time_bar else frames[i] for i in idx]
         q = self.config.jpeg_quality
-        return [frames[i] if q is None else jpeg_round_trip(frames[i], q) for i in idx], idx
+        return [f if q is None else jpeg_round_trip(f, q) for f in shown], idx
 
     def predict_clips(self, clips: list[np.ndarray], clip_ids: list[str],
                       motions: list[np.ndarray | None] | None = None) -> list[PredictResult]:

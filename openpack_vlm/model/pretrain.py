@@ -52,7 +52,9 @@ def corpus_frames(work: Path) -> list:
     root = write_synthetic_root(work / "root", SyntheticConfig(users=CORPUS["users"], seed=CORPUS["seed"],
                                                                session_seconds=CORPUS["seconds"], rgb=False))
     users = f"{CORPUS['users'][0]}-{CORPUS['users'][-1]}"
-    run(PipelineConfig(out=str(work / "data"), root=str(root), source="pose", splits=[f"train={users}"]))
+    # plain frames (no time bar), whatever the pipeline's default: the corpus the cached tower was trained on
+    run(PipelineConfig(out=str(work / "data"), root=str(root), source="pose", splits=[f"train={users}"],
+                       time_bar=False))
     return [im for _, frames in iter_samples(shard_paths(work / "data" / "train")) for im in frames]
 
 

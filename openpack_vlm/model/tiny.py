@@ -78,11 +78,12 @@ def _tokenizer_corpus(seed: int) -> list[str]:
     import random
 
     from ..labels import OPERATION_NAMES
-    from ..prompt import SYSTEM_PROMPT, USER_PREFIX, USER_SUFFIX, frame_label, target_text
+    from ..prompt import USER_PREFIX, USER_SUFFIX, frame_label, system_prompt, target_text
     from ..schema import CLIP_FRAMES
 
     rng = random.Random(seed)
-    lines = [SYSTEM_PROMPT, USER_PREFIX, USER_SUFFIX, "system", "user", "assistant", "You are a helpful assistant."]
+    # the "clip" wording, the corpus the cached tiny tokenizers were built from (a new word costs a few byte tokens)
+    lines = [system_prompt("clip"), USER_PREFIX, USER_SUFFIX, "system", "user", "assistant", "You are a helpful assistant."]
     lines += list(OPERATION_NAMES) + [str(i) for i in range(CLIP_FRAMES)]
     for _ in range(400):
         a, b = sorted(rng.sample(range(CLIP_FRAMES), 2))

@@ -41,7 +41,7 @@ from ..contract import RUN_FILE, ContractError, RunContract, TrainingSection, as
 from ..io_utils import atomic_path, write_atomic, write_json
 from .loading import REAL_MODEL_ID, ModelConfig, ModelLoadError
 from ..platform_check import peak_memory
-from ..prompt import build_messages
+from ..prompt import DEFAULT_SPAN, build_messages, check_span_format
 from ..data.shards import ClipRecord, decode_sample, shard_paths
 
 IGNORE_INDEX = -100  # label value the loss skips
@@ -233,11 +233,13 @@ def shuffled_truths(data: Path, seed: int) -> dict[str, dict]:
 
 class Collator:
     """(record, frames) list -> model batch. Labels: only the assistant's JSON answer and its ``<|im_end|>``.
-    ``truth_of``: clip_id -> the answer to train instead of the record's own (the shuffled-label control)."""
+    ``truth_of``: clip_id -> the answer to train instead of the record's own (the shuffled-label control); ``span``:
+    how the answer's span is written (the data contract's ``answer_span``)."""
 
-    def __init__(self, processor, truth_of: dict[str, dict] | None = None):
+    def __init__(self, processor, truth_of: dict[str, dict] | None = None, span: str = DEFAULT_SPAN):
         self.processor = processor
         self.truth_of = truth_of
+        self.span = check_span_format(span)
         tok = processor.tokenizer
         self.im_start = tok.convert_tokens_to_ids("<|im_start|>")
         self.im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -246,7 +248,8 @@ class Collator:
     def texts(self, records: list[ClipRecord]) -> list[str]:
         return [
             self.processor.apply_chat_template(
-                build_messages(r.frame_indices, self.truth_of[r.clip_id] if self.truth_of else r.truth),
+                build_messages(r.frame_indices, self.truth_of[r.clip_id] if self.truth_of else r.truth,
+                               span=self.span),
                 tokenize=False)
             for r in records
         ]
@@ -400,7 +403,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     # a resumed run draws a fresh shuffle of the (infinite) stream instead of replaying the consumed batches
     stream = make_stream(paths, buffer=cfg.shuffle_buffer, seed=cfg.seed + resumed_step,
                          rank=args.process_index, world_size=args.world_size)
-    collator = Collator(processor, truth_of=shuffled_truths(data, cfg.seed) if cfg.shuffle_labels else None)
+    collator = Collator(processor, truth_of=shuffled_truths(data, cfg.seed) if cfg.shuffle_labels else None,
+                        span=contract.data.answer_span)
 
     class StreamTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
