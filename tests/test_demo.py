@@ -41,11 +41,15 @@ def test_demo_chain_finetuned_beats_base(tmp_path, repo_root):
     assert ci["finetuned_grammar"]["AA@1"][0] > maj["AA@1"], ci["finetuned_grammar"]
     assert ci["finetuned_model"]["AA@1"][0] > maj["AA@1"], ci["finetuned_model"]
     assert ft["tIoU@0.5"] > base["tIoU@0.5"] + 0.3
-    tl = res["timeline"]  # the whole test session, merged per second (0.449 vs base 0.137 at e1386e3)
+    # the span: never below the whole-clip answer (the 'shown' format's closed set; 0.724 = the whole clip's at 7468139)
+    whole = res["baselines"]["whole_clip_span"]
+    assert ft["tIoU@0.5"] >= whole["tIoU@0.5"] and res["intervals"]["finetuned_model"]["mean_tIoU"][1] >= whole["mean_tIoU"]
+    tl = res["timeline"]  # the whole test session, merged per second (0.352 vs base 0.140 at 7468139)
     assert tl["finetuned_model"]["macro_f1"] > tl["base_model"]["macro_f1"] + 0.15, tl
     assert kp["OCA"] > maj["OCA"] + 0.3 and kp["AA@1"] > maj["AA@1"] + 0.3
     run = json.loads((out / "data" / "run.json").read_text())["data"]
     assert run["source"] == "pose" and run["pose_render"]["mode"] == "person"
+    assert run["answer_span"] == "shown" and run["time_bar"] is False
     assert res["provenance"]["frame_sources"] == {"pose": res["n_clips"]}
     assert res["provenance"]["model_id"] == "tiny-pretrained" and res["provenance"]["torch_threads"] == 2
     assert res["provenance"]["tiny_pretraining"]["corpus"]["users"][0] == "U0201"  # never the demo's users
