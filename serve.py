@@ -1,6 +1,6 @@
 """FastAPI service: POST a video clip, get the dominant operation, its frame span and the next operation as JSON.
 
-    python serve.py                                   # real model, settings from the environment, 0.0.0.0:8000
+    python serve.py                                   # real model, settings from the environment, 127.0.0.1:8000
     MODEL_ID=tiny QUANTIZATION=none python serve.py --port 8000          # offline smoke test, tiny random model
     MODEL_ID=Qwen/Qwen2-VL-2B-Instruct ADAPTER_PATH=runs/r1/adapter python serve.py
     uvicorn serve:app --host 0.0.0.0 --port 8000       # the same app under uvicorn's own CLI
@@ -87,7 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serve.py: {platform.summary()}", flush=True)
     print(f"serve.py: model {cfg.model_id} adapter={cfg.adapter_path} on http://{cfg.host}:{cfg.port} "
           f"(docs at /docs, ready at /ready)", flush=True)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=10)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_keys:
+        print(f"serve.py: listening on {cfg.host} with no API_KEY: anyone who reaches the port can run the model "
+              "(set API_KEY, or put a proxy with authentication in front; docs/reverse_proxy.md)", flush=True)
+    # limit_concurrency: connections beyond it get 503 before their request is read; timeout_keep_alive: idle
+    # connections are closed (s); no "server: uvicorn" header; h11 (the tested parser): a request it cannot parse,
+    # e.g. a malformed Content-Length, gets a 400 and the connection closes (httptools, if installed, would reset it)
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=10,
+                limit_concurrency=cfg.limit_concurrency, timeout_keep_alive=cfg.timeout_keep_alive_s,
+                server_header=False, http="h11")
     return 0
 
 

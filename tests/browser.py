@@ -71,7 +71,8 @@ def serve(repo_root: Path, env: dict, log_path: Path, timeout: float = 240.0):
             if time.time() > deadline:
                 raise RuntimeError(f"server not ready in {timeout:g} s: {log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(base + "/ready", timeout=2).status_code == 200:
+                key = {"X-API-Key": env["API_KEY"]} if env.get("API_KEY") else {}
+                if httpx.get(base + "/ready", timeout=2, headers=key).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

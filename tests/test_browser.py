@@ -121,3 +121,34 @@ def test_closing_the_event_stream_cancels_the_job_and_health_answers_meanwhile(p
     total = expected_windows(int(round(truth["seconds"] * 25)), 62)
     assert st["progress"]["windows_done"] < st["progress"]["windows_total"] == total
     assert f"timeline {job_id}: client disconnected, cancelled" in log.read_text()
+
+
+def test_a_server_with_an_api_key_asks_for_it_once_and_then_answers(tiny_model_dir, repo_root, tmp_path):
+    """API_KEY set: the page shell loads without it, its first API call gets 401, the page asks for the key, and with
+    it the upload is answered; the page's CSP allows its script (a file) and nothing inline."""
+    from selenium.webdriver.common.by import By
+
+    key = "browser-test-key-0123456789"
+    env = {"MODEL_ID": str(tiny_model_dir), "QUANTIZATION": "none", "DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+           "API_KEY": key}
+    with serve(repo_root, env, tmp_path / "server.log") as (base, _), chrome() as driver:
+        driver.get(base + "/")
+        alert = _wait(driver, lambda d: _alert(d), timeout=30)  # /ready said 401: the page asks
+        assert "API key" in alert.text
+        alert.send_keys(key)
+        alert.accept()
+        _wait(driver, lambda d: d.find_element(By.ID, "model").text.startswith("model: ") and
+              str(tiny_model_dir) in d.find_element(By.ID, "model").text)
+        upload(driver, REAL_VIDEOS / "box.mp4", "clip")
+        _wait(driver, lambda d: d.find_element(By.ID, "clip-result").is_displayed())
+        assert json.loads(driver.find_element(By.ID, "json").text)["clip_id"] == "box"
+        assert not driver.find_element(By.ID, "error").is_displayed()
+
+
+def _alert(driver):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        return driver.switch_to.alert
+    except NoAlertPresentException:
+        return False

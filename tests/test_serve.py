@@ -26,7 +26,8 @@ def assert_error(resp, status: int, error: str, *words: str) -> dict:
     assert resp.status_code == status, (resp.status_code, resp.text)
     assert resp.headers["content-type"].startswith("application/json")
     body = resp.json()
-    assert set(body) == {"error", "detail"}, body
+    assert set(body) == {"error", "detail", "request_id"}, body
+    assert body["request_id"] == resp.headers["x-request-id"]  # the id a user quotes is the one in the log
     assert body["error"] == error, body
     assert "\n" not in body["detail"] and body["detail"], body
     for w in words:
@@ -41,7 +42,8 @@ def test_settings_from_env_defaults_are_the_real_run():
 
     cfg = ServeConfig.from_env({})
     assert cfg.model_id == "Qwen/Qwen2-VL-2B-Instruct" and cfg.adapter_path is None
-    assert cfg.quantization == "auto" and cfg.port == 8000 and cfg.host == "0.0.0.0"
+    assert cfg.quantization == "auto" and cfg.port == 8000 and cfg.host == "127.0.0.1"  # loopback; the image sets 0.0.0.0
+    assert cfg.api_keys == frozenset() and cfg.allowed_origins == [] and cfg.docs
     cfg = ServeConfig.from_env({"MODEL_ID": "tiny", "MAX_UPLOAD_MB": "1.5", "PORT": "9001", "QUANTIZATION": "none",
                                 "MAX_PENDING": "3", "ADAPTER_PATH": ""})
     assert (cfg.model_id, cfg.max_upload_bytes, cfg.port, cfg.quantization, cfg.max_pending) == (
@@ -336,7 +338,10 @@ def test_upload_cap_cuts_a_chunked_body_while_it_streams():
     from openpack_vlm.serving.settings import ServeConfig
     from openpack_vlm.serving.app import create_app
 
+    from types import SimpleNamespace
+
     app = create_app(ServeConfig(max_upload_mb=1))
+    app.state.model = SimpleNamespace(ready=True, error=None)  # no lifespan here: past the guard's readiness check
     boundary = b"b0undary"
     chunk = b"\0" * (256 * 1024)
     parts = [b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n']
@@ -358,7 +363,8 @@ def test_upload_cap_cuts_a_chunked_body_while_it_streams():
     asyncio.run(app(scope, receive, send))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
     body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
-    assert body == {"error": "too_large", "detail": "upload exceeds MAX_UPLOAD_MB=1 MB"}
+    assert body == {"error": "too_large", "detail": "upload exceeds MAX_UPLOAD_MB=1 MB",
+                    "request_id": dict(sent[0]["headers"])[b"x-request-id"].decode()}
     assert len(pulled) <= 6  # 1 MB + 64 KB slack = 5 chunks of 256 KB (+ the header part), not all 42 parts
 
 
@@ -366,10 +372,13 @@ def test_openapi_documents_response_model_errors_and_clip_rule(client):
     spec = client.get("/openapi.json").json()
     op = spec["paths"]["/predict"]["post"]
     ok = op["responses"]["200"]["content"]["application/json"]["schema"]
-    assert ok["$ref"].endswith("/Prediction")
+    # the Prediction, or with include_frames=true the Prediction plus the frames the model saw
+    assert [s["$ref"].rsplit("/", 1)[1] for s in ok["anyOf"]] == ["Prediction", "PredictionWithFrames"]
     pred_schema = spec["components"]["schemas"]["Prediction"]
     assert Prediction.model_validate(pred_schema["example"])
-    assert {"413", "415", "422", "503"} <= set(op["responses"])
+    assert {"400", "401", "403", "408", "413", "415", "422", "500", "503"} <= set(op["responses"])
+    err = op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"]  # ours, not FastAPI's default
+    assert err.endswith("/ErrorBody") and "HTTPValidationError" not in json.dumps(spec)
     assert "multipart/form-data" in op["requestBody"]["content"]
     desc = spec["info"]["description"]
     assert "FIRST n frames" in desc and "repeating the last frame" in desc  # frames.to_clip's rule, verbatim
@@ -566,13 +575,17 @@ def test_compose_files_validate_against_the_compose_spec(repo_root):
 
     for doc, gpu in ((base, True), (cpu, False)):
         api = doc["services"]["api"]
-        assert api["ports"] == ["${PORT:-8000}:${PORT:-8000}"]
+        assert api["ports"] == ["${BIND:-127.0.0.1}:${PORT:-8000}:${PORT:-8000}"]  # host loopback by default
+        # the key comes from an env file that is not committed (environment: would override it with an empty value)
+        assert api["env_file"] == [{"path": "./api.env", "required": False}] and "API_KEY" not in api["environment"]
+        assert "api.env" in (repo_root / ".gitignore").read_text().split() and not (repo_root / "api.env").exists()
+        assert (repo_root / "api.env.example").read_text().count("API_KEY=") == 1
         assert api["healthcheck"]["test"] == ["CMD", "python", "serve.py", "--healthcheck"]
         assert api["shm_size"] == "512mb"  # the decoder slots' shared memory (2 × 42 MB) does not fit Docker's 64 MB
         assert any(v.endswith(":/models") for v in api["volumes"]) and any(":/adapters" in v for v in api["volumes"])
         unknown = set(api["environment"]) - set(env_names()) - {"HF_HUB_OFFLINE"}
         assert not unknown, f"compose sets variables serve.py does not read: {unknown}"
-        missing = set(env_names()) - set(api["environment"])
+        missing = set(env_names()) - set(api["environment"]) - {"API_KEY"}
         assert not missing, f"compose does not pass these settings through: {missing}"
         devices = (api.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices", [])
         assert bool(devices) == gpu and (not gpu or devices[0]["capabilities"] == ["gpu"])

@@ -24,11 +24,15 @@ import anyio
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS, Prediction
 from .decoders import DecoderPool
+from .guard import REQUEST_ID, RequestGuard
+from .metrics import ServiceMetrics
+from .guard import error as guard_error
 from .settings import ServeConfig
 from .timeline_jobs import TimelineJobs
 from .uploads import ErrorBody, UploadError, probe_upload, sanitize_clip_id, save_upload
@@ -39,7 +43,8 @@ MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing + the clip_id field al
 
 
 def error_response(status: int, error: str, detail: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+    """Every error body: ``{"error": code, "detail": one line, "request_id": ...}`` (guard.error)."""
+    return guard_error(status, error, detail, headers)
 
 
 class UploadSizeLimit:
@@ -169,6 +174,22 @@ def get_model(request: Request) -> ModelState:
     return model
 
 
+class FramePreview(BaseModel):
+    index: int  # frame of the normalised clip (0-124)
+    t_s: float  # its time in the clip (s)
+    jpeg: str  # data:image/jpeg;base64,...
+
+
+class PredictionWithFrames(Prediction):
+    """/predict's answer with ``include_frames=true`` (the web page): the Prediction plus the frames the model saw."""
+
+    frames: list[FramePreview]
+
+
+SSE_RESPONSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "server-sent events: `job`, then `window` per answered window, then `done`, "
+                               "`error` or `cancelled` (each `data:` line is JSON)"}
+
 PREVIEW_QUALITY = 80  # JPEG quality of the frames /predict returns with include_frames (~15 KB each at 336x336)
 
 
@@ -209,7 +230,9 @@ frame, letterboxed); the clip is then made exactly {CLIP_FRAMES} frames ({CLIP_S
 prompt, the grammar and its tuned fusion weight are the ones of the served run's contract (`run.json`, shown by
 `/ready`).
 
-Errors, always JSON `{{"error": code, "detail": message}}`: 413 file over `MAX_UPLOAD_MB`; 415 not a video
+Errors, always JSON `{{"error": code, "detail": message, "request_id": id}}` (the id is also the `X-Request-ID`
+header, and the server's log line of the request names it): 401 no valid key when `API_KEY` is set; 403 a write from
+another site; 408 a body that stopped arriving; 413 file over `MAX_UPLOAD_MB`; 415 not a video
 (unrecognised bytes, a still image, no video stream); 422 empty file, damaged/truncated video, no decodable frame,
 shorter than the rule above allows, longer than `MAX_CLIP_SECONDS`, frames over `MAX_FRAME_PIXELS`, a decoder that
 crashed, ran past `DECODE_TIMEOUT_S` or out of `DECODE_MEMORY_MB`, or a missing `file` field; 503 model still
@@ -227,17 +250,28 @@ def _to_clip_rule() -> str:
     return "\n".join("> " + line.strip() for line in doc.splitlines() if line.strip())
 
 
-ERROR_RESPONSES = {
+COMMON_RESPONSES = {  # every route but /health and the page (guard.RequestGuard, the app's handlers)
+    401: {"model": ErrorBody, "description": "API_KEY is set and the request has no valid key"},
+    422: {"model": ErrorBody, "description": "a parameter or form field out of range or of the wrong type"},
+    500: {"model": ErrorBody, "description": "a server fault; the detail is in the server's log under request_id"},
+}
+ERROR_RESPONSES = {  # the upload routes
+    400: {"model": ErrorBody, "description": "malformed multipart body (no boundary, too many fields or parts)"},
+    403: {"model": ErrorBody, "description": "a write from another site (Origin / Sec-Fetch-Site), not in "
+                                             "CORS_ORIGINS"},
+    408: {"model": ErrorBody, "description": "the body stopped arriving for BODY_TIMEOUT_S"},
     413: {"model": ErrorBody, "description": "upload larger than MAX_UPLOAD_MB"},
     415: {"model": ErrorBody, "description": "not a video (unrecognised bytes, still image, no video stream)"},
-    422: {"model": ErrorBody, "description": "empty, damaged, too long, frames too large, or no `file` field"},
-    503: {"model": ErrorBody, "description": "model not ready, or too many requests in flight"},
+    422: {"model": ErrorBody, "description": "empty, damaged, too long, frames too large, bad form field, or no "
+                                             "`file` field"},
+    503: {"model": ErrorBody, "description": "model not ready, or too many uploads / jobs in flight (Retry-After)"},
 }
 
-router = APIRouter()
+router = APIRouter(responses=COMMON_RESPONSES)
+open_router = APIRouter()  # guard.OPEN_PATHS: no key, nothing that can fail
 
 
-@router.get("/health", summary="Liveness: the process answers")
+@open_router.get("/health", summary="Liveness: the process answers (no API key needed)")
 async def health() -> dict:
     return {"status": "ok"}
 
@@ -255,12 +289,13 @@ async def ready(model: ModelState = Depends(get_model), cfg: ServeConfig = Depen
 
 @router.post(
     "/predict",
-    response_model=Prediction,
+    response_model=Prediction | PredictionWithFrames,
     summary="Dominant operation, its frame span and the next operation for one video clip",
     responses=ERROR_RESPONSES,
     form_limits={"max_files": 1, "max_fields": 4, "max_part_size": 4096},
 )
 async def predict(
+    request: Request,
     response: Response,
     file: UploadFile = File(..., description="the video (any container/codec libav reads)"),
     clip_id: str | None = Form(None, description="id echoed in the answer; default: the file name"),
@@ -269,9 +304,7 @@ async def predict(
     model: ModelState = Depends(get_model),
     cfg: ServeConfig = Depends(get_settings),
 ):
-    if model.pending >= cfg.max_pending:
-        raise UploadError(503, "busy", f"{model.pending} requests in flight (MAX_PENDING={cfg.max_pending})",
-                          {"Retry-After": "1"})
+    # capacity (MAX_PENDING uploads of both routes) was checked by guard.RequestGuard before the body was read
     model.pending += 1
     cid = sanitize_clip_id(clip_id, file.filename)
     timing: dict[str, float] = {}
@@ -291,14 +324,16 @@ async def predict(
             result = await anyio.to_thread.run_sync(model.predictor.predict_clip, clip, cid)
         call = time.perf_counter() - t3
         model_s = float(result.scores.get("seconds", call))  # the Predictor times its own model calls
+        request.app.state.metrics.model_seconds.observe(model_s)
+        request.app.state.metrics.queue_seconds.observe(timing["queue"])
         timing["sample"] = call - model_s  # frame choice + JPEG round trip + image conversion (predict_clip)
         timing["model"] = model_s
         pred = result.prediction
         if pred.clip_id != cid:
             pred = pred.model_copy(update={"clip_id": cid})
         timing["total"] = time.perf_counter() - t0
-        log.info("predict %s: %s %dx%d %d frames -> %s [%s]", cid, info.codec, info.width, info.height, n_frames,
-                 pred.dominant_operation, " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timing.items()))
+        log.info("predict %s [%s]: %s %dx%d %d frames -> %s [%s]", cid, REQUEST_ID.get(), info.codec, info.width,
+                 info.height, n_frames, pred.dominant_operation, " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timing.items()))
         response.headers["Server-Timing"] = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items())
         response.headers["X-Frame-Indices"] = ",".join(str(i) for i in result.scores["frame_indices"])  # what the
         # model saw (frames of the normalised clip), chosen by the run contract's sampler
@@ -373,19 +408,22 @@ draws the finished timeline."""
 
 
 @router.post("/timeline", status_code=202, summary="Start the operation timeline of a long recording",
-             description=TIMELINE_DESCRIPTION, responses=ERROR_RESPONSES,
+             description=TIMELINE_DESCRIPTION,
+             responses={**ERROR_RESPONSES, 202: {
+                 "description": "the job's status (JSON), or with `Accept: text/event-stream` its events",
+                 "content": {"application/json": {"schema": {"type": "object"}}, **SSE_RESPONSE["content"]}}},
              form_limits={"max_files": 1, "max_fields": 4, "max_part_size": 4096})
 async def timeline(
     request: Request,
     file: UploadFile = File(..., description="the recording (any container/codec libav reads)"),
-    stride: float | None = Form(None, description="seconds between window starts (0.04-5); default TIMELINE_STRIDE_S"),
+    stride: float = Form(None, ge=0.04, le=5, allow_inf_nan=False,
+                                description="seconds between window starts (0.04-5); default TIMELINE_STRIDE_S"),
     model: ModelState = Depends(get_model),
     cfg: ServeConfig = Depends(get_settings),
     jobs: TimelineJobs = Depends(get_jobs),
 ):
-    if jobs.active() >= cfg.max_timeline_jobs:  # before the (large) upload is copied
-        raise UploadError(503, "busy", f"{jobs.active()} timeline jobs running (MAX_TIMELINE_JOBS="
-                          f"{cfg.max_timeline_jobs})", {"Retry-After": "10"})
+    # a free job slot (MAX_TIMELINE_JOBS, counting uploads in flight) was checked by guard.RequestGuard before the
+    # body was read; jobs.submit checks again once the upload is here
     streamed = "text/event-stream" in request.headers.get("accept", "")
     name = sanitize_clip_id(None, file.filename)
     try:
@@ -414,7 +452,8 @@ async def timeline_status(job_id: str, since: int | None = None, jobs: TimelineJ
 
 
 @router.get("/timeline/{job_id}/events", summary="A timeline job's server-sent events (watching does not own it)",
-            responses={404: {"model": ErrorBody, "description": "unknown or expired job"}})
+            response_class=StreamingResponse,
+            responses={200: SSE_RESPONSE, 404: {"model": ErrorBody, "description": "unknown or expired job"}})
 async def timeline_events(job_id: str, jobs: TimelineJobs = Depends(get_jobs)):
     job = jobs.get(job_id)
     return StreamingResponse(job_events(job, owner=False), media_type="text/event-stream",
@@ -445,7 +484,7 @@ async def timeline_plot(job_id: str, jobs: TimelineJobs = Depends(get_jobs)):
     return Response(png, media_type="image/png")
 
 
-@router.get("/", include_in_schema=False)
+@open_router.get("/", include_in_schema=False)
 async def page(cfg: ServeConfig = Depends(get_settings)):
     """The web page: upload a clip or a recording, see the answer, the frames, the timeline (no CDN, no build)."""
     from .page import page_html
@@ -453,7 +492,26 @@ async def page(cfg: ServeConfig = Depends(get_settings)):
     return HTMLResponse(page_html(cfg))
 
 
+@open_router.get("/static/page.js", include_in_schema=False)
+async def page_script():
+    """The page's script (a file: the page's Content-Security-Policy allows no inline script)."""
+    from .page import page_js
+
+    return Response(page_js(), media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+
 # --------------------------------------------------------------------------------------------------- the app
+def allowed_methods(app, scope) -> list[str]:
+    """Every method some route answers on the scope's path."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.routes:
+        if getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFactory | None = None) -> FastAPI:
     """The FastAPI app. Nothing heavy happens here: the model loads in the lifespan handler's background thread."""
     cfg = cfg or ServeConfig.from_env()
@@ -475,10 +533,23 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
         version=__import__("openpack_vlm").__version__,
         description=API_DESCRIPTION.replace("{to_clip_rule}", _to_clip_rule()),
         lifespan=lifespan,
+        docs_url="/docs" if cfg.docs else None,
+        redoc_url=None,
     )
     app.state.cfg = cfg
+    app.state.uploads = {"/predict": 0, "/timeline": 0}  # uploads in flight per route (guard.RequestGuard)
+    # added first = innermost: sizes are capped after the guard let a request in
     app.add_middleware(UploadSizeLimit, limits={"/predict": cfg.max_upload_bytes + MULTIPART_SLACK,
                                                 "/timeline": cfg.max_timeline_upload_bytes + MULTIPART_SLACK})
+    if cfg.allowed_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.allowed_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Accept"],
+                           expose_headers=["X-Request-ID", "X-Frame-Indices", "Server-Timing", "X-Output-Repair",
+                                           "X-Job-Id", "Location"])
+    app.add_middleware(RequestGuard, cfg=cfg)  # request id, key, origin, capacity, body timeout
+    app.state.metrics = ServiceMetrics(app)  # outermost: counts every answer, the guard's refusals included
 
     @app.exception_handler(UploadError)
     async def _upload_error(request: Request, exc: UploadError):
@@ -486,6 +557,12 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:  # Allow: the methods of EVERY route on this path (Starlette names one route's)
+            allowed = allowed_methods(request.app, request.scope)
+            return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}; "
+                                  f"allowed: {', '.join(allowed)}", {"Allow": ", ".join(allowed)})
+        if exc.status_code == 408:
+            return error_response(408, "body_timeout", str(exc.detail), {"Connection": "close"})
         if exc.status_code == 413:
             if request.url.path == "/timeline":
                 return error_response(413, "too_large",
@@ -504,11 +581,8 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
         if any(tuple(e.get("loc", ()))[-1:] == ("file",) for e in exc.errors()):
             detail = "send the video as multipart/form-data field 'file' (" + detail + ")"
         return error_response(422, "bad_request", detail)
+    # an unexpected exception is answered by guard.RequestGuard: 500, generic body with the request id, detail logged
 
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception):
-        log.exception("internal error")
-        return error_response(500, "internal", one_line(exc, with_type=True))
-
+    app.include_router(open_router)
     app.include_router(router)
     return app

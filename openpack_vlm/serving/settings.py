@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -72,7 +72,24 @@ class ServeConfig(BaseSettings):
                             "X-Output-Repair header whether it fit the schema; costs up to 128 decode steps per request")
     openpack_vlm_cache: str | None = Field(None, description='where the "tiny" model is built and cached; '
                                            "unset = ~/.cache/openpack-vlm")
-    host: str = Field("0.0.0.0", description="uvicorn bind address (0.0.0.0 inside a container)")
+    api_key: SecretStr | None = Field(None, description="when set, every route but /health and the page shell needs "
+                                      "`Authorization: Bearer KEY` or `X-API-Key: KEY` (the page asks for it); unset = "
+                                      "no authentication (loopback use)")
+    api_keys_file: str | None = Field(None, description="a file of accepted keys, one per line (# comments), read at "
+                                      "start-up; combines with API_KEY")
+    cors_origins: str = Field("", description="comma-separated origins allowed to call the API from a browser (CORS); "
+                              "empty = same origin only: a POST or DELETE whose Origin or Sec-Fetch-Site says another "
+                              "site gets 403")
+    body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False, description="a request body that sends nothing "
+                                  "for this long (s) gets 408 and its connection is closed (stalled uploads)")
+    limit_concurrency: int = Field(64, gt=0, description="uvicorn: connections at once; more get 503 before a byte of "
+                                   "their request is read")
+    timeout_keep_alive_s: int = Field(5, gt=0, description="uvicorn: an idle keep-alive connection is closed after "
+                                      "this many seconds")
+    docs: bool = Field(True, description="serve Swagger UI at /docs (its scripts come from a CDN, so it needs the "
+                       "internet in the browser); /openapi.json is served either way")
+    host: str = Field("127.0.0.1", description="uvicorn bind address: loopback by default; the Docker image sets "
+                      "0.0.0.0 (put a key or a proxy in front)")
     port: int = Field(8000, gt=0, lt=65536, description="TCP port, 1..65535")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="uvicorn log level")
 
@@ -82,6 +99,21 @@ class ServeConfig(BaseSettings):
         mapping = _ENV_OVERRIDE.get()
         env = env_settings if mapping is None else _MappingEnvSource(settings_cls, mapping)
         return (init_settings, env)
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file(cls, value: str | None) -> str | None:
+        if value is not None and not read_keys(value):
+            raise ValueError(f"{value} holds no key (one per line; # starts a comment)")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))'`)")
+        return value
 
     @field_validator("adapter_path", "upload_dir", "run_config")
     @classmethod
@@ -109,12 +141,33 @@ class ServeConfig(BaseSettings):
             _ENV_OVERRIDE.reset(token)
 
     @property
+    def api_keys(self) -> frozenset[str]:
+        """Every accepted key (API_KEY and the lines of API_KEYS_FILE); empty = no authentication."""
+        keys = set(read_keys(self.api_keys_file)) if self.api_keys_file else set()
+        if self.api_key is not None:
+            keys.add(self.api_key.get_secret_value().strip())
+        return frozenset(keys)
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MIB)
 
     @property
     def max_timeline_upload_bytes(self) -> int:
         return int(self.max_timeline_upload_mb * MIB)
+
+
+def read_keys(path: str) -> list[str]:
+    """The keys of an API_KEYS_FILE: one per line, blank lines and # comments skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
 def describe_error(exc: ValidationError) -> str:
@@ -124,10 +177,14 @@ def describe_error(exc: ValidationError) -> str:
     got = err.get("input")
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
+    if var == "API_KEY":  # never echo a secret, even a rejected one
+        got = f"<{len(str(got))} characters>"
     if kind == "bool_parsing":
         rule = "must be 1/0, true/false, yes/no or on/off"
     elif kind in ("float_parsing", "float_type"):
         rule = "must be a number"
+    elif kind == "finite_number":
+        rule = "must be a finite number"
     elif kind.startswith("int_"):
         rule = "must be an integer"
     elif kind == "greater_than":
@@ -152,6 +209,6 @@ def settings_table() -> str:
     """The settings as a Markdown table (README's, checked by tests/test_docs.py)."""
     rows = ["| variable | default | what it does |", "| --- | --- | --- |"]
     for name, f in ServeConfig.model_fields.items():
-        default = "unset" if f.default is None else f"`{f.default}`"
+        default = "unset" if f.default is None else ("empty" if f.default == "" else f"`{f.default}`")
         rows.append(f"| `{name.upper()}` | {default} | {f.description} |")
     return "\n".join(rows)

@@ -233,7 +233,7 @@ class TimelineJobs:
 
         try:
             stride = stride_ticks(stride_s)
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:  # inf / nan reach here only from Python callers (the form refuses)
             raise UploadError(422, "bad_request", f"stride: {e}") from None
         self.reap()
         with self._lock:

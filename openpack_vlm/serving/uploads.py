@@ -28,6 +28,7 @@ class ErrorBody(BaseModel):
 
     error: str  # stable machine-readable code, e.g. "not_a_video"
     detail: str  # one line naming the problem
+    request_id: str  # this request's id (also the X-Request-ID header): the one the server's log names
 
 
 class UploadError(Exception):
