@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -62,7 +63,7 @@ def _schemathesis(schema: str, *args: str, timeout: float = 600) -> subprocess.C
     cmd = [exe] if exe else [sys.executable, "-m", "schemathesis.cli"]
     return subprocess.run([*cmd, "run", schema, "--seed", "1", "--generation-deterministic",
                            "--suppress-health-check", "all", "--output-truncate", "false", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=tempfile.mkdtemp())  # its cache dir
 
 
 def test_every_answer_matches_the_schema(live):
