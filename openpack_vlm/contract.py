@@ -101,6 +101,8 @@ class EvaluationSection:
     fuse_mode: str = "linear"
     tuned_on: str = ""  # e.g. "val: first 30 clips" or "given (--fuse-weight)"
     eval_dir: str | None = None
+    temperature: float | None = None  # of the dominant-operation confidence, fitted on val (evaluation/calibration.py);
+    #                                   None = 1 (runs evaluated before it existed)
 
 
 def _section(cls, d: Any, where: str):
@@ -203,6 +205,9 @@ class RunContract:
             w = self.evaluation.fuse_weight
             if not 0.0 <= w <= 1.0:
                 raise ContractError(f"{self.where}: fuse_weight {w} is outside [0, 1]")
+        t = self.evaluation.temperature if self.evaluation is not None else None
+        if t is not None and not (isinstance(t, (int, float)) and 0 < t < float("inf")):
+            raise ContractError(f"{self.where}: temperature {t!r} is not a positive number")
 
     def check_grammar(self, grammar_file: Path) -> None:
         """The grammar file is the one the run recorded (same bytes), and it names only this code's classes."""
@@ -221,6 +226,7 @@ class RunContract:
                 "model_id": self.training.model_id if self.training else None,
                 "vision_lora": self.training.vision_lora if self.training else None,
                 "fuse_weight": e.fuse_weight if e else None, "fuse_mode": e.fuse_mode if e else None,
+                "temperature": e.temperature if e else None,
                 "tuned_on": e.tuned_on if e else None}
 
 

@@ -122,6 +122,16 @@ def test_evaluate_records_the_tuned_weight_and_serving_uses_it(evaluated, tiny_m
         want = argmax_id(fuse({NAME_TO_ID[k]: v for k, v in res.scores["next_model"].items()},
                               grammar_next(predictor.grammar, res.scores), tuned, "linear"))
         assert r.json()["anticipated_next_operation"] == ID_TO_NAME[want] == res.prediction.anticipated_next_operation
+        # the confidence /predict reports is tempered by the temperature evaluate.py fitted on val
+        temperature = results["calibration"]["temperature"]
+        assert ready["run"]["temperature"] == temperature == predictor.config.temperature
+        from openpack_vlm.evaluation.metrics import temper
+        from openpack_vlm.labels import OPERATION_NAMES
+
+        raw = np.array([[res.scores["dominant"][n] for n in OPERATION_NAMES]])
+        k = OPERATION_NAMES.index(r.json()["dominant_operation"])
+        assert r.json()["confidence"] == pytest.approx(float(temper(raw, temperature)[0, k]), abs=1e-6)
+        assert r.json()["dominant_operation"] == OPERATION_NAMES[int(raw.argmax())]  # the answer is untouched
     # the weight a user passes for one server wins over the record, and is reported
     with _client(model_id=str(tiny_model_dir), adapter_path=str(run / "adapter"), run_config=str(out / RUN_FILE)) as c:
         assert _ready(c)["run"]["path"] == str(out / RUN_FILE)

@@ -79,6 +79,28 @@ def test_output_files_and_results_shape(eval_out, capsys):
     assert r["selection"]["users"] == ["U0108"] and r["selection"]["split"] == "test"
     with Image.open(eval_out / "confusion.png") as im:
         assert im.format == "PNG" and im.size[0] > 500
+    # calibration: ECE of the test confidences before / after the temperature fitted on val, recorded for serving
+    cal = r["calibration"]
+    assert cal["fitted_on"].startswith("val: 4 clips") and 0.05 <= cal["temperature"] <= 20
+    assert set(cal["dominant"]) == {"base_model", "finetuned_model", "finetuned_model_tempered"}
+    assert all(0 <= d["ece"] <= 1 and d["n"] == N_CLIPS for d in cal["dominant"].values())
+    assert set(cal["anticipation"]) == {"finetuned_model", "finetuned_grammar"}
+    assert (eval_out / "reliability.png").is_file() and cal["png"] == "reliability.png"
+    from openpack_vlm.contract import RunContract
+
+    assert RunContract.load(eval_out).evaluation.temperature == cal["temperature"]
+    # per class: the support adds up to the clips, and recall agrees with the per-clip records
+    pc = r["per_class"]["finetuned_model"]
+    assert sum(s["support"] for s in pc.values()) == N_CLIPS
+    rows = _rows(eval_out / "predictions.jsonl")
+    for name, s in pc.items():
+        mine = [x for x in rows if x["truth"]["dominant_operation"] == name]
+        assert s["recall"] == round(sum(x["finetuned_model"]["prediction"]["dominant_operation"] == name
+                                        for x in mine) / len(mine), 4)
+    from openpack_vlm.evaluation.evaluate import format_table
+
+    table = format_table(r)  # what evaluate.py prints
+    assert "confidence calibration (ECE, 10 bins)" in table and "per class, finetuned_model" in table
 
 
 def test_provenance_marks_synthetic_and_tiny(eval_out, pipeline_out, run_dir):
@@ -293,6 +315,9 @@ def test_timeline_mode_scores_a_whole_session_with_openpacks_metric(eval_out, pi
         assert (eval_out / "timeline" / f"U0108-{sess['session']}.{system}.png").is_file()
         again = score_timeline(res["seconds"], res["truth"])
         assert again["macro_f1"] == sess[system]["macro_f1"] == tl[system]["macro_f1"]
+        for k in ("edit", "F1@10", "F1@25", "F1@50"):  # segment metrics beside OpenPack's, from the same 1 Hz labels
+            assert again[k] == sess[system][k] == tl[system][k] and 0.0 <= again[k] <= 1.0
+        assert sess[system]["per_class_f1"] == again["per_class_f1"]
         assert 0.0 <= again["macro_f1"] <= 1.0 and len(res["seconds"]) == int(np.ceil(res["duration_s"]))
         assert res["n_windows"] == sess["n_windows"]
         tuned = system == "finetuned_model"  # the tuned grammar fusion, as served; its durations prime the HMM

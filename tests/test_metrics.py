@@ -140,3 +140,82 @@ def test_evaluate_predictions_by_hand():
     recs[0] = dict(recs[0], pred_op=None, pred_next="not an op")
     m2 = evaluate_predictions(recs, n_boot=0)
     assert m2["OCA"] == pytest.approx(2 / 4) and m2["AA@1"] == pytest.approx(1 / 4)
+
+
+# ------------------------------------------------------------------------------------------------ segment metrics
+def test_segment_metrics_equal_the_ms_tcn_reference_on_random_timelines():
+    from reference import mstcn_eval as ref
+
+    from openpack_vlm.evaluation.metrics import edit_score, segment_counts
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(400):
+        n = int(rng.integers(1, 80))
+        # runs of random length over 4 labels, 0 = background (Null), so segments are realistic, not per-frame noise
+        def timeline():
+            out = []
+            while len(out) < n:
+                out += [int(rng.integers(0, 4))] * int(rng.integers(1, 12))
+            return out[:n]
+        pred, true = timeline(), timeline()
+        if all(t == 0 for t in true) or all(p == 0 for p in pred):
+            continue  # the reference divides by zero / indexes an empty array there
+        assert edit_score(pred, true, [0]) == pytest.approx(ref.edit_score(pred, true, bg_class=[0]) / 100)
+        for k in (0.1, 0.25, 0.5):
+            assert segment_counts(pred, true, k, [0]) == tuple(int(x) for x in ref.f_score(pred, true, k, bg_class=[0]))
+        checked += 1
+    assert checked > 300
+
+
+def test_segment_scores_see_flicker_that_per_second_accuracy_misses():
+    from openpack_vlm.evaluation.metrics import segment_scores
+
+    true = [1] * 30 + [2] * 30
+    flicker = [1] * 30 + [2, 1] * 15  # 75 % of the seconds right, but 31 segments for 2
+    s = segment_scores(flicker, true, background=[0])
+    assert np.mean(np.array(flicker) == np.array(true)) == 0.75
+    assert s["edit"] == round(1 - 29 / 31, 4) and s["F1@10"] == round(2 * (1 / 31) * (1 / 2) / (1 / 31 + 1 / 2), 4)
+    assert segment_scores(true, true, [0]) == {"edit": 1.0, "F1@10": 1.0, "F1@25": 1.0, "F1@50": 1.0}
+    # a constant answer (one class for the whole session) scores low on every one of them
+    const = segment_scores([1] * 60, true, [0])
+    assert const == {"edit": 0.5, "F1@10": 0.6667, "F1@25": 0.6667, "F1@50": 0.6667}
+    assert segment_scores([0] * 60, true, [0])["F1@10"] == 0.0  # all background: nothing found
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+def test_ece_by_hand_and_a_constant_confident_model_is_badly_calibrated():
+    from openpack_vlm.evaluation.metrics import reliability
+
+    r = reliability([0.95, 0.95, 0.55, 0.55], [True, False, True, True])
+    # bin [0.9, 1.0): accuracy 0.5 vs confidence 0.95; bin [0.5, 0.6): 1.0 vs 0.55 -> (0.45 + 0.45) / 2
+    assert r["ece"] == pytest.approx(0.45) and [b["n"] for b in r["bins"]] == [2, 2]
+    # one class at confidence 1.0 for every clip, right on 20 % of them: ECE 0.8 (and 1.0 lands in the last bin)
+    const = reliability([1.0] * 10, [True] * 2 + [False] * 8)
+    assert const["ece"] == pytest.approx(0.8) and const["bins"][0]["bin"] == [0.9, 1.0]
+    assert reliability([0.7] * 10, [True] * 7 + [False] * 3)["ece"] == pytest.approx(0.0)
+
+
+def test_fitted_temperature_recovers_the_one_that_made_the_labels():
+    from openpack_vlm.evaluation.metrics import fit_temperature, reliability, temper
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4000, 11))
+    true_p = temper(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 2.5)  # the labels follow p ** (1/2.5)
+    y = np.array([rng.choice(11, p=row) for row in true_p])
+    over = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # over-confident by a factor 2.5 in log space
+    t = fit_temperature(over, y)
+    assert 2.2 < t < 2.8
+    before = reliability(over.max(1), over.argmax(1) == y)["ece"]
+    after = reliability(temper(over, t).max(1), over.argmax(1) == y)["ece"]
+    assert after < before / 3 and (temper(over, t).argmax(1) == over.argmax(1)).all()  # answers never change
+
+
+def test_per_class_scores_by_hand():
+    from openpack_vlm.evaluation.metrics import per_class_scores
+
+    s = per_class_scores([100, 100, 200, 300], [100, 200, 200, None])
+    assert s["Picking"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
+    assert s["Relocate Item Label"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
+    assert s["Assemble Box"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert set(s) == {"Picking", "Relocate Item Label", "Assemble Box"}  # classes never true are left out

@@ -45,7 +45,9 @@ from ..contract import (
 from ..grammar import Grammar, GrammarError, argmax_id, fuse, tune_fuse_weight
 from ..io_utils import save_figure, write_atomic, write_json, write_jsonl
 from ..labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, to_id
-from .metrics import confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair
+from .calibration import calibration_report, dominant_probs
+from .metrics import (confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair,
+                      per_class_scores)
 from ..schema import CLIP_FRAMES
 
 log = logging.getLogger("openpack_vlm.evaluation")
@@ -246,14 +248,14 @@ def run_contract(cfg: EvalConfig, data: Path) -> RunContract:
 
 
 def record_evaluation(contract: RunContract, out: Path, grammar_path: Path | None, weight: float | None,
-                      cfg: EvalConfig, tuning: dict) -> dict:
+                      cfg: EvalConfig, tuning: dict, temperature: float | None = None) -> dict:
     """Add the evaluation section (tuned fusion weight and mode) to the run contract: E/run.json (with the grammar
     used copied beside it, byte for byte) and, when that grammar is the run's own, R/run.json — so serving the
     adapter fuses with the tuned weight. Returns where it was written."""
     section = EvaluationSection(fuse_weight=weight, fuse_mode=cfg.fuse_mode, eval_dir=str(out),
                                 tuned_on=(f"{tuning['tuned_on']}: {tuning.get('val_clips')} clips" if
                                           tuning.get("tuned_on") else "given (--fuse_weight)" if weight is not None
-                                          else "no grammar"))
+                                          else "no grammar"), temperature=temperature)
     e_contract = copy.deepcopy(contract)
     e_contract.evaluation = section
     if grammar_path is not None:
@@ -341,7 +343,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         raise EvalError("--fuse-weight given but no grammar found (pass --grammar)")
     out.mkdir(parents=True, exist_ok=True)
 
-    pcfg = PredictConfig(free_text=cfg.free_text, fuse_mode=cfg.fuse_mode)
+    # temperature 1: the raw confidences, which the calibration below measures and fits a temperature to
+    pcfg = PredictConfig(free_text=cfg.free_text, fuse_mode=cfg.fuse_mode, temperature=1.0)
     if predictor is None:
         predictor = Predictor.from_pretrained(cfg.model_id, adapter=cfg.adapter, quantization=cfg.quantization,
                                               device=cfg.device, grammar=None, config=pcfg, run=contract)
@@ -366,32 +369,38 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     ft_runs = [done[r["clip_id"]][2] for r in rows]
     truths = [_truth(rec) for rec in recs]
 
-    # grammar fusion weight: given, or tuned on val clips with the fine-tuned model
+    # the fine-tuned model on val clips: the grammar fusion weight (unless given) and the confidence temperature
     tuning: dict = {"grammar": str(grammar_path) if grammar_path else None}
     weight = None
+    md, gd, vt, vdom, vop = [], [], [], [], []
+    if (data / cfg.val_split / "manifest.jsonl").is_file():
+        vrows = select_clips(data, cfg.val_split, cfg.val_clips)
+        scorer = Predictor(predictor.model, predictor.processor, grammar=None,
+                           config=dataclasses.replace(pcfg, free_text=False))
+        with tqdm(total=len(vrows), desc=f"{cfg.val_split} clips (fusion weight, temperature)", unit="clip") as bar:
+            for batch in batches(iter_clips(data, cfg.val_split, vrows), cfg.batch_clips):
+                got = scorer.predict_batch([(frames, rec.frame_indices, rec.clip_id) for rec, frames in batch])
+                for (rec, _), r in zip(batch, got):
+                    md.append(_ids_dist(r.scores["next_model"]))
+                    gd.append(grammar_next(grammar, r.scores) if grammar is not None else None)
+                    vt.append(_truth(rec)["next"])
+                    vdom.append(dominant_probs(r))
+                    vop.append(_truth(rec)["op"])
+                bar.update(len(batch))
     if grammar is not None:
         if cfg.fuse_weight is not None:
             weight = float(cfg.fuse_weight)
             tuning.update(fuse_weight=weight, tuned_on=None)
+        elif not vt:
+            raise EvalError(f"no {cfg.val_split} clips to tune the grammar weight on (give --fuse_weight)")
         else:
-            vrows = select_clips(data, cfg.val_split, cfg.val_clips)
-            scorer = Predictor(predictor.model, predictor.processor, grammar=None,
-                               config=dataclasses.replace(pcfg, free_text=False))
-            md, gd, vt = [], [], []
-            with tqdm(total=len(vrows), desc=f"{cfg.val_split} clips (fusion weight)", unit="clip") as bar:
-                for batch in batches(iter_clips(data, cfg.val_split, vrows), cfg.batch_clips):
-                    got = scorer.predict_batch([(frames, rec.frame_indices, rec.clip_id) for rec, frames in batch])
-                    for (rec, _), r in zip(batch, got):
-                        md.append(_ids_dist(r.scores["next_model"]))
-                        gd.append(grammar_next(grammar, r.scores))
-                        vt.append(_truth(rec)["next"])
-                    bar.update(len(batch))
             weight, acc = tune_fuse_weight(md, gd, vt, mode=cfg.fuse_mode)
             tuning.update(fuse_weight=weight, tuned_on=cfg.val_split, val_clips=len(vt),
                           val_AA1_by_weight={str(k): v for k, v in acc.items()}, mode=cfg.fuse_mode)
 
     # per-system records
     systems: dict[str, list[dict]] = {s: [] for s in SYSTEMS + (FREE_TEXT_SYSTEMS if cfg.free_text else ())}
+    anticipation: dict[str, tuple[list, list]] = {"finetuned_model": ([], []), "finetuned_grammar": ([], [])}
     per_clip = []
     for t, b, f in zip(truths, base_runs, ft_runs):
         row = {"clip_id": b["clip_id"], "truth": {"dominant_operation": ID_TO_NAME[t["op"]],
@@ -411,15 +420,26 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
                 systems[f"{name}_free_text"].append(_record(t, free["op"], free["span"], free["next"]))
         p = f["result"].prediction
         span = (p.temporal_segment.start_frame, p.temporal_segment.end_frame)
+        nm = _ids_dist(f["result"].scores["next_model"])
+        anticipation["finetuned_model"][0].append(max(nm.values()))
+        anticipation["finetuned_model"][1].append(argmax_id(nm) == t["next"])
         if grammar is not None:
-            fused = fuse(_ids_dist(f["result"].scores["next_model"]),
-                         grammar_next(grammar, f["result"].scores), weight, cfg.fuse_mode)
+            fused = fuse(nm, grammar_next(grammar, f["result"].scores), weight, cfg.fuse_mode)
             g_next = argmax_id(fused)
+            anticipation["finetuned_grammar"][0].append(max(fused.values()))
+            anticipation["finetuned_grammar"][1].append(g_next == t["next"])
             systems["finetuned_grammar"].append(_record(t, NAME_TO_ID[p.dominant_operation], span, g_next))
             row["finetuned_grammar"] = {"anticipated_next_operation": ID_TO_NAME[g_next], "fuse_weight": weight}
         per_clip.append(row)
     if grammar is None:
         del systems["finetuned_grammar"]
+        del anticipation["finetuned_grammar"]
+    calibration = calibration_report(
+        vdom, vop, {"base_model": [dominant_probs(r["result"]) for r in base_runs],
+                    "finetuned_model": [dominant_probs(r["result"]) for r in ft_runs]},
+        [t["op"] for t in truths], anticipation, out / "reliability.png", cfg.val_split)
+    per_class = {name: per_class_scores([r["true_op"] for r in systems[name]], [r["pred_op"] for r in systems[name]])
+                 for name in ("base_model", "finetuned_model")}
 
     metrics = {name: evaluate_predictions(recs, n_boot=cfg.n_boot, seed=cfg.seed) for name, recs in systems.items()}
     for name in ("base_model", "finetuned_model"):
@@ -456,7 +476,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     failure = _failure_modes(cms["finetuned_model"], systems["finetuned_model"], per_clip)
     write_json(out / "failure_modes.json", failure)
     tuning["run_contract"] = record_evaluation(contract, out, grammar_path, weight if grammar is not None else None,
-                                               cfg, tuning)
+                                               cfg, tuning, temperature=calibration["temperature"])
 
     prov = data_provenance(data)
     from ..model.tiny import is_tiny, tiny_pretrain_meta
@@ -516,6 +536,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         "baselines": baselines,
         "keypoint_baseline": kp,
         "timeline": timeline,
+        "calibration": calibration,
+        "per_class": per_class,
         "intervals": {name: m["intervals"] for name, m in metrics.items()},
         "n_clips": len(recs),
         "selection": {"split": cfg.split, "users": sorted({rec.user for rec in recs}),
@@ -535,6 +557,12 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
                         "clips, answered by each system, merged per second (votes + grammar HMM), scored against the "
                         "annotation at 1 Hz with openpack-toolkit's eval_operation_segmentation (macro-F1 over the 10 "
                         "operations, Null ignored)",
+            "calibration": "ECE: |accuracy - mean confidence| over 10 equal-width confidence bins, weighted by their "
+                           "share of clips; temperature fitted on val (NLL) and carried to serving in run.json; "
+                           "finetuned_model_tempered = the confidence /predict reports",
+            "per_class": "precision / recall / F1 of the dominant operation per true class (test clips)",
+            "edit, F1@k (timeline)": "segmental edit score and segment F1 at IoU 0.1/0.25/0.5 over the 1 Hz "
+                                     "segments (MS-TCN's definitions), Null as background",
             "keypoint_baseline": "no VLM: a temporal conv net on the clip's normalised 2D keypoints, trained on the "
                                  "train split, the same test clips and metrics (evaluation/keypoint_baseline.py)",
         },
@@ -589,7 +617,21 @@ def format_table(results: dict) -> str:
         sess = ", ".join(f"{e['user']}/{e['session']} {e['seconds']:g} s" for e in tl["sessions"])
         lines.append(f"timeline ({sess}, 1 Hz, openpack-toolkit): " + "; ".join(
             f"{name} macro-F1 {tl[name]['macro_f1']:.3f} (present classes {tl[name]['macro_f1_present_classes']:.3f}, "
-            f"accuracy {tl[name]['accuracy_1hz']:.3f})" for name in ("base_model", "finetuned_model")))
+            f"accuracy {tl[name]['accuracy_1hz']:.3f}, edit {tl[name]['edit']:.3f}, F1@10/25/50 "
+            f"{tl[name]['F1@10']:.3f}/{tl[name]['F1@25']:.3f}/{tl[name]['F1@50']:.3f})"
+            for name in ("base_model", "finetuned_model")))
+    cal = results.get("calibration")
+    if cal:
+        d = cal["dominant"]
+        lines.append("confidence calibration (ECE, 10 bins): " + ", ".join(
+            f"{name} {r['ece']:.3f} (mean confidence {r['mean_confidence']:.2f}, accuracy {r['accuracy']:.2f})"
+            for name, r in d.items()) + f"; temperature {cal['temperature']} ({cal['fitted_on']})")
+    pc = (results.get("per_class") or {}).get("finetuned_model")
+    if pc:
+        lines.append(f"per class, finetuned_model:  {'class':<24}{'precision':>10}{'recall':>8}{'F1':>7}{'n':>5}")
+        for name, s in pc.items():
+            lines.append(f"{'':<29}{name:<24}{s['precision']:>10.3f}{s['recall']:>8.3f}{s['f1']:>7.3f}"
+                         f"{s['support']:>5}")
     lines.append(f"n_clips={results['n_clips']}  {results['note']}")
     return "\n".join(lines)
 

@@ -228,3 +228,132 @@ def confusion_dict(cm: np.ndarray, labels: Sequence[int] = OPERATION_IDS) -> dic
         "columns": "predicted",
         "matrix": np.asarray(cm).astype(int).tolist(),
     }
+
+
+# ------------------------------------------------------------------------------------- segments of a timeline
+def label_segments(labels: Sequence, background: Sequence = ()) -> list[tuple[Any, int, int]]:
+    """Runs of equal labels as ``(label, start, end)`` (end exclusive), background runs left out (MS-TCN's
+    ``get_labels_start_end_time``)."""
+    bg = set(background)
+    out: list[tuple[Any, int, int]] = []
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            if labels[start] not in bg:
+                out.append((labels[start], start, i))
+            start = i
+    return out
+
+
+def edit_score(pred: Sequence, true: Sequence, background: Sequence = ()) -> float:
+    """Segmental edit score in [0, 1]: 1 - Levenshtein distance between the two sequences of segment labels / the
+    longer one's length (MS-TCN's ``edit_score`` / 100). Penalises over-segmentation that per-frame metrics miss."""
+    p = [s[0] for s in label_segments(pred, background)]
+    t = [s[0] for s in label_segments(true, background)]
+    if not p and not t:
+        return 1.0
+    d = np.arange(len(t) + 1, dtype=np.int64)
+    for i in range(1, len(p) + 1):
+        prev, d[0] = d.copy(), i
+        for j in range(1, len(t) + 1):
+            d[j] = prev[j - 1] if p[i - 1] == t[j - 1] else 1 + min(prev[j], d[j - 1], prev[j - 1])
+    return float(1.0 - d[-1] / max(len(p), len(t)))
+
+
+def segment_counts(pred: Sequence, true: Sequence, overlap: float, background: Sequence = ()) -> tuple[int, int, int]:
+    """(tp, fp, fn) of predicted segments at an IoU threshold (MS-TCN's ``f_score``): each predicted segment is
+    matched to the same-label true segment it overlaps most; a hit needs IoU >= ``overlap`` and an unmatched one."""
+    ps, ts = label_segments(pred, background), label_segments(true, background)
+    hit = [False] * len(ts)
+    tp = fp = 0
+    for lab, s, e in ps:
+        ious = [(min(e, te) - max(s, ts_)) / (max(e, te) - min(s, ts_)) if tl == lab else 0.0
+                for tl, ts_, te in ts]
+        j = int(np.argmax(ious)) if ious else -1
+        if j >= 0 and ious[j] >= overlap and not hit[j]:
+            tp, hit[j] = tp + 1, True
+        else:
+            fp += 1
+    return tp, fp, len(ts) - sum(hit)
+
+
+SEGMENT_OVERLAPS = (0.10, 0.25, 0.50)
+
+
+def segment_scores(pred: Sequence, true: Sequence, background: Sequence = (),
+                   overlaps: Sequence[float] = SEGMENT_OVERLAPS) -> dict:
+    """The temporal-action-segmentation scores of one timeline: ``edit`` and ``F1@{10,25,50}`` (segment F1 at IoU
+    0.1 / 0.25 / 0.5), all in [0, 1], background excluded."""
+    _same_length(pred, true)
+    out = {"edit": round(edit_score(pred, true, background), 4)}
+    for k in overlaps:
+        tp, fp, fn = segment_counts(pred, true, k, background)
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        out[f"F1@{round(k * 100)}"] = round(2 * prec * rec / (prec + rec), 4) if prec + rec else 0.0
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+ECE_BINS = 10
+
+
+def reliability(conf: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS) -> dict:
+    """Expected calibration error over ``bins`` equal-width confidence bins (Guo et al. 2017: the bins' |accuracy -
+    mean confidence|, weighted by their share of answers) and the per-bin table a reliability diagram draws."""
+    c = np.asarray(conf, dtype=np.float64)
+    ok = np.asarray(correct, dtype=np.float64)
+    _same_length(c, ok)
+    if len(c) == 0:
+        raise ValueError("no answers to calibrate")
+    idx = np.minimum((c * bins).astype(int), bins - 1)  # confidence 1.0 falls in the last bin
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            acc, mean_c = float(ok[m].mean()), float(c[m].mean())
+            ece += m.mean() * abs(acc - mean_c)
+            table.append({"bin": [b / bins, (b + 1) / bins], "n": int(m.sum()), "accuracy": round(acc, 4),
+                          "confidence": round(mean_c, 4)})
+    return {"ece": round(float(ece), 4), "n": int(len(c)), "mean_confidence": round(float(c.mean()), 4),
+            "accuracy": round(float(ok.mean()), 4), "bins": table}
+
+
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Distributions (rows) sharpened or flattened by a temperature: softmax(log p / T)."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-300, None)) / float(temperature)
+    logp -= logp.max(axis=-1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(probs: Sequence[Sequence[float]], true_idx: Sequence[int],
+                    grid: Sequence[float] | None = None) -> float:
+    """The temperature minimising the negative log-likelihood of the true classes (Guo et al. 2017), searched on a
+    log grid 0.05..20 (401 points: deterministic, no optimiser state); argmax answers do not change with it."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(true_idx, dtype=np.int64)
+    _same_length(p, y)
+    if len(y) == 0:
+        raise ValueError("no clips to fit a temperature on")
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 401)) if grid is None else np.asarray(grid, float)
+    nll = [float(-np.log(np.clip(temper(p, t)[np.arange(len(y)), y], 1e-300, None)).mean()) for t in grid]
+    return round(float(grid[int(np.argmin(nll))]), 4)
+
+
+def per_class_scores(true: Sequence, pred: Sequence, labels: Sequence[int] = OPERATION_IDS) -> dict:
+    """Precision, recall, F1 and support per class (by name); a class never predicted has precision 0, one never
+    true is left out."""
+    t, p = _ids(true), [x if x is not None else -1 for x in pred]
+    _same_length(t, p)
+    out = {}
+    for c in labels:
+        tp = sum(1 for a, b in zip(t, p) if a == c and b == c)
+        n_true, n_pred = sum(1 for a in t if a == c), sum(1 for b in p if b == c)
+        if n_true == 0:
+            continue
+        prec = tp / n_pred if n_pred else 0.0
+        rec = tp / n_true
+        out[ID_TO_NAME[c]] = {"precision": round(prec, 4), "recall": round(rec, 4),
+                              "f1": round(2 * prec * rec / (prec + rec), 4) if prec + rec else 0.0, "support": n_true}
+    return out

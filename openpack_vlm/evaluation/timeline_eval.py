@@ -16,6 +16,9 @@ from pathlib import Path
 from ..contract import RunContract
 from ..io_utils import write_json
 from ..schema import FPS
+from .metrics import SEGMENT_OVERLAPS
+
+SEGMENT_KEYS = ("edit", *(f"F1@{round(k * 100)}" for k in SEGMENT_OVERLAPS))
 
 log = logging.getLogger("openpack_vlm.evaluate")
 
@@ -72,7 +75,7 @@ def evaluate_timelines(cfg, data: Path, contract: RunContract, systems: dict, ro
             plot_timeline(res, out_dir / f"{stem}.png",
                           title=f"{user}/{session} {name}: macro-F1 {res['metrics']['macro_f1']:.3f} (1 Hz)")
             entry[name] = {k: res["metrics"][k] for k in ("macro_f1", "macro_f1_present_classes", "accuracy_1hz",
-                                                          "weighted_f1")}
+                                                          "weighted_f1", *SEGMENT_KEYS, "per_class_f1")}
             entry[name]["segments"] = len(res["segments"])
             entry[name]["true_segments"] = len(truth)
             entry[name]["cycles"] = res["cycle_summary"]
@@ -84,7 +87,7 @@ def evaluate_timelines(cfg, data: Path, contract: RunContract, systems: dict, ro
     for name in systems:
         vals = [e[name] for e in per_session]
         summary[name] = {k: round(sum(v[k] for v in vals) / len(vals), 4) for k in
-                         ("macro_f1", "macro_f1_present_classes", "accuracy_1hz")}
+                         ("macro_f1", "macro_f1_present_classes", "accuracy_1hz", *SEGMENT_KEYS)}
     return {
         **summary,
         "sessions": per_session,

@@ -72,6 +72,8 @@ class PredictConfig:
     jpeg_quality: int | None = 90  # predict_clip round-trips the sampled frames through the shards' JPEG (training
     #                                saw decoded JPEGs); None = raw frames. Set from the run contract.
     span: str = DEFAULT_SPAN  # how the model writes the span (prompt.SPAN_FORMATS); set from the run contract
+    temperature: float | None = None  # of the reported confidence (softmax(log p / T) of the chosen operation; the
+    #                                   answer never changes); None = the run contract's (evaluate.py fits it), else 1
     time_bar: bool = False  # predict_clip draws the time bar into the sampled frames (data/timebar.py), as the run's
     #                         data pipeline did; set from the run contract
 
@@ -373,6 +375,8 @@ class Predictor:
             config.jpeg_quality = contract.data.jpeg_quality
             config.span = contract.data.answer_span
             config.time_bar = contract.data.time_bar
+            if config.temperature is None and contract.evaluation is not None:
+                config.temperature = contract.evaluation.temperature
             ev = contract.evaluation
             if ev is not None and ev.fuse_weight is not None and fuse_weight is None and config.fuse_weight is None:
                 fuse_weight, config.fuse_mode = ev.fuse_weight, ev.fuse_mode  # the tuned pair, as evaluated
@@ -714,6 +718,7 @@ class Predictor:
             "next_grammar": None,
             "next_fused": None,
             "fuse_weight": None,
+            "temperature": self.config.temperature,  # of ``confidence`` only; "dominant" stays untempered
             "span_logprob": span_lp,
             "span_format": self.config.span,
             "span_answered": list(answered),
@@ -731,9 +736,17 @@ class Predictor:
         pred = Prediction(clip_id=str(clip_id), dominant_operation=dom,
                           temporal_segment=dict(zip(("start_frame", "end_frame"), span)),
                           anticipated_next_operation=ID_TO_NAME[nxt_id],
-                          confidence=min(1.0, max(0.0, float(dom_p[k]))))
+                          confidence=min(1.0, max(0.0, float(self._calibrated(dom_p)[k]))))
         return PredictResult(prediction=pred, raw_text=raw,
                              repair=check_raw_text(raw) if self.config.free_text else None, scores=scores)
+
+    def _calibrated(self, dom_p: list[float]) -> list[float]:
+        """The dominant distribution with the run's temperature (softmax(log p / T)); as is without one."""
+        t = self.config.temperature
+        if t is None or t == 1.0:
+            return dom_p
+        logp = [math.log(max(p, 1e-300)) / t for p in dom_p]
+        return _softmax(logp)
 
     def predict_clip(self, frames: np.ndarray, clip_id: str) -> PredictResult:
         """Answer for a whole (125, H, W, 3) uint8 clip: frames chosen by ``sampling.sample_clip`` as in training

@@ -437,7 +437,8 @@ async def timeline(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    log.info("timeline %s: %s (%.1f MB) submitted%s", job.id, name, path.stat().st_size / 1e6 if path.exists() else 0,
+    log.info("timeline %s [%s]: %s (%.1f MB) submitted%s", job.id, REQUEST_ID.get(), name,
+             path.stat().st_size / 1e6 if path.exists() else 0,
              " (streamed)" if streamed else "")
     if streamed:
         return StreamingResponse(job_events(job, owner=True), media_type="text/event-stream",

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     if "metrics" in result:
         m = result["metrics"]
         print(f"macro-F1 {m['macro_f1']:.3f} (present classes {m['macro_f1_present_classes']}), "
-              f"1 Hz accuracy {m['accuracy_1hz']}")
+              f"1 Hz accuracy {m['accuracy_1hz']}, edit {m['edit']:.3f}, "
+              f"F1@10/25/50 {m['F1@10']:.3f}/{m['F1@25']:.3f}/{m['F1@50']:.3f} (segments, Null as background)")
     print(f"peak RSS {result['memory']['peak_rss_bytes'] / 1e9:.2f} GB; wrote {cfg.out}"
           + (f" and {cfg.plot}" if cfg.plot else ""))
     return 0

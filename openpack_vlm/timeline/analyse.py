@@ -166,13 +166,18 @@ def score_timeline(pred_seconds: list[str], truth_segments: list[dict]) -> dict:
     per_class = {str(name): round(float(row["f1"]), 4) for name, row in df.iterrows()
                  if not str(name).startswith("avg/") and int(row["id"]) != NULL_ID}
     present = [ID_TO_NAME[i] for i in sorted(set(t[keep].tolist()))]
-    return {"macro_f1": round(float(df.loc["avg/macro", "f1"]), 4),
+    from ..evaluation.metrics import segment_scores
+
+    seg = segment_scores(y.tolist(), t.tolist(), background=[NULL_ID])  # Null = background, as OpenPack ignores it
+    return {"macro_f1": round(float(df.loc["avg/macro", "f1"]), 4), **seg,
             "weighted_f1": round(float(df.loc["avg/weighted", "f1"]), 4),
             "accuracy_1hz": round(float(np.mean(y[keep] == t[keep])), 4) if keep.any() else None,
             "macro_f1_present_classes": round(float(np.mean([per_class[n] for n in present])), 4) if present else None,
             "per_class_f1": per_class, "seconds_scored": int(keep.sum()),
             "metric": "openpack_toolkit.codalab.operation_segmentation.eval_operation_segmentation, 1 Hz, "
-                      "Null ignored; macro over the 10 operations (absent ones count as F1 0)"}
+                      "Null ignored; macro over the 10 operations (absent ones count as F1 0); edit and F1@k: "
+                      "segmental edit score and segment F1 at IoU 0.1/0.25/0.5 over the 1 Hz segments (MS-TCN), "
+                      "Null as background"}
 
 
 def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | None = None, *, source: str = "",
