@@ -59,6 +59,8 @@ ISSUE_TITLES: dict[str, str] = {
     "#15": "Runs the first time where users run it: OpenPack download, Kaggle's own torch, GPU Docker on common drivers",
     "#16": "From a clip to a shift: long-video operation timeline, and a web page to try it",
     "#21": "Show that the VLM learns: a CPU demo whose fine-tuned model beats the baselines, every run the same",
+    "#24": "An API you can put on a network: schema-true, bounded before the body is read, with keys and safe defaults",
+    "#25": "Scores a process engineer can act on: segment metrics for timelines, calibrated confidence",
 }
 NOTES_FILE = Path("docs") / "devlog_notes.json"  # {hash prefix: {"issues": [...], "kept": str, "changed": str}}
 

@@ -316,7 +316,8 @@ def test_timeline_tables_equal_the_committed_measurements(doc):
     body = section(doc, "## 5. Long recordings")
     assert "python scripts/timeline_merge_check.py" in body and f"commit {merge['commit']}" in body
     for name, m in merge["mean"].items():
-        row = f"| {name} | {m['accuracy_1hz']:.4f} | {m['macro_f1_present_classes']:.4f} |"
+        row = (f"| {name} | {m['accuracy_1hz']:.4f} | {m['macro_f1_present_classes']:.4f} | {m['edit']:.4f} | "
+               f"{m['F1@10']:.4f} | {m['F1@25']:.4f} | {m['F1@50']:.4f} | {m['segments']:.1f} |")
         assert row in body, f"ARCHITECTURE merge row differs from docs/figures/timeline_merge.json: {row}"
 
 
