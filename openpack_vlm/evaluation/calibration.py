@@ -44,8 +44,9 @@ def calibration_report(val_probs: list[list[float]], val_ops: list[int], test: d
         "dominant": dominant,
         "anticipation": {name: reliability(c, ok) for name, (c, ok) in anticipation.items()},
     }
-    if png is not None:
-        plot_reliability(png, dominant)
+    if png is not None:  # the dominant-operation confidence, then the anticipation probability
+        plot_reliability(png, {**{f"dominant: {k}": v for k, v in dominant.items()},
+                               **{f"next: {k}": v for k, v in out["anticipation"].items()}})
         out["png"] = png.name
     return out
 
@@ -56,8 +57,12 @@ def plot_reliability(path: Path, systems: dict[str, dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(systems), figsize=(4.2 * len(systems), 4.2), squeeze=False)
-    for ax, (name, rel) in zip(axes[0], systems.items()):
+    cols = min(3, len(systems))
+    rows = -(-len(systems) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(systems):]:
+        ax.axis("off")
+    for ax, (name, rel) in zip(axes.flat, systems.items()):
         ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="calibrated")
         for b in rel["bins"]:
             lo, hi = b["bin"]
