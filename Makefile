@@ -11,7 +11,7 @@ install:
 
 # the README's full suite (what CI runs through .ci/run)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # the development loop: everything but the tests marked slow (training runs, real servers, notebook, demo); no install
 test-fast:

@@ -145,7 +145,8 @@ def test_metrics_match_the_per_clip_predictions(eval_out, pipeline_out, run_dir)
         m = evaluate_predictions(recs, n_boot=0)
         for k in ("OCA", "tIoU@0.5", "AA@1"):
             assert r[system][k] == pytest.approx(m[k])
-        free = [parse_raw_text(row[system]["raw_text"]) for row in rows]
+        free = [parse_raw_text(row[system]["raw_text"], row["frame_indices"] if row["span_format"] == "shown" else None)
+                for row in rows]
         fm = evaluate_predictions([dict(rec, pred_op=f["op"], pred_span=f["span"], pred_next=f["next"])
                                    for rec, f in zip(recs, free)], n_boot=0)
         for k in ("OCA", "tIoU@0.5", "AA@1", "span_valid_rate"):

@@ -405,7 +405,9 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     for t, b, f in zip(truths, base_runs, ft_runs):
         row = {"clip_id": b["clip_id"], "truth": {"dominant_operation": ID_TO_NAME[t["op"]],
                                                    "temporal_segment": list(t["span"]),
-                                                   "anticipated_next_operation": ID_TO_NAME[t["next"]]}}
+                                                   "anticipated_next_operation": ID_TO_NAME[t["next"]]},
+               "frame_indices": list(f["result"].scores["frame_indices"]),
+               "span_format": f["result"].scores["span_format"]}  # how raw_text's span reads (predict.parse_raw_text)
         for name, run in (("base_model", b), ("finetuned_model", f)):
             p = run["result"].prediction
             span = (p.temporal_segment.start_frame, p.temporal_segment.end_frame)
