@@ -44,7 +44,7 @@ def live(tmp_path_factory):
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
-    for _ in range(600):
+    for _ in range(2400):  # up to ~2 min on a loaded CI machine (the decoder process starts first)
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(f"GET /ready HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nConnection: close\r\n\r\n".encode())

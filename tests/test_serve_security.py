@@ -44,7 +44,7 @@ def _client(cfg) -> TestClient:
 
 
 def _ready(c: TestClient, headers: dict | None = None) -> None:
-    for _ in range(600):
+    for _ in range(2400):  # up to ~2 min on a loaded CI machine (the decoder process starts first)
         if c.get("/ready", headers=headers or {}).status_code == 200:
             return
         time.sleep(0.05)
@@ -174,7 +174,7 @@ def live(tmp_path):
                                            server_header=False, timeout_keep_alive=2, http="h11"))  # as serve.py
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
-    for _ in range(600):
+    for _ in range(2400):  # up to ~2 min on a loaded CI machine (the decoder process starts first)
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
