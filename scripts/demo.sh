@@ -10,7 +10,8 @@
 #        MODEL=tiny-pretrained|tiny-real|tiny (tiny-real: the same layers with a random vision tower, which never
 #        learns the pose task at this budget; tiny: the 512-token BPE, ~10x cheaper), ANSWER_SPAN=shown|clip (how the
 #        answer names its span: a sampled frame, or an exact clip frame), TIME_BAR=0|1 (draw each frame's time into
-#        it) — the last two are the span rows of ARCHITECTURE.md §3
+#        it) — the last two are the span rows of ARCHITECTURE.md §3; TRAIN_FLAGS="..." (extra training flags, e.g.
+#        "--span_loss_weight 5")
 #   Deterministic: every random source is seeded and the thread count is fixed (2), so two runs on one machine write
 #   the same metrics and intervals.
 #
@@ -58,7 +59,7 @@ step "3/4 LoRA training of $MODEL, $STEPS steps of 2 clips -> $OUT/run"
 # --num-workers 0: no dataloader processes on a 2-core CPU; no gradient checkpointing: the tiny model's activations
 # are small, recomputing them would cost ~30 % more time
 python -m openpack_vlm.model.train --data "$OUT/data" --out "$OUT/run" --model "$MODEL" --quantization none \
-    --max-steps "$STEPS" --grad-accum 1 --no_gradient_checkpointing --num-workers 0 --report-to none
+    --max-steps "$STEPS" --grad-accum 1 --no_gradient_checkpointing --num-workers 0 --report-to none ${TRAIN_FLAGS:-}
 
 step "4/4 evaluation on the held-out user U0108 -> $OUT/eval"
 python evaluate.py --data "$OUT/data" --out "$OUT/eval" --model "$MODEL" --adapter "$OUT/run/adapter" \

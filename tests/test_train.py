@@ -460,3 +460,22 @@ def test_answer_only_loss_equals_the_models_full_loss(tiny_model_dir, tmp_path):
     bad = dict(batch, labels=torch.full_like(batch["labels"], T.IGNORE_INDEX))
     with pytest.raises(T.TrainError, match="no trained answer tokens"):
         T.answer_only_loss(model, bad)
+    # --span_loss_weight: the frame-number digits count W times; weight 1 is the plain loss, bit for bit
+    ids = T.digit_token_ids(proc.tokenizer)
+    assert ids and all(proc.tokenizer.convert_ids_to_tokens(i).isdigit() for i in ids)
+    with torch.no_grad():
+        plain = T.answer_only_loss(model, batch)
+        assert torch.equal(T.answer_only_loss(model, batch, weighted_ids=ids, weight=1.0), plain)
+        targets = batch["labels"][:, 1:][batch["labels"][:, 1:] != T.IGNORE_INDEX]
+        keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+        keep[:, :-1] = batch["labels"][:, 1:] != T.IGNORE_INDEX
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=keep).logits.float()
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
+        digit = torch.isin(targets, torch.tensor(ids))
+        assert digit.any() and (~digit).any()
+        want = (ce.sum() + 4 * ce[digit].sum()) / targets.numel()  # weight 5: each digit counts 4 more times
+        assert torch.allclose(T.answer_only_loss(model, batch, weighted_ids=ids, weight=5.0), want, rtol=1e-5)
+    with pytest.raises(T.TrainError, match="span_loss_weight must be a positive"):
+        _cfg(tmp_path, tmp_path / "o", tiny_model_dir, span_loss_weight=0.0)
+    with pytest.raises(T.TrainError, match="needs the answer-only loss"):
+        _cfg(tmp_path, tmp_path / "o", tiny_model_dir, span_loss_weight=2.0, full_logits=True)

@@ -28,6 +28,7 @@ The effective batch is per_device_train_batch_size x gradient_accumulation_steps
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -97,6 +98,8 @@ class TrainConfig:
     shuffle_labels: bool = setting(False, "NEGATIVE CONTROL: train each clip on the answer of another training clip "
                                    "(a fixed seeded permutation of the split's answers); a recipe that still beats "
                                    "the majority class learns from a leak, not from the frames")
+    span_loss_weight: float = setting(1.0, "loss weight of the answer's digit tokens (its frame numbers) against "
+                                      "its other tokens; 1 = the plain token average (needs the answer-only loss)")
     shuffle_buffer: int = setting(256, "samples held for shuffling (~256 x 8 JPEG frames decoded: ~0.3 GB)")
     num_workers: int = setting(2, "dataloader processes decoding JPEGs and running the processor")
     gradient_checkpointing: bool = setting(True, "recompute activations (~5x less memory; required for batch 2 on a "
@@ -117,6 +120,10 @@ class TrainConfig:
         self.report_to = [x for x in self.report_to if x != "none"] or ["none"]
         if self.max_steps <= 0:
             raise TrainError(f"max_steps must be > 0 (got {self.max_steps})")
+        if not (self.span_loss_weight > 0 and math.isfinite(self.span_loss_weight)):
+            raise TrainError(f"span_loss_weight must be a positive number (got {self.span_loss_weight})")
+        if self.span_loss_weight != 1.0 and self.full_logits:
+            raise TrainError("--span_loss_weight needs the answer-only loss (drop --full_logits)")
 
     @property
     def answer_logits_only(self) -> bool:
@@ -282,14 +289,21 @@ class Collator:
 
 
 # ------------------------------------------------------------------------------------------------------------- training
-def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
+def digit_token_ids(tokenizer) -> list[int]:
+    """Ids of the vocabulary entries made of digits only (the answer's frame numbers: one digit per token in Qwen's
+    BPE, merged digit runs in the tiny 512-token one)."""
+    return sorted(i for t, i in tokenizer.get_vocab().items() if t and t.isdigit())
+
+
+def answer_only_loss(model, inputs: dict, num_items_in_batch=None, weighted_ids=None, weight: float = 1.0):
     """The causal-LM loss the model computes from ``labels``, with lm_head applied only where it is needed.
 
     Position p predicts token p+1, so only positions whose next label is trained (the answer JSON + <|im_end|>) are
     projected onto the vocabulary (``logits_to_keep`` as a boolean mask); every other label is -100 and contributes
     nothing, so the value and the gradients equal the full computation (tests/test_train.py checks it). Reduction as
     transformers' ForCausalLMLoss: sum / ``num_items_in_batch`` when given (token average over the accumulated
-    batch), else the mean over this batch's trained tokens."""
+    batch), else the mean over this batch's trained tokens. ``weighted_ids`` / ``weight``: target tokens among these
+    ids count ``weight`` times (``--span_loss_weight``; the denominators stay token counts, so weight 1 is exact)."""
     import torch
     import torch.nn.functional as F
 
@@ -302,7 +316,13 @@ def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
         raise TrainError("a batch has no trained answer tokens (all labels are -100)")
     logits = model(**inputs, logits_to_keep=keep).logits.float()
     logits = logits.reshape(-1, logits.shape[-1])
-    loss = F.cross_entropy(logits, targets.to(logits.device), reduction="sum")
+    targets = targets.to(logits.device)
+    if weighted_ids is not None and weight != 1.0:
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        ids = torch.as_tensor(list(weighted_ids), device=targets.device)
+        loss = (ce * torch.where(torch.isin(targets, ids), weight, 1.0)).sum()
+    else:
+        loss = F.cross_entropy(logits, targets, reduction="sum")
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)
@@ -406,12 +426,15 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     collator = Collator(processor, truth_of=shuffled_truths(data, cfg.seed) if cfg.shuffle_labels else None,
                         span=contract.data.answer_span)
 
+    span_ids = digit_token_ids(processor.tokenizer) if cfg.span_loss_weight != 1.0 else None
+
     class StreamTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not cfg.answer_logits_only or return_outputs:
                 self.loss_is_scaled_for_ga = None  # the Trainer's own rule
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = answer_only_loss(model, inputs, num_items_in_batch)
+            loss = answer_only_loss(model, inputs, num_items_in_batch, weighted_ids=span_ids,
+                                    weight=cfg.span_loss_weight)
             self.loss_is_scaled_for_ga = num_items_in_batch is not None  # sum / items of the whole accumulated batch
             return loss
 
