@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS, Prediction
 from .decoders import DecoderPool
-from .guard import REQUEST_ID, RequestGuard
+from .guard import REQUEST_ID, RequestGuard, not_ready
 from .metrics import ServiceMetrics
 from .guard import error as guard_error
 from .settings import ServeConfig
@@ -166,11 +166,9 @@ def get_settings(request: Request) -> ServeConfig:
 def get_model(request: Request) -> ModelState:
     """The loaded model state; 503 (with Retry-After) while it loads or when loading failed."""
     model: ModelState | None = getattr(request.app.state, "model", None)
-    cfg = request.app.state.cfg
-    if model is None or not model.ready:
-        if model is not None and model.error:
-            raise UploadError(503, "model_error", model.error, {"Retry-After": "5"})
-        raise UploadError(503, "loading", f"model {cfg.model_id} is loading", {"Retry-After": "5"})
+    why = not_ready(model, request.app.state.cfg.model_id)
+    if why is not None:
+        raise UploadError(503, *why, {"Retry-After": "5"})
     return model
 
 

@@ -45,6 +45,16 @@ def error(status: int, code: str, detail: str, headers: dict | None = None) -> J
                         headers=headers)
 
 
+def not_ready(model, model_id: str) -> tuple[str, str] | None:
+    """Why the model cannot answer yet, as (error code, detail), or None when it is loaded (/predict, /timeline,
+    /ready and the guard's refusal before the body all answer 503 with it)."""
+    if model is not None and model.ready:
+        return None
+    if model is not None and model.error:
+        return "model_error", model.error
+    return "loading", f"model {model_id} is loading"
+
+
 class BodyTimeout(StarletteHTTPException):
     """The client stopped sending its body (raised from ``receive``; the app's handler answers 408)."""
 
@@ -143,11 +153,9 @@ class RequestGuard:
         return None
 
     def _capacity(self, state, path: str) -> JSONResponse | None:
-        model = getattr(state, "model", None)
-        if model is None or not model.ready:
-            if model is not None and model.error:
-                return error(503, "model_error", model.error, {"Retry-After": "5"})
-            return error(503, "loading", f"model {self.cfg.model_id} is loading", {"Retry-After": "5"})
+        why = not_ready(getattr(state, "model", None), self.cfg.model_id)
+        if why is not None:
+            return error(503, *why, {"Retry-After": "5"})
         uploads = state.uploads
         busy = sum(uploads.values())
         if busy >= self.cfg.max_pending:
