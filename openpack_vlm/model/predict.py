@@ -742,11 +742,12 @@ class Predictor:
 
     def _calibrated(self, dom_p: list[float]) -> list[float]:
         """The dominant distribution with the run's temperature (softmax(log p / T)); as is without one."""
+        from ..evaluation.metrics import temper  # the one formula, shared with the calibration that fits T
+
         t = self.config.temperature
         if t is None or t == 1.0:
             return dom_p
-        logp = [math.log(max(p, 1e-300)) / t for p in dom_p]
-        return _softmax(logp)
+        return temper(np.asarray(dom_p), t).tolist()
 
     def predict_clip(self, frames: np.ndarray, clip_id: str) -> PredictResult:
         """Answer for a whole (125, H, W, 3) uint8 clip: frames chosen by ``sampling.sample_clip`` as in training
