@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 from ..io_utils import write_atomic, write_json
+from ..prompt import DEFAULT_SPAN
 from .shards import frame_member
 
 
@@ -58,7 +59,7 @@ SPAN_NOTE = {
 
 
 def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path, flags: str = "",
-                   span: str = "shown") -> list[str]:
+                   span: str = DEFAULT_SPAN) -> list[str]:
     """Copy n clips (spread evenly over all splits' manifests) as JPEG files + pair JSON into ``dest``; ``flags``:
     the pipeline flags that shaped them, written into the README's command; ``span``: the answer's span format."""
     records = []
