@@ -3,12 +3,13 @@
     python data_pipeline.py --download openpack --out D     # fetch OpenPack's keypoint CSVs from Zenodo, then build
     python data_pipeline.py --root R --out D [--source auto|rgb|pose] [--workers N] [--shard_mb 256] [--k 8]
                             [--seed 0] [--splits train=U0101-U0106 val=U0107 test=U0108]
-                            [--samples_out training_data_samples --n_samples 20]
+                            [--samples_out training_data_samples --n_samples 20] [--export_llava X]
 
 Every flag is a field of ``openpack_vlm.data.pipeline.PipelineConfig`` (``--help`` lists them with their defaults;
 ``--max-clips-per-session`` and ``--max_clips_per_session`` are the same flag). Writes D/{train,val,test}/shard-%06d.tar,
 D/{split}/manifest.jsonl, D/{split}/pairs.jsonl, D/summary.json, D/grammar.json and D/run.json (the run contract that
-training, evaluation and serving carry on). A rerun with the same settings resumes: finished shards are kept.
+training, evaluation and serving carry on); with --export_llava X also the pairs for 2U1/Qwen2-VL-Finetune and
+LLaMA-Factory (``python -m openpack_vlm.data.export``). A rerun with the same settings resumes: finished shards are kept.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {cfg.out}/summary.json, run.json" + (", grammar.json" if summary["grammar"] else ""))
     if cfg.samples_out:
         print(f"wrote {cfg.n_samples} samples to {cfg.samples_out}/")
+    if cfg.export_llava:
+        print(f"wrote the pairs for 2U1 ({cfg.export_llava}/{{split}}.llava.json) and LLaMA-Factory "
+              f"({cfg.export_llava}/dataset_info.json)")
     return 0
 
 

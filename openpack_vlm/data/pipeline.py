@@ -90,6 +90,8 @@ class PipelineConfig:
     max_clips_per_session: int | None = setting(None, "cap, evenly spread over the session, for quick runs")
     samples_out: str | None = setting(None, "also export n_samples examples (frames + pair JSON) here")
     n_samples: int = setting(20, "examples exported to samples_out")
+    export_llava: str | None = setting(None, "also write every pair for 2U1/Qwen2-VL-Finetune (LLaVA JSON) and "
+                                             "LLaMA-Factory (sharegpt + dataset_info.json) here (data/export.py)")
     overwrite: bool = setting(False, "replace data in out made with other settings")
 
     def __post_init__(self):
@@ -483,6 +485,13 @@ def run(cfg: PipelineConfig) -> dict:
                          ([f"--answer-span {cfg.answer_span}"] if cfg.answer_span != DEFAULT_SPAN else []) +
                          (["--time_bar"] if cfg.time_bar else []))
         export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root, flags, span=cfg.answer_span)
+    if cfg.export_llava:
+        from .export import ExportError, export_llava
+
+        try:
+            summary["export_llava"] = export_llava(out, cfg.export_llava)
+        except ExportError as e:
+            raise PipelineError(f"--export_llava: {e}") from None
     return summary
 
 
