@@ -1,6 +1,7 @@
 """Shared fixtures. Each engineer adds only their own fixture here (small, targeted edits)."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -89,3 +90,30 @@ def tiny_real_model_dir(tmp_path_factory) -> Path:
     from openpack_vlm.model.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_real_model"), seed=0, tokenizer="real")
+
+
+@pytest.fixture(scope="session")
+def run_dir(pipeline_out, tiny_model_dir, tmp_path_factory) -> Path:
+    """A real (short) training run: R/adapter, R/grammar.json (copied from D/grammar.json), R/config.json."""
+    from openpack_vlm.model import train
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    rc = train.main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
+                     "--quantization", "none", "--max-steps", "3", "--save-steps", "3", "--batch-size", "2",
+                     "--num-workers", "0", "--report-to", "none"])
+    assert rc == 0 and (out / "adapter" / "adapter_config.json").is_file() and (out / "grammar.json").is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def eval_out(pipeline_out, tiny_model_dir, run_dir, tmp_path_factory) -> Path:
+    """evaluate.py on 5 test clips of ``pipeline_out`` with the adapter of ``run_dir`` (writes R/run.json's
+    evaluation section): E/results.json, predictions, confusion, calibration, timeline."""
+    out = tmp_path_factory.mktemp("eval") / "E"
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    rc = importlib.import_module("evaluate").main([
+        "--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir), "--adapter",
+        str(run_dir / "adapter"), "--quantization", "none", "--n-clips", "5", "--val-clips", "4", "--n-boot", "200"])
+    assert rc == 0
+    return out

@@ -30,29 +30,6 @@ def _evaluate_cli():
     return importlib.import_module("evaluate")
 
 
-@pytest.fixture(scope="module")
-def run_dir(pipeline_out, tiny_model_dir, tmp_path_factory) -> Path:
-    """A real (short) training run: R/adapter, R/grammar.json (copied from D/grammar.json), R/config.json."""
-    from openpack_vlm.model import train
-
-    out = tmp_path_factory.mktemp("run") / "run"
-    rc = train.main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
-                     "--quantization", "none", "--max-steps", "3", "--save-steps", "3", "--batch-size", "2",
-                     "--num-workers", "0", "--report-to", "none"])
-    assert rc == 0 and (out / "adapter" / "adapter_config.json").is_file() and (out / "grammar.json").is_file()
-    return out
-
-
-@pytest.fixture(scope="module")
-def eval_out(pipeline_out, tiny_model_dir, run_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("eval") / "E"
-    rc = _evaluate_cli().main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
-                               "--adapter", str(run_dir / "adapter"), "--quantization", "none",
-                               "--n-clips", str(N_CLIPS), "--val-clips", "4", "--n-boot", "200"])
-    assert rc == 0
-    return out
-
-
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -328,11 +328,13 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     if cfg.batch_clips < 1:
         raise EvalError(f"batch_clips must be >= 1, got {cfg.batch_clips}")
     if predictor is None:
+        from ..hub import HubError, resolve_adapter
         from ..model.loading import ModelLoadError, adapter_dir
 
         try:
+            cfg = dataclasses.replace(cfg, adapter=str(resolve_adapter(cfg.adapter)))  # a Hub id → its snapshot
             adapter_dir(cfg.adapter)  # fail before minutes of model loading
-        except ModelLoadError as e:
+        except (HubError, ModelLoadError) as e:
             raise EvalError(str(e)) from None
     rows = select_clips(data, cfg.split, None if cfg.all_clips else cfg.n_clips)
     maj_op, maj_next, maj_src = _majority_from_train(data)

@@ -338,10 +338,13 @@ class Predictor:
         against the recorded sha256) and tuned fusion weight are used, and ``frames_per_clip`` (if given) must equal
         its K. An adapter without run.json loads with a warning naming the assumed values. ``grammar="auto"``: the
         contract's grammar, else the adapter's grammar.json (``find_grammar``); None: no grammar; a path or a
-        Grammar: that one. ``fuse_weight`` overrides the contract's."""
+        Grammar: that one. ``fuse_weight`` overrides the contract's. ``adapter`` may be a Hub id
+        (``USER/NAME[@REV]``, fetched once into the HF cache: hub.resolve_adapter)."""
         from ..data.letterbox import SIZE
+        from ..hub import resolve_adapter
         from .loading import ModelConfig, load_model
 
+        adapter = resolve_adapter(adapter)
         contract = None
         if isinstance(run, RunContract):
             contract = run

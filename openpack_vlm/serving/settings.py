@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from ..hub import hub_id
+
 MIB = 1024 * 1024
 
 # from_env(env=...) reads this mapping instead of os.environ (tests, callers with their own environment)
@@ -37,7 +39,8 @@ class ServeConfig(BaseSettings):
 
     model_id: str = Field("Qwen/Qwen2-VL-2B-Instruct",
                           description='base model: hub id, local dir, or "tiny" (offline random model)')
-    adapter_path: str | None = Field(None, description="a training run's adapter/ dir (R/adapter); unset = base model")
+    adapter_path: str | None = Field(None, description="a training run's adapter/ dir (R/adapter) or a Hub id "
+                                                       "USER/NAME[@REV] (openpack_vlm.hub); unset = base model")
     run_config: str | None = Field(None, description="run contract (run.json) to serve by; unset = the one beside "
                                    "ADAPTER_PATH (R/run.json, which evaluate.py completes with the tuned fusion weight)")
     frames_per_clip: int | None = Field(None, gt=0, description="frames the model sees per clip; must equal the run "
@@ -121,9 +124,11 @@ class ServeConfig(BaseSettings):
         if value is None:
             return value
         want_dir = info.field_name != "run_config"
+        if info.field_name == "adapter_path" and hub_id(value) is not None:
+            return value  # a Hub id: fetched (or read from the HF cache) when the model loads
         ok = Path(value).is_dir() if want_dir else Path(value).is_file()
         if not ok:
-            what = {"adapter_path": "a directory (expected a training run's adapter/)",
+            what = {"adapter_path": "a directory (expected a training run's adapter/) or a Hub id USER/NAME",
                     "upload_dir": "a directory", "run_config": "a file (expected a run.json)"}[info.field_name]
             raise ValueError(f"{value} is not {what}")
         return value
