@@ -61,6 +61,7 @@ ISSUE_TITLES: dict[str, str] = {
     "#21": "Show that the VLM learns: a CPU demo whose fine-tuned model beats the baselines, every run the same",
     "#24": "An API you can put on a network: schema-true, bounded before the body is read, with keys and safe defaults",
     "#25": "Scores a process engineer can act on: segment metrics for timelines, calibrated confidence",
+    "#26": "Where this field's users train and share: a ZeroGPU Space, the Hub, and 2U1 / LLaMA-Factory data",
 }
 NOTES_FILE = Path("docs") / "devlog_notes.json"  # {hash prefix: {"issues": [...], "kept": str, "changed": str}}
 
