@@ -49,6 +49,18 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 @dataclass
+class SamplingConfig:
+    """The motion-adaptive sampler's settings (data/sampling.py), recorded in ``data.sampler.params``."""
+
+    k: int = 8  # frames shown to the model per clip (8 x 144 visual tokens at 336 px)
+    floor: float = 0.25  # added weight per frame, as a fraction of the clip's mean motion (0 = pure motion)
+    bin_frames: int = FPS  # coverage bins of one second (25 frames): each gets >= 1 sample when K allows
+    diff_stride: int = 8  # pixel stride of the grey copy used for differencing (336/8 = 42 px)
+    smooth: int = 3  # moving-average window (frames) over the motion signal; 1 = none
+    anchor_ends: bool = True  # always show the first and last frame (the clip's edges bound the answer's segment)
+
+
+@dataclass
 class DataSection:
     """What shapes a sample; written by the data pipeline."""
 
@@ -162,8 +174,6 @@ class RunContract:
     # ------------------------------------------------------------------------------------------- applying it
     def sampling_config(self):
         """The serving-side sampler: the pipeline's parameters with the run's K."""
-        from .data.sampling import SamplingConfig
-
         params = dict(self.data.sampler.get("params") or {})
         names = {f.name for f in fields(SamplingConfig)}
         unknown = sorted(set(params) - names)
@@ -244,8 +254,6 @@ def find_run(adapter: str | os.PathLike | None) -> Path | None:
 
 def assumed_contract(where: str) -> RunContract:
     """The record an old run (made before run.json existed) is served by: the pipeline's defaults. Logged."""
-    from .data.sampling import SamplingConfig
-
     s = SamplingConfig()
     c = RunContract(data=DataSection(source="auto", k=s.k, jpeg_quality=90, sampler={"name": "motion", "params": asdict(s)},
                                      splits={}))

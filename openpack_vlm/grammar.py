@@ -23,7 +23,26 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .labels import ID_TO_NAME, NULL_ID, OPERATION_IDS
+
+#: Per-class duration mean and sample std (s) in the real U0209/S0500 session (tests/data/openpack): the synthetic
+#: generator draws durations from them and the timeline's HMM uses the means when no fitted ones are given.
+REAL_DURATIONS_S: dict[int, tuple[float, float]] = {
+    100: (6.898, 2.532), 200: (8.849, 6.255), 300: (10.542, 4.156), 400: (5.278, 2.362), 500: (8.930, 1.735),
+    600: (3.069, 0.899), 700: (9.892, 1.743), 800: (6.292, 1.242), 900: (3.991, 2.128), 1000: (5.785, 2.402),
+}
+
+
+def mean_durations(timelines) -> dict[int, float]:
+    """{op id: mean segment duration s} over sessions' segment lists (``op_id``, ``start_ms``, ``end_ms``): fitted
+    with the grammar on the training timelines (data pipeline), the duration half of the timeline's HMM prior."""
+    acc: dict[int, list[float]] = {}
+    for segs in timelines:
+        for seg in segs:
+            acc.setdefault(int(seg.op_id), []).append((seg.end_ms - seg.start_ms) / 1000.0)
+    return {op: round(float(np.mean(v)), 3) for op, v in sorted(acc.items())}
 
 FORMAT = "openpack-vlm-grammar"
 VERSION = 1

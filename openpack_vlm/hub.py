@@ -14,14 +14,13 @@ the predictor loads as is:
     README.md      the model card (``model_card``): data, split users, metrics with 95 % intervals, base model,
                    training settings and commit, all read from results.json and run.json
 
-``ADAPTER_PATH`` / ``--adapter`` accept ``USER/NAME`` (or ``USER/NAME@REVISION``): ``resolve_adapter`` downloads it
-once into the HF cache (``snapshot_download``; with ``HF_HUB_OFFLINE=1`` only the cache is read).
+``ADAPTER_PATH`` / ``--adapter`` accept ``USER/NAME`` (or ``USER/NAME@REVISION``): ``model.loading.resolve_adapter``
+downloads it once into the HF cache (``snapshot_download``; with ``HF_HUB_OFFLINE=1`` only the cache is read).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -31,47 +30,13 @@ from pathlib import Path
 from .cli import build_parser, parse, setting
 from .contract import RUN_FILE, ContractError, RunContract, file_sha256
 from .io_utils import atomic_path, one_line
+from .model.loading import HUB_ID, ModelLoadError, adapter_dir, hub_id
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# a Hub repo id (user or org / name), optionally @revision: letters, digits, - _ . (the Hub's own rule, 96 chars max)
-HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]+))?$")
 
 
 class HubError(ValueError):
-    """An adapter cannot be published or fetched as asked (one-line message)."""
-
-
-def hub_id(value: str | os.PathLike | None) -> tuple[str, str | None] | None:
-    """(repo_id, revision) when ``value`` names a Hub repo rather than a local path, else None. A path that exists
-    locally always wins, so ``runs/adapter`` is a folder even though it looks like an id."""
-    if value is None or Path(value).exists():
-        return None
-    s = str(value)
-    m = HUB_ID.match(s)
-    if not m or s.startswith((".", "/", "~")):
-        return None
-    return m.group("repo"), m.group("rev")
-
-
-def resolve_adapter(adapter: str | os.PathLike | None) -> str | os.PathLike | None:
-    """A local adapter path as given; a Hub id → its snapshot folder in the HF cache (downloaded once)."""
-    ident = hub_id(adapter)
-    if ident is None:
-        return adapter
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    repo, rev = ident
-    try:
-        return snapshot_download(repo, revision=rev)
-    except LocalEntryNotFoundError:
-        raise HubError(f"adapter {adapter!r} is neither a local folder nor in the HF cache"
-                       + (" (HF_HUB_OFFLINE=1: nothing is downloaded)" if os.environ.get("HF_HUB_OFFLINE") == "1"
-                          else "")) from None
-    except RepositoryNotFoundError:
-        raise HubError(f"adapter {adapter!r}: no such Hub repo (or it is private: set HF_TOKEN)") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise HubError(f"adapter {adapter!r} could not be downloaded: {one_line(e, 200)}") from None
+    """An adapter cannot be published as asked (one-line message)."""
 
 
 # ------------------------------------------------------------------------------------------------------ the card
@@ -186,8 +151,6 @@ def _find_results(contract: RunContract, results: str | os.PathLike | None) -> P
 def build_folder(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: str,
                  results: str | os.PathLike | None = None) -> Path:
     """Write exactly the folder ``push`` uploads into ``dest`` (replaced atomically)."""
-    from .model.loading import ModelLoadError, adapter_dir
-
     if hub_id(repo_id) is None and not HUB_ID.match(repo_id):
         raise HubError(f"--repo-id {repo_id!r} is not USER/NAME")
     run_dir = Path(run_dir)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..labels import ID_TO_NAME, OPERATION_IDS, UnknownOperationError, to_id
-from ..schema import CLIP_FRAMES
+from .labels import ID_TO_NAME, OPERATION_IDS, UnknownOperationError, to_id
+from .schema import CLIP_FRAMES
 
 Span = tuple[int, int]
 

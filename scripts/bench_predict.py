@@ -45,7 +45,8 @@ def load(model: str, device: str, quantization: str, work: Path):
     import torch
 
     from openpack_vlm.model.predict import PredictConfig, Predictor
-    from openpack_vlm.model.tiny import TINY_REAL_ID, resolve_model_id
+    from openpack_vlm.model.loading import resolve_model_id
+    from openpack_vlm.model.tiny import TINY_REAL_ID
 
     if model == "2b":
         from openpack_vlm.model.vram import build_random_2b

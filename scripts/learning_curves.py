@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def val_scores(model, processor, clips, batch: int = 8) -> dict:
     """OCA / AA@1 / tIoU@0.5 / mean tIoU of ``model`` (the training model, in eval mode) on ``clips``."""
     from openpack_vlm.evaluation.evaluate import _truth
-    from openpack_vlm.evaluation.metrics import evaluate_predictions
+    from openpack_vlm.metrics import evaluate_predictions
     from openpack_vlm.model.predict import Predictor
 
     pred = Predictor(model, processor)

@@ -20,7 +20,7 @@ from openpack_vlm.evaluation.evaluate import select_clips, load_clips, _truth
 from openpack_vlm.model.train import Collator, answer_only_loss
 from openpack_vlm.model.predict import Predictor
 from openpack_vlm.labels import to_id
-from openpack_vlm.evaluation.metrics import span_iou as temporal_iou
+from openpack_vlm.metrics import span_iou as temporal_iou
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", required=True)
@@ -69,7 +69,7 @@ cfg = Qwen2VLConfig(
 model = Qwen2VLForConditionalGeneration(cfg)
 if a.base:
     from transformers import AutoModelForImageTextToText
-    from openpack_vlm.model.tiny import resolve_model_id
+    from openpack_vlm.model.loading import resolve_model_id
 
     model = AutoModelForImageTextToText.from_pretrained(resolve_model_id(a.base))
 from peft import LoraConfig, get_peft_model

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
     from openpack_vlm.evaluation.evaluate import load_clips, select_clips
     from openpack_vlm.model.loading import load_processor
-    from openpack_vlm.model.tiny import resolve_model_id
+    from openpack_vlm.model.loading import resolve_model_id
 
     torch.manual_seed(0)
     data = Path(a.data)

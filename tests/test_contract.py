@@ -125,7 +125,7 @@ def test_evaluate_records_the_tuned_weight_and_serving_uses_it(evaluated, tiny_m
         # the confidence /predict reports is tempered by the temperature evaluate.py fitted on val
         temperature = results["calibration"]["temperature"]
         assert ready["run"]["temperature"] == temperature == predictor.config.temperature
-        from openpack_vlm.evaluation.metrics import temper
+        from openpack_vlm.metrics import temper
         from openpack_vlm.labels import OPERATION_NAMES
 
         raw = np.array([[res.scores["dominant"][n] for n in OPERATION_NAMES]])

@@ -15,7 +15,7 @@ from PIL import Image
 from openpack_vlm.evaluation.evaluate import data_provenance
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.labels import NAME_TO_ID
-from openpack_vlm.evaluation.metrics import evaluate_predictions, majority_class
+from openpack_vlm.metrics import evaluate_predictions, majority_class
 from openpack_vlm.model.predict import parse_raw_text
 from openpack_vlm.schema import Prediction
 

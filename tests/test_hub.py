@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from openpack_vlm import hub
+from openpack_vlm.model import loading
 
 REPO_ID = "alice/openpack-tiny"
 SHA = "4c5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f70819"  # the snapshot's commit hash (any 40 hex digits)
@@ -105,15 +106,15 @@ def test_loaded_by_id_from_an_offline_cache_answers_like_the_local_run(pushed, r
 def test_ids_paths_and_clear_errors(tmp_path, run_dir, capsys, monkeypatch):
     from openpack_vlm.serving.settings import ServeConfig
 
-    assert hub.hub_id("alice/openpack-tiny") == ("alice/openpack-tiny", None)
-    assert hub.hub_id("alice/openpack-tiny@v1.0") == ("alice/openpack-tiny", "v1.0")
-    assert hub.hub_id(str(run_dir / "adapter")) is None  # an existing folder is a folder
-    assert hub.hub_id("runs/a/adapter") is None and hub.hub_id("./x/y") is None
+    assert loading.hub_id("alice/openpack-tiny") == ("alice/openpack-tiny", None)
+    assert loading.hub_id("alice/openpack-tiny@v1.0") == ("alice/openpack-tiny", "v1.0")
+    assert loading.hub_id(str(run_dir / "adapter")) is None  # an existing folder is a folder
+    assert loading.hub_id("runs/a/adapter") is None and loading.hub_id("./x/y") is None
     assert ServeConfig.from_env({"ADAPTER_PATH": "alice/openpack-tiny"}).adapter_path == "alice/openpack-tiny"
     with pytest.raises(ValueError, match="Hub id"):
         ServeConfig.from_env({"ADAPTER_PATH": "runs/a/adapter"})
-    with pytest.raises(hub.HubError, match="neither a local folder nor in the HF cache"):
-        hub.resolve_adapter("alice/not-in-any-cache-" + SHA[:8])
+    with pytest.raises(loading.ModelLoadError, match="neither a local folder nor in the HF cache"):
+        loading.resolve_adapter("alice/not-in-any-cache-" + SHA[:8])
     assert hub.main(["push", str(tmp_path), "--repo-id", REPO_ID, "--folder", str(tmp_path / "f"), "--dry-run"]) == 2
     assert "no LoRA adapter" in capsys.readouterr().err
     assert hub.main(["push", str(run_dir), "--repo-id", "not an id", "--folder", str(tmp_path / "f"),

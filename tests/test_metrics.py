@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from openpack_vlm.labels import OPERATION_IDS
-from openpack_vlm.evaluation.metrics import (
+from openpack_vlm.metrics import (
     aa_at_1,
     as_span,
     bootstrap_ci,
@@ -146,7 +146,7 @@ def test_evaluate_predictions_by_hand():
 def test_segment_metrics_equal_the_ms_tcn_reference_on_random_timelines():
     from reference import mstcn_eval as ref
 
-    from openpack_vlm.evaluation.metrics import edit_score, segment_counts
+    from openpack_vlm.metrics import edit_score, segment_counts
 
     rng = np.random.default_rng(0)
     checked = 0
@@ -169,7 +169,7 @@ def test_segment_metrics_equal_the_ms_tcn_reference_on_random_timelines():
 
 
 def test_segment_scores_see_flicker_that_per_second_accuracy_misses():
-    from openpack_vlm.evaluation.metrics import segment_scores
+    from openpack_vlm.metrics import segment_scores
 
     true = [1] * 30 + [2] * 30
     flicker = [1] * 30 + [2, 1] * 15  # 75 % of the seconds right, but 31 segments for 2
@@ -185,7 +185,7 @@ def test_segment_scores_see_flicker_that_per_second_accuracy_misses():
 
 # ------------------------------------------------------------------------------------------------ calibration
 def test_ece_by_hand_and_a_constant_confident_model_is_badly_calibrated():
-    from openpack_vlm.evaluation.metrics import reliability
+    from openpack_vlm.metrics import reliability
 
     r = reliability([0.95, 0.95, 0.55, 0.55], [True, False, True, True])
     # bin [0.9, 1.0): accuracy 0.5 vs confidence 0.95; bin [0.5, 0.6): 1.0 vs 0.55 -> (0.45 + 0.45) / 2
@@ -197,7 +197,7 @@ def test_ece_by_hand_and_a_constant_confident_model_is_badly_calibrated():
 
 
 def test_fitted_temperature_recovers_the_one_that_made_the_labels():
-    from openpack_vlm.evaluation.metrics import fit_temperature, reliability, temper
+    from openpack_vlm.metrics import fit_temperature, reliability, temper
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (4000, 11))
@@ -212,7 +212,7 @@ def test_fitted_temperature_recovers_the_one_that_made_the_labels():
 
 
 def test_per_class_scores_by_hand():
-    from openpack_vlm.evaluation.metrics import per_class_scores
+    from openpack_vlm.metrics import per_class_scores
 
     s = per_class_scores([100, 100, 200, 300], [100, 200, 200, None])
     assert s["Picking"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}

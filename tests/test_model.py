@@ -76,12 +76,12 @@ def test_chat_template_matches_qwen2vl_format(tiny_model_dir):
 
 def test_resolve_tiny_builds_once_into_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENPACK_VLM_CACHE", str(tmp_path / "cache"))
-    p = Path(tiny.resolve_model_id("tiny"))
+    p = Path(M.resolve_model_id("tiny"))
     assert p == tmp_path / "cache" / tiny.TINY_DIRNAME and (p / "config.json").is_file()
     stamp = (p / "model.safetensors").stat().st_mtime_ns
-    assert Path(tiny.resolve_model_id("tiny")) == p and (p / "model.safetensors").stat().st_mtime_ns == stamp
+    assert Path(M.resolve_model_id("tiny")) == p and (p / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [q for q in (tmp_path / "cache").iterdir() if q.name.startswith(".")]  # no temp dir left
-    assert tiny.resolve_model_id("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
+    assert M.resolve_model_id("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
     proc = M.load_processor("tiny")
     assert type(proc).__name__ == "Qwen2VLProcessor"
 

@@ -107,7 +107,7 @@ def test_grammar_fitted_on_train_timelines(pipeline_out, synthetic_root):
     seqs = [[s.op_id for s in tl] for tl in timelines]
     expected = Grammar.fit(seqs)
     # with it, the train timelines' mean duration per operation: the timeline HMM's prior wherever the grammar goes
-    from openpack_vlm.timeline.merge import mean_durations
+    from openpack_vlm.grammar import mean_durations
 
     expected.meta["mean_seconds"] = {str(k): v for k, v in mean_durations(timelines).items()}
     assert g.to_json() == expected.to_json()

@@ -31,7 +31,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -41,12 +40,14 @@ from .sources import SOURCE_KINDS, PoseFrameSource, open_source
 from .errors import FrameError, VideoDecodeError
 from ..cli import setting
 from ..contract import RUN_FILE, ContractError, DataSection, RunContract, file_sha256
+from ..grammar import Grammar, mean_durations
 from ..io_utils import one_line, write_json, write_jsonl
 from .letterbox import SIZE
-from ..prompt import DEFAULT_SPAN, SPAN_FORMATS, build_messages, check_span_format
+from ..prompt import DEFAULT_SPAN, SPAN_FORMATS, check_span_format
 from .sampling import SamplingConfig, motion_from_keypoints, sample_clip
 from .timebar import draw_time_bar
-from .shards import SHARD_PATTERN, ClipRecord, ShardWriter, encode_jpeg, frame_member
+from .samples import export_samples, pair_for, spread
+from .shards import SHARD_PATTERN, ClipRecord, ShardWriter, encode_jpeg
 
 log = logging.getLogger("openpack_vlm.pipeline")
 
@@ -255,28 +256,7 @@ def read_progress(split_dir: Path) -> list[dict]:
     return entries
 
 
-def pair_for(record: dict, span: str) -> dict:
-    """Chat-format training pair of a clip (its span in the ``span`` format); image items name their member in the
-    record's shard."""
-    members = [f"{record['clip_id']}.{frame_member(i)}" for i in range(len(record["frame_indices"]))]
-    messages = build_messages(record["frame_indices"], record["truth"], span=span)
-    it = iter(members)
-    for msg in messages:
-        for item in msg["content"]:
-            if item["type"] == "image":
-                item["image"] = next(it)
-    return {"clip_id": record["clip_id"], "split": record["split"], "shard": record["extra"]["shard"],
-            "images": members, "messages": messages}
-
-
 # ------------------------------------------------------------------------------------------------------ the run
-def _spread(specs: list, n: int | None) -> list:
-    if n is None or len(specs) <= n:
-        return specs
-    keep = sorted({int(round(x)) for x in np.linspace(0, len(specs) - 1, n)})
-    return [specs[i] for i in keep]
-
-
 def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[str, list], list[list[int]]]:
     """Clip specs per split and session (cheap: timelines only) and the train split's op sequences."""
     from . import openpack
@@ -312,7 +292,7 @@ def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[st
                 clip_skips: list[dict] = []
                 specs = clipsmod.make_clips(timeline, user, session, ccfg, skipped=clip_skips)
                 skipped.extend({"split": split, **s} for s in clip_skips)
-                specs = _spread(specs, cfg.max_clips_per_session)
+                specs = spread(specs, cfg.max_clips_per_session)
                 if not specs:
                     skipped.append({**where, "reason": "no clip fits the timeline"})
                     continue
@@ -345,7 +325,6 @@ def _check_settings(out: Path, cfg: PipelineConfig) -> RunContract:
 def run(cfg: PipelineConfig) -> dict:
     """Run the pipeline; returns the summary (also written to out/summary.json)."""
     from . import openpack
-    from ..grammar import Grammar
 
     t_start = time.perf_counter()
     if cfg.download:
@@ -440,8 +419,6 @@ def run(cfg: PipelineConfig) -> dict:
             "dominant_operation": dict(sorted(Counter(r["truth"]["dominant_operation"] for r in records).items())),
         }
     if train_timelines:
-        from ..timeline.merge import mean_durations
-
         grammar = Grammar.fit([[int(s.op_id) for s in tl] for tl in train_timelines])
         # the procedure's other half: how long each operation lasts, for the timeline's HMM (timeline/merge.py)
         grammar.meta["mean_seconds"] = {str(k): v for k, v in mean_durations(train_timelines).items()}
@@ -478,8 +455,6 @@ def run(cfg: PipelineConfig) -> dict:
         raise PipelineError(f"no clips written: {len(skipped)} items skipped (first: {first}); "
                             f"see {out / 'summary.json'}")
     if cfg.samples_out:
-        from .samples import export_samples
-
         flags = " ".join(([f"--source {cfg.source}"] if cfg.source != "auto" else []) +
                          ([f"--pose-render {cfg.pose_render}"] if cfg.pose_render != "person" else []) +
                          ([f"--answer-span {cfg.answer_span}"] if cfg.answer_span != DEFAULT_SPAN else []) +

@@ -9,9 +9,33 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
+
 from ..io_utils import write_atomic, write_json
-from ..prompt import DEFAULT_SPAN
+from ..prompt import DEFAULT_SPAN, build_messages
 from .shards import frame_member
+
+
+def pair_for(record: dict, span: str) -> dict:
+    """Chat-format training pair of a clip (its span in the ``span`` format); image items name their member in the
+    record's shard."""
+    members = [f"{record['clip_id']}.{frame_member(i)}" for i in range(len(record["frame_indices"]))]
+    messages = build_messages(record["frame_indices"], record["truth"], span=span)
+    it = iter(members)
+    for msg in messages:
+        for item in msg["content"]:
+            if item["type"] == "image":
+                item["image"] = next(it)
+    return {"clip_id": record["clip_id"], "split": record["split"], "shard": record["extra"]["shard"],
+            "images": members, "messages": messages}
+
+
+def spread(specs: list, n: int | None) -> list:
+    """At most n items, evenly spread over the list (all of them when n is None or the list is shorter)."""
+    if n is None or len(specs) <= n:
+        return specs
+    keep = sorted({int(round(x)) for x in np.linspace(0, len(specs) - 1, n)})
+    return [specs[i] for i in keep]
 
 
 SAMPLES_README = """# Training data samples
@@ -67,9 +91,7 @@ def export_samples(out: Path, dest: Path, n: int, splits: list[str], root: Path,
         man = out / split / "manifest.jsonl"
         if man.exists():
             records.extend(json.loads(line) for line in man.read_text().splitlines() if line)
-    from .pipeline import _spread, pair_for
-
-    chosen = _spread(records, n)
+    chosen = spread(records, n)
     dest.mkdir(parents=True, exist_ok=True)
     wanted: set[str] = {"README.md"}
     by_shard: dict[tuple[str, str], list[dict]] = {}

@@ -27,22 +27,10 @@ motion signal for skeleton sources, offered to ``sample_clip(..., motion=...)`` 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-from ..schema import FPS
-
-
-@dataclass
-class SamplingConfig:
-    k: int = 8  # frames shown to the model per clip (8 x 144 visual tokens at 336 px)
-    floor: float = 0.25  # added weight per frame, as a fraction of the clip's mean motion (0 = pure motion)
-    bin_frames: int = FPS  # coverage bins of one second (25 frames): each gets >= 1 sample when K allows
-    diff_stride: int = 8  # pixel stride of the grey copy used for differencing (336/8 = 42 px)
-    smooth: int = 3  # moving-average window (frames) over the motion signal; 1 = none
-    anchor_ends: bool = True  # always show the first and last frame (the clip's edges bound the answer's segment)
+from ..contract import SamplingConfig  # the sampler's settings, recorded in the run contract
 
 
 def sample_uniform(n_frames: int, k: int) -> list[int]:

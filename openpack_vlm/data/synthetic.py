@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..grammar import REAL_DURATIONS_S  # the real session's per-class durations (mean, std s)
 from ..io_utils import atomic_path, write_atomic, write_json
 from ..labels import ID_TO_NAME, NULL_ID
 from .timegrid import at_or_before
@@ -80,11 +81,6 @@ BOX_CYCLE = (100, 200, 300, 400, 500, 600, 700, 1000, 800)
 REPEATS: dict[tuple[int, int], float] = {(100, 200): 2 / 20, (300, 400): 1 / 20, (400, 500): 1 / 20}
 #: Fraction of the real boxes that end with Put on Back Table (900).
 P_BACK_TABLE = 5 / 20
-#: Per-class duration mean and sample std (s) in the real session.
-REAL_DURATIONS_S: dict[int, tuple[float, float]] = {
-    100: (6.898, 2.532), 200: (8.849, 6.255), 300: (10.542, 4.156), 400: (5.278, 2.362), 500: (8.930, 1.735),
-    600: (3.069, 0.899), 700: (9.892, 1.743), 800: (6.292, 1.242), 900: (3.991, 2.128), 1000: (5.785, 2.402),
-}
 
 # ---- visual cues (RGB colours; positions in the 1280x720 Kinect pixel space) ------------------------------------
 #: Workstation panel colour per operation (RGB): saturated hues far apart, so a 56x56 px view still separates them.

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..io_utils import save_figure
 from ..labels import NAME_TO_ID, OPERATION_NAMES
-from .metrics import ECE_BINS, fit_temperature, reliability, temper
+from ..metrics import ECE_BINS, fit_temperature, reliability, temper
 
 
 def dominant_probs(result) -> list[float]:

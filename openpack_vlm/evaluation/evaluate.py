@@ -46,7 +46,7 @@ from ..grammar import Grammar, GrammarError, argmax_id, fuse, tune_fuse_weight
 from ..io_utils import save_figure, write_atomic, write_json, write_jsonl
 from ..labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, to_id
 from .calibration import calibration_report, dominant_probs
-from .metrics import (confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair,
+from ..metrics import (confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair,
                       per_class_scores)
 from ..schema import CLIP_FRAMES
 
@@ -328,13 +328,12 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     if cfg.batch_clips < 1:
         raise EvalError(f"batch_clips must be >= 1, got {cfg.batch_clips}")
     if predictor is None:
-        from ..hub import HubError, resolve_adapter
-        from ..model.loading import ModelLoadError, adapter_dir
+        from ..model.loading import ModelLoadError, adapter_dir, resolve_adapter
 
         try:
             cfg = dataclasses.replace(cfg, adapter=str(resolve_adapter(cfg.adapter)))  # a Hub id → its snapshot
             adapter_dir(cfg.adapter)  # fail before minutes of model loading
-        except (HubError, ModelLoadError) as e:
+        except ModelLoadError as e:
             raise EvalError(str(e)) from None
     rows = select_clips(data, cfg.split, None if cfg.all_clips else cfg.n_clips)
     maj_op, maj_next, maj_src = _majority_from_train(data)
@@ -483,7 +482,8 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
                                                cfg, tuning, temperature=calibration["temperature"])
 
     prov = data_provenance(data)
-    from ..model.tiny import is_tiny, tiny_pretrain_meta
+    from ..model.loading import tiny_pretrain_meta
+    from ..model.tiny import is_tiny
 
     tiny = is_tiny(cfg.model_id)
     pretraining = tiny_pretrain_meta(cfg.model_id) if tiny else None  # the tiny base's pre-training record
@@ -581,7 +581,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
 
 def _failure_modes(cm, recs: list[dict], per_clip: list[dict]) -> dict:
     """Most confused class pair of the fine-tuned model with its clip ids, plus the clips whose span missed worst."""
-    from .metrics import span_iou
+    from ..metrics import span_iou
 
     pair = most_confused_pair(cm)
     out: dict = {"system": "finetuned_model", "most_confused_pair": None}

@@ -193,7 +193,7 @@ def predict(net, x: np.ndarray) -> list[dict]:
 
 def run(cfg: BaselineConfig) -> dict:
     """Train on the train split, answer the chosen clips of ``cfg.split``, score them like evaluate.py."""
-    from .metrics import evaluate_predictions
+    from ..metrics import evaluate_predictions
 
     data = Path(cfg.data)
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..contract import RunContract
 from ..io_utils import write_json
 from ..schema import FPS
-from .metrics import SEGMENT_OVERLAPS
+from ..metrics import SEGMENT_OVERLAPS
 
 SEGMENT_KEYS = ("edit", *(f"F1@{round(k * 100)}" for k in SEGMENT_OVERLAPS))
 

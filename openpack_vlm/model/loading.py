@@ -18,12 +18,15 @@ QLoRA recipe (``load_model(ModelConfig(quantization="4bit"), for_training=True)`
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..io_utils import one_line
-from .tiny import resolve_model_id
+from .pretrain import pretrained_cached
+from .tiny import TINY_MODEL_ID, TINY_PRETRAINED_ID, TINY_REAL_ID, tiny_cached
 
 REAL_MODEL_ID = "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -41,6 +44,27 @@ BNB_SKIP_MODULES = ("model.visual", "lm_head")
 # image; the processor expands <|image_pad|> to the image's visual tokens.
 class ModelLoadError(RuntimeError):
     """A model/adapter cannot be loaded as asked (one-line message)."""
+
+
+def resolve_model_id(model_id: str) -> str:
+    """``"tiny"`` / ``"tiny-real"`` / ``"tiny-pretrained"`` -> local dir of that tiny model (built on first use);
+    anything else unchanged."""
+    if model_id == TINY_MODEL_ID:
+        return str(tiny_cached())
+    if model_id == TINY_REAL_ID:
+        return str(tiny_cached(tokenizer="real"))
+    if model_id == TINY_PRETRAINED_ID:
+        return str(pretrained_cached())
+    return model_id
+
+
+def tiny_pretrain_meta(model_id: str) -> dict | None:
+    """What ``pretrain.py`` recorded for a pre-trained tiny base (corpus, objective, steps, R^2); None otherwise."""
+    try:
+        meta = json.loads((Path(resolve_model_id(model_id)) / "openpack_tiny.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("pretrained")
 
 
 @dataclass
@@ -207,6 +231,43 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
     else:
         model.eval()
     return model, processor
+
+
+# a Hub repo id (user or org / name), optionally @revision: letters, digits, - _ . (the Hub's own rule, 96 chars max)
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]+))?$")
+
+
+def hub_id(value: str | os.PathLike | None) -> tuple[str, str | None] | None:
+    """(repo_id, revision) when ``value`` names a Hub repo rather than a local path, else None. A path that exists
+    locally always wins, so ``runs/adapter`` is a folder even though it looks like an id."""
+    if value is None or Path(value).exists():
+        return None
+    s = str(value)
+    m = HUB_ID.match(s)
+    if not m or s.startswith((".", "/", "~")):
+        return None
+    return m.group("repo"), m.group("rev")
+
+
+def resolve_adapter(adapter: str | os.PathLike | None) -> str | os.PathLike | None:
+    """A local adapter path as given; a Hub id → its snapshot folder in the HF cache (downloaded once)."""
+    ident = hub_id(adapter)
+    if ident is None:
+        return adapter
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo, rev = ident
+    try:
+        return snapshot_download(repo, revision=rev)
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(f"adapter {adapter!r} is neither a local folder nor in the HF cache"
+                       + (" (HF_HUB_OFFLINE=1: nothing is downloaded)" if os.environ.get("HF_HUB_OFFLINE") == "1"
+                          else "")) from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"adapter {adapter!r}: no such Hub repo (or it is private: set HF_TOKEN)") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise ModelLoadError(f"adapter {adapter!r} could not be downloaded: {one_line(e, 200)}") from None
 
 
 def adapter_dir(adapter: str | os.PathLike) -> Path:

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..grammar import Grammar, argmax_id, fuse
 from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION_NAMES
+from ..metrics import as_span, pred_id, temper  # temper: the one formula, shared with the calibration that fits T
 from ..prompt import DEFAULT_SPAN, build_messages, check_span_format, clip_span, target_text
 from ..schema import CLIP_FRAMES, Prediction
 from ..contract import RunContract, assumed_contract, find_run
@@ -230,8 +231,6 @@ def parse_raw_text(text: str, frame_indices: list[int] | None = None) -> dict:
     Scores the model as if its free text were trusted (evaluation's *_free_text systems). ``frame_indices``: the
     clip's sampled frames when the answer is in the "shown" format; its span is then turned into clip frames
     (``prompt.clip_span``), as the scored answer's is."""
-    from ..evaluation.metrics import as_span, pred_id
-
     s = text.strip()
     d = None
     for cand in (s, s[s.find("{"): s.rfind("}") + 1]):
@@ -339,10 +338,9 @@ class Predictor:
         its K. An adapter without run.json loads with a warning naming the assumed values. ``grammar="auto"``: the
         contract's grammar, else the adapter's grammar.json (``find_grammar``); None: no grammar; a path or a
         Grammar: that one. ``fuse_weight`` overrides the contract's. ``adapter`` may be a Hub id
-        (``USER/NAME[@REV]``, fetched once into the HF cache: hub.resolve_adapter)."""
+        (``USER/NAME[@REV]``, fetched once into the HF cache: loading.resolve_adapter)."""
         from ..data.letterbox import SIZE
-        from ..hub import resolve_adapter
-        from .loading import ModelConfig, load_model
+        from .loading import ModelConfig, load_model, resolve_adapter
 
         adapter = resolve_adapter(adapter)
         contract = None
@@ -745,7 +743,6 @@ class Predictor:
 
     def _calibrated(self, dom_p: list[float]) -> list[float]:
         """The dominant distribution with the run's temperature (softmax(log p / T)); as is without one."""
-        from ..evaluation.metrics import temper  # the one formula, shared with the calibration that fits T
 
         t = self.config.temperature
         if t is None or t == 1.0:

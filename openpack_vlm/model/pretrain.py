@@ -114,10 +114,10 @@ def build_pretrained_tiny(out_dir: str | Path, steps: int = STEPS, seed: int = 0
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from .tiny import TINY_REAL_ID, real_processor, resolve_model_id
+    from .tiny import real_processor, tiny_cached
 
     torch.manual_seed(seed)
-    base = Path(resolve_model_id(TINY_REAL_ID))
+    base = tiny_cached(tokenizer="real")
     model = AutoModelForImageTextToText.from_pretrained(base)
     processor = real_processor()
     out = Path(out_dir)

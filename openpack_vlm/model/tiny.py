@@ -275,34 +275,11 @@ def cached_build(dirname: str, is_current, build) -> Path:
     return final
 
 
-def _tiny_cached(seed: int = 0, tokenizer: str = "tiny") -> Path:
+def tiny_cached(seed: int = 0, tokenizer: str = "tiny") -> Path:
     """Build the tiny model once into the cache."""
     return cached_build(TINY_REAL_DIRNAME if tokenizer == "real" else TINY_DIRNAME,
                         lambda meta: meta.get("version") == TINY_VERSION,
                         lambda tmp: build_tiny_model(tmp, seed=seed, tokenizer=tokenizer))
-
-
-def resolve_model_id(model_id: str) -> str:
-    """``"tiny"`` / ``"tiny-real"`` / ``"tiny-pretrained"`` -> local dir of that tiny model (built on first use);
-    anything else unchanged."""
-    if model_id == TINY_MODEL_ID:
-        return str(_tiny_cached())
-    if model_id == TINY_REAL_ID:
-        return str(_tiny_cached(tokenizer="real"))
-    if model_id == TINY_PRETRAINED_ID:
-        from .pretrain import pretrained_cached  # pretrain.py builds on tiny-real: imported here, not at the top
-
-        return str(pretrained_cached())
-    return model_id
-
-
-def tiny_pretrain_meta(model_id: str) -> dict | None:
-    """What ``pretrain.py`` recorded for a pre-trained tiny base (corpus, objective, steps, R^2); None otherwise."""
-    try:
-        meta = json.loads((Path(resolve_model_id(model_id)) / "openpack_tiny.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta.get("pretrained")
 
 
 def is_tiny(model_id: str) -> bool:

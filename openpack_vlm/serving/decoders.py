@@ -23,7 +23,7 @@ CLIP_SHAPE = (CLIP_FRAMES, 336, 336, 3)  # what decode_upload hands the predicto
 CLIP_BYTES = int(np.prod(CLIP_SHAPE))  # 42.3 MB per clip
 
 
-def _worker_init(memory_mb: int) -> None:
+def worker_init(memory_mb: int) -> None:
     """Decoder process setup: capped address space (a decompression bomb gets MemoryError, not the OOM killer), one
     thread per library, and no reaction to the server's Ctrl-C (the server shuts its workers down itself)."""
     import resource
@@ -75,7 +75,7 @@ class _Slot:
         self.shm = shared_memory.SharedMemory(create=True, size=CLIP_BYTES)
         # spawn: a fresh interpreter (the server process has model threads; forking it is unsafe)
         self._factory = lambda: ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                                    initializer=_worker_init, initargs=(memory_mb,))
+                                                    initializer=worker_init, initargs=(memory_mb,))
         self.executor = self._factory()
 
     def restart(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from ..hub import hub_id
+from ..model.loading import hub_id
 
 MIB = 1024 * 1024
 
@@ -40,7 +40,7 @@ class ServeConfig(BaseSettings):
     model_id: str = Field("Qwen/Qwen2-VL-2B-Instruct",
                           description='base model: hub id, local dir, or "tiny" (offline random model)')
     adapter_path: str | None = Field(None, description="a training run's adapter/ dir (R/adapter) or a Hub id "
-                                                       "USER/NAME[@REV] (openpack_vlm.hub); unset = base model")
+                                                       "USER/NAME[@REV] (model.loading.resolve_adapter); unset = base model")
     run_config: str | None = Field(None, description="run contract (run.json) to serve by; unset = the one beside "
                                    "ADAPTER_PATH (R/run.json, which evaluate.py completes with the tuned fusion weight)")
     frames_per_clip: int | None = Field(None, gt=0, description="frames the model sees per clip; must equal the run "

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
-from .decoders import CLIP_BYTES, CLIP_SHAPE, _worker_init
+from .decoders import CLIP_BYTES, CLIP_SHAPE, worker_init
 from .settings import ServeConfig
 from .uploads import UploadError, probe_upload
 
@@ -40,7 +40,7 @@ POLL_S = 0.25  # how often a waiting job thread checks for cancellation (s)
 def _stream_worker(path: str, stride: int, max_seconds: float, max_frame_pixels: int, memory_mb: int,
                    shm_names: list[str], free_q, out_q) -> None:
     """In a decoder process: probe, then decode window by window into the shared slots (blocking on a free one)."""
-    _worker_init(memory_mb)
+    worker_init(memory_mb)
     from multiprocessing import shared_memory
 
     from ..data.errors import FrameError, VideoDecodeError

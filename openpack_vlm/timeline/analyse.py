@@ -166,7 +166,7 @@ def score_timeline(pred_seconds: list[str], truth_segments: list[dict]) -> dict:
     per_class = {str(name): round(float(row["f1"]), 4) for name, row in df.iterrows()
                  if not str(name).startswith("avg/") and int(row["id"]) != NULL_ID}
     present = [ID_TO_NAME[i] for i in sorted(set(t[keep].tolist()))]
-    from ..evaluation.metrics import segment_scores
+    from ..metrics import segment_scores
 
     seg = segment_scores(y.tolist(), t.tolist(), background=[NULL_ID])  # Null = background, as OpenPack ignores it
     return {"macro_f1": round(float(df.loc["avg/macro", "f1"]), 4), **seg,

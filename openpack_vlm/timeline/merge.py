@@ -26,12 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..grammar import REAL_DURATIONS_S
 from ..labels import ID_TO_INDEX, ID_TO_NAME, NAME_TO_ID, NULL_ID, OPERATION_IDS
 
 N = len(OPERATION_IDS)
 NULL_INDEX = ID_TO_INDEX[NULL_ID]
 
-#: Mean duration (s) of each operation in the real U0209/S0500 session (data/synthetic.REAL_DURATIONS_S); Null gaps
+#: Mean duration (s) of each operation in the real U0209/S0500 session (grammar.REAL_DURATIONS_S); Null gaps
 #: there last 2.0-3.7 s.
 NULL_MEAN_S = 3.0
 
@@ -81,8 +82,6 @@ def second_evidence(windows: list[dict], n_seconds: int, fps: int = 25, floor: f
 
 def transition_matrix(grammar=None, cfg: MergeConfig | None = None) -> np.ndarray:
     """(11, 11) per-second transition probabilities (rule 2); rows sum to 1."""
-    from ..data.synthetic import REAL_DURATIONS_S
-
     cfg = cfg or MergeConfig()
     a = np.zeros((N, N))
     for i, op in enumerate(OPERATION_IDS):
@@ -141,15 +140,6 @@ def posteriors(e: np.ndarray, a: np.ndarray) -> np.ndarray:
         p = alpha[t] * beta
         post[t] = p / p.sum()
     return post
-
-
-def mean_durations(timelines) -> dict[int, float]:
-    """{op id: mean segment duration s} over sessions' segment lists (openpack.Segment, ms): the HMM's prior."""
-    acc: dict[int, list[float]] = {}
-    for segs in timelines:
-        for seg in segs:
-            acc.setdefault(int(seg.op_id), []).append((seg.end_ms - seg.start_ms) / 1000.0)
-    return {op: round(float(np.mean(v)), 3) for op, v in sorted(acc.items())}
 
 
 def merge_windows(windows: list[dict], duration_s: float, grammar=None, cfg: MergeConfig | None = None) -> dict:

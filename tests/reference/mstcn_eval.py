@@ -2,7 +2,7 @@
 # from NumPy 1.24). Source: yabufarha/ms-tcn, eval.py at commit c1f537b18772564433445d63948b80a096a3529f, as copied into
 # the PyPI package actseg 0.1.0 (actseg/eval/external/mstcn_code.py). MS-TCN: Copyright (c) 2019 Yazan Abu Farha,
 # MIT License (https://github.com/yabufarha/ms-tcn/blob/master/LICENSE). Used only by tests/test_metrics.py, to hold
-# openpack_vlm.evaluation.metrics against it.
+# openpack_vlm.metrics against it.
 
 import numpy as np
 
