@@ -30,6 +30,9 @@ from .schema import CLIP_FRAMES, FPS
 
 VERSION = 1
 RUN_FILE = "run.json"
+# data settings that must agree between the data answered and the data the adapter was trained on
+SAMPLE_SHAPING = ("k", "frame_size", "spatial", "jpeg_quality", "sampler", "fps", "clip_frames", "classes",
+                  "pose_render")
 SPATIAL_RULE = "letterbox"  # data/letterbox.py: whole frame scaled to fit, black bars (the only rule implemented)
 
 log = logging.getLogger("openpack_vlm.contract")
@@ -218,6 +221,15 @@ class RunContract:
         t = self.evaluation.temperature if self.evaluation is not None else None
         if t is not None and not (isinstance(t, (int, float)) and 0 < t < float("inf")):
             raise ContractError(f"{self.where}: temperature {t!r} is not a positive number")
+
+    def check_same_samples(self, data: "RunContract") -> None:
+        """The data to be answered (its D/run.json) was shaped as this run's training data: a model trained on K=16
+        frames is not scored on K=8 clips. ContractError names the first setting that differs and both values."""
+        for key in SAMPLE_SHAPING:
+            mine, theirs = getattr(self.data, key), getattr(data.data, key)
+            if mine != theirs:
+                raise ContractError(f"{key} differs: the adapter's run ({self.where}) has {mine!r}, the data to "
+                                    f"evaluate ({data.where}) {theirs!r}")
 
     def check_grammar(self, grammar_file: Path) -> None:
         """The grammar file is the one the run recorded (same bytes), and it names only this code's classes."""

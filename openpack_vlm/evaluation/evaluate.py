@@ -33,21 +33,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..cli import setting
-from ..contract import (
-    RUN_FILE,
-    ContractError,
-    EvaluationSection,
-    RunContract,
-    assumed_contract,
-    file_sha256,
-    find_run,
-)
-from ..grammar import Grammar, GrammarError, argmax_id, fuse, tune_fuse_weight
+from ..contract import RUN_FILE, ContractError, EvaluationSection, RunContract, file_sha256
+from ..grammar import GrammarError, argmax_id, tune_fuse_weight
 from ..io_utils import save_figure, write_atomic, write_json, write_jsonl
 from ..labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, to_id
 from .calibration import calibration_report, dominant_probs
 from ..metrics import (confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair,
-                      per_class_scores)
+                       per_class_scores)
+from ..model.loading import ModelLoadError, adapter_dir, resolve_adapter
+from ..model.predict import PredictConfig, Predictor, parse_raw_text
 from ..schema import CLIP_FRAMES
 
 log = logging.getLogger("openpack_vlm.evaluation")
@@ -214,39 +208,6 @@ def _majority_from_train(data: Path) -> tuple[int, int, str]:
             majority_class([r["truth"]["anticipated_next_operation"] for r in rows]), str(path))
 
 
-def _find_grammar(cfg: EvalConfig, contract: RunContract) -> Path | None:
-    from ..model.predict import find_grammar
-
-    if cfg.grammar:
-        return Path(cfg.grammar)
-    if contract.path is not None and contract.grammar_path() is not None and contract.grammar_path().is_file():
-        return contract.grammar_path()
-    return find_grammar(cfg.adapter) or ((Path(cfg.data) / "grammar.json") if (Path(cfg.data) / "grammar.json").is_file()
-                                         else None)
-
-
-# settings that must agree between the data evaluated and the data the adapter was trained on
-SAMPLE_SHAPING = ("k", "frame_size", "spatial", "jpeg_quality", "sampler", "fps", "clip_frames", "classes",
-                  "pose_render")
-
-
-def run_contract(cfg: EvalConfig, data: Path) -> RunContract:
-    """The adapter's run contract (R/run.json; assumed with a warning for runs made before it existed), checked
-    against the evaluated data's D/run.json: a model trained on K=16 frames is not scored on K=8 clips."""
-    found = find_run(cfg.adapter)
-    try:
-        contract = RunContract.load(found) if found else assumed_contract(str(cfg.adapter))
-        if found and (data / RUN_FILE).is_file():  # an assumed record (old run) has nothing to compare
-            d_new, d_run = RunContract.load(data).data, contract.data
-            for key in SAMPLE_SHAPING:
-                if getattr(d_new, key) != getattr(d_run, key):
-                    raise EvalError(f"{key} differs: the adapter's run ({found}) has {getattr(d_run, key)!r}, the "
-                                    f"data to evaluate ({data / RUN_FILE}) {getattr(d_new, key)!r}")
-    except ContractError as e:
-        raise EvalError(str(e)) from None
-    return contract
-
-
 def record_evaluation(contract: RunContract, out: Path, grammar_path: Path | None, weight: float | None,
                       cfg: EvalConfig, tuning: dict, temperature: float | None = None) -> dict:
     """Add the evaluation section (tuned fusion weight and mode) to the run contract: E/run.json (with the grammar
@@ -314,12 +275,8 @@ def _plot_confusions(path: Path, cms: dict) -> None:
     save_figure(fig, path, dpi=110)
 
 
-def evaluate(cfg: EvalConfig, predictor=None) -> dict:
-    """Run the evaluation; writes the files in cfg.out and returns results.json's content.
-
-    ``predictor``: an already loaded fine-tuned ``Predictor`` (a PeftModel inside) to use instead of loading one."""
-    from ..model.predict import PredictConfig, Predictor, grammar_next, parse_raw_text
-
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the evaluation; writes the files in cfg.out and returns results.json's content."""
     data, out = Path(cfg.data), Path(cfg.out)
     if not data.is_dir():
         raise EvalError(f"data dir not found: {data}")
@@ -327,30 +284,29 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         raise EvalError(f"n_clips must be > 0, got {cfg.n_clips}")
     if cfg.batch_clips < 1:
         raise EvalError(f"batch_clips must be >= 1, got {cfg.batch_clips}")
-    if predictor is None:
-        from ..model.loading import ModelLoadError, adapter_dir, resolve_adapter
-
-        try:
-            cfg = dataclasses.replace(cfg, adapter=str(resolve_adapter(cfg.adapter)))  # a Hub id → its snapshot
-            adapter_dir(cfg.adapter)  # fail before minutes of model loading
-        except ModelLoadError as e:
-            raise EvalError(str(e)) from None
+    try:
+        cfg = dataclasses.replace(cfg, adapter=str(resolve_adapter(cfg.adapter)))  # a Hub id → its snapshot
+        adapter_dir(cfg.adapter)  # fail before minutes of model loading
+    except ModelLoadError as e:
+        raise EvalError(str(e)) from None
     rows = select_clips(data, cfg.split, None if cfg.all_clips else cfg.n_clips)
     maj_op, maj_next, maj_src = _majority_from_train(data)
-    contract = run_contract(cfg, data)
-    grammar_path = _find_grammar(cfg, contract)
-    grammar = Grammar.load(grammar_path) if grammar_path else None
+
+    # temperature 1: the raw confidences, which the calibration below measures and fits a temperature to; fuse off:
+    # the answers' next op is the model's own, and the grammar is fused below with the weight tuned on val
+    pcfg = PredictConfig(free_text=cfg.free_text, fuse_mode=cfg.fuse_mode, temperature=1.0, fuse=False)
+    try:  # run contract (checked against the data's), grammar: resolved by the predictor, before the model loads
+        predictor = Predictor.from_pretrained(cfg.model_id, adapter=cfg.adapter, quantization=cfg.quantization,
+                                              device=cfg.device, grammar=cfg.grammar or "auto", config=pcfg,
+                                              data=data)
+    except (ContractError, GrammarError) as e:
+        raise EvalError(str(e)) from None
+    contract, grammar, grammar_path = predictor.contract, predictor.grammar, predictor.grammar_path
     if grammar is None and cfg.fuse_weight is not None:
         raise EvalError("--fuse-weight given but no grammar found (pass --grammar)")
-    out.mkdir(parents=True, exist_ok=True)
-
-    # temperature 1: the raw confidences, which the calibration below measures and fits a temperature to
-    pcfg = PredictConfig(free_text=cfg.free_text, fuse_mode=cfg.fuse_mode, temperature=1.0)
-    if predictor is None:
-        predictor = Predictor.from_pretrained(cfg.model_id, adapter=cfg.adapter, quantization=cfg.quantization,
-                                              device=cfg.device, grammar=None, config=pcfg, run=contract)
     if not hasattr(predictor.model, "disable_adapter"):
         raise EvalError("the fine-tuned model has no LoRA adapter attached (need a PeftModel)")
+    out.mkdir(parents=True, exist_ok=True)
     # base = the same weights with the LoRA switched off: one load, and exactly the base model
     # ... asked in the run's span format, as the fine-tuned model is
     pcfg = dataclasses.replace(pcfg, span=predictor.config.span)
@@ -376,14 +332,14 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
     md, gd, vt, vdom, vop = [], [], [], [], []
     if (data / cfg.val_split / "manifest.jsonl").is_file():
         vrows = select_clips(data, cfg.val_split, cfg.val_clips)
-        scorer = Predictor(predictor.model, predictor.processor, grammar=None,
+        scorer = Predictor(predictor.model, predictor.processor, grammar=grammar,
                            config=dataclasses.replace(pcfg, free_text=False))
         with tqdm(total=len(vrows), desc=f"{cfg.val_split} clips (fusion weight, temperature)", unit="clip") as bar:
             for batch in batches(iter_clips(data, cfg.val_split, vrows), cfg.batch_clips):
                 got = scorer.predict_batch([(frames, rec.frame_indices, rec.clip_id) for rec, frames in batch])
                 for (rec, _), r in zip(batch, got):
                     md.append(_ids_dist(r.scores["next_model"]))
-                    gd.append(grammar_next(grammar, r.scores) if grammar is not None else None)
+                    gd.append(_ids_dist(r.scores["next_grammar"]) if grammar is not None else None)
                     vt.append(_truth(rec)["next"])
                     vdom.append(dominant_probs(r))
                     vop.append(_truth(rec)["op"])
@@ -427,7 +383,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
         anticipation["finetuned_model"][0].append(max(nm.values()))
         anticipation["finetuned_model"][1].append(argmax_id(nm) == t["next"])
         if grammar is not None:
-            fused = fuse(nm, grammar_next(grammar, f["result"].scores), weight, cfg.fuse_mode)
+            fused = predictor.fuse_next(f["result"].scores, weight, cfg.fuse_mode)
             g_next = argmax_id(fused)
             anticipation["finetuned_grammar"][0].append(max(fused.values()))
             anticipation["finetuned_grammar"][1].append(g_next == t["next"])
@@ -526,7 +482,7 @@ def evaluate(cfg: EvalConfig, predictor=None) -> dict:
             log.warning("timeline mode skipped: %s", e)
             timeline = {"skipped": str(e)}
         else:
-            tl_cfg = dataclasses.replace(predictor.config, free_text=False)
+            tl_cfg = dataclasses.replace(predictor.config, free_text=False, fuse=True)  # the windows answer as served
             ft_tl = Predictor(predictor.model, predictor.processor, grammar=grammar, fuse_weight=weight, config=tl_cfg)
             base_tl = Predictor(predictor.model, predictor.processor, grammar=None, config=tl_cfg)
             timeline = evaluate_timelines(cfg, data, contract, {"base_model": (base_tl, predictor.model.disable_adapter),

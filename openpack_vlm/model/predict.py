@@ -46,7 +46,7 @@ from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION
 from ..metrics import as_span, pred_id, temper  # temper: the one formula, shared with the calibration that fits T
 from ..prompt import DEFAULT_SPAN, build_messages, check_span_format, clip_span, target_text
 from ..schema import CLIP_FRAMES, Prediction
-from ..contract import RunContract, assumed_contract, find_run
+from ..contract import RUN_FILE, RunContract, assumed_contract, find_run
 from ..data.sampling import SamplingConfig, sample_clip
 from ..data.shards import jpeg_round_trip
 from ..data.timebar import draw_time_bar
@@ -64,6 +64,9 @@ class PredictConfig:
 
     fuse_weight: float | None = None  # grammar weight in [0,1]; None → grammar meta "fuse_weight", else 0.3
     fuse_mode: str = "linear"  # "linear" | "loglinear" (see grammar.fuse)
+    fuse: bool = True  # the answer's next operation fuses the model with the grammar (when there is one); False =
+    #                    the model's own (scores still carry "next_grammar"; evaluation fuses with ``fuse_next`` after
+    #                    tuning the weight on val)
     free_text: bool = True  # also generate the free answer (raw_text); False saves ~40-120 decode steps per clip
     max_new_tokens: int = 128  # target JSON is ~45 tokens with Qwen's tokenizer, up to ~110 with the tiny BPE
     scorer: str = "trie"  # "trie": one call per closed set, no cache copy | "rows": the reference path (a copy of
@@ -276,6 +279,44 @@ def find_grammar(adapter: str | os.PathLike | None) -> Path | None:
     return None
 
 
+def resolve_contract(adapter, run, data=None) -> RunContract | None:
+    """The run contract a predictor applies (see ``Predictor.from_pretrained``): ``run`` "auto" = the adapter's
+    run.json, assumed (with a warning) for an adapter made before contracts; checked against ``data``'s run.json
+    when both exist."""
+    contract = None
+    found = None
+    if isinstance(run, RunContract):
+        contract = run
+    elif run == "auto":
+        found = find_run(adapter)
+        if found is not None:
+            contract = RunContract.load(found)
+        elif adapter is not None:
+            contract = assumed_contract(str(adapter))
+    elif run is not None:
+        contract = RunContract.load(run)
+    if contract is not None and contract.path is not None and data is not None and (Path(data) / RUN_FILE).is_file():
+        contract.check_same_samples(RunContract.load(data))  # an assumed record (old run) has nothing to compare
+    return contract
+
+
+def resolve_grammar(grammar, contract: RunContract | None, adapter, data=None) -> tuple[Path | None, Grammar | None]:
+    """(path, Grammar) a predictor fuses with (see ``Predictor.from_pretrained``)."""
+    if grammar is None or isinstance(grammar, Grammar):
+        return None, grammar
+    if not (isinstance(grammar, str) and grammar == "auto"):
+        return Path(grammar), Grammar.load(grammar)
+    path = contract.grammar_path() if contract is not None and contract.path else None
+    if path is not None and not path.is_file():
+        path = None
+    path = path or find_grammar(adapter)
+    if path is None and data is not None and (Path(data) / "grammar.json").is_file():
+        path = Path(data) / "grammar.json"
+    if path is not None and contract is not None and contract.path is not None:
+        contract.check_grammar(path)  # the tuned weight belongs to the recorded grammar
+    return path, (Grammar.load(path) if path is not None else None)
+
+
 @dataclass
 class _Batch:
     """Prompt state of a batch of clips for the trie scorer."""
@@ -329,46 +370,28 @@ class Predictor:
                         device: str = "auto", grammar: str | os.PathLike | Grammar | None = "auto",
                         fuse_weight: float | None = None, config: PredictConfig | None = None,
                         run: str | os.PathLike | RunContract | None = "auto",
-                        frames_per_clip: int | None = None) -> "Predictor":
-        """Load through ``model.load_model`` and apply the run contract (contract.py).
+                        frames_per_clip: int | None = None, data: str | os.PathLike | None = None) -> "Predictor":
+        """Load through ``model.load_model`` and apply the run contract (contract.py): the one place where the
+        contract, the grammar, the fusion weight and mode are resolved (evaluation and serving read them here:
+        ``predictor.contract``, ``.grammar``, ``.grammar_path``, ``.fuse_weight``).
 
         ``run="auto"``: the adapter's run.json (``find_run``); a path or a RunContract: that one; None: no contract
         (the code's defaults). With a contract, its K and sampler parameters, JPEG round trip, grammar (checked
         against the recorded sha256) and tuned fusion weight are used, and ``frames_per_clip`` (if given) must equal
-        its K. An adapter without run.json loads with a warning naming the assumed values. ``grammar="auto"``: the
-        contract's grammar, else the adapter's grammar.json (``find_grammar``); None: no grammar; a path or a
-        Grammar: that one. ``fuse_weight`` overrides the contract's. ``adapter`` may be a Hub id
-        (``USER/NAME[@REV]``, fetched once into the HF cache: loading.resolve_adapter)."""
+        its K. An adapter without run.json loads with a warning naming the assumed values. ``data``: a data dir the
+        predictor will answer (evaluation): its D/run.json must have shaped samples as the run's did
+        (``RunContract.check_same_samples``), and its D/grammar.json is the last grammar fallback.
+        ``grammar="auto"``: the contract's grammar, else the adapter's grammar.json (``find_grammar``), else the data
+        dir's; None: no grammar; a path or a Grammar: that one. ``fuse_weight`` overrides the contract's.
+        ``adapter`` may be a Hub id (``USER/NAME[@REV]``, fetched once into the HF cache: loading.resolve_adapter)."""
         from ..data.letterbox import SIZE
         from .loading import ModelConfig, load_model, resolve_adapter
 
         adapter = resolve_adapter(adapter)
-        contract = None
-        if isinstance(run, RunContract):
-            contract = run
-        elif run == "auto":
-            found = find_run(adapter)
-            if found is not None:
-                contract = RunContract.load(found)
-            elif adapter is not None:
-                contract = assumed_contract(str(adapter))
-        elif run is not None:
-            contract = RunContract.load(run)
+        contract = resolve_contract(adapter, run, data)
         if contract is not None:
             contract.check(frame_size=SIZE, frames_per_clip=frames_per_clip)
-
-        grammar_path = None
-        if isinstance(grammar, str) and grammar == "auto":
-            grammar_path = (contract.grammar_path() if contract is not None and contract.path else None)
-            grammar_path = grammar_path or find_grammar(adapter)
-            if grammar_path and contract is not None and contract.path is not None:
-                contract.check_grammar(grammar_path)  # the tuned weight belongs to the recorded grammar
-            g = Grammar.load(grammar_path) if grammar_path else None
-        elif grammar is None or isinstance(grammar, Grammar):
-            g = grammar
-        else:
-            grammar_path = Path(grammar)
-            g = Grammar.load(grammar_path)
+        grammar_path, g = resolve_grammar(grammar, contract, adapter, data)
 
         config = copy.copy(config) if config is not None else PredictConfig()
         if contract is not None:
@@ -391,6 +414,7 @@ class Predictor:
                 "run": contract.summary() if contract is not None else None}
         predictor = cls(model, processor, grammar=g, fuse_weight=fuse_weight, config=config, info=info)
         predictor.info["fuse_weight"] = predictor.fuse_weight if g is not None else None
+        predictor.contract, predictor.grammar_path = contract, grammar_path
         return predictor
 
     # -------------------------------------------------------------------------------------------- model plumbing
@@ -728,10 +752,11 @@ class Predictor:
         nxt_id = argmax_id(next_model)
         if self.grammar is not None:
             g = grammar_next(self.grammar, scores)
-            fused = fuse(next_model, g, self.fuse_weight, self.config.fuse_mode)
-            nxt_id = argmax_id(fused)
-            scores.update(next_grammar={ID_TO_NAME[i]: p for i, p in g.items()},
-                          next_fused={ID_TO_NAME[i]: p for i, p in fused.items()}, fuse_weight=self.fuse_weight)
+            scores["next_grammar"] = {ID_TO_NAME[i]: p for i, p in g.items()}
+            if self.config.fuse:
+                fused = self.fuse_next(scores)
+                nxt_id = argmax_id(fused)
+                scores.update(next_fused={ID_TO_NAME[i]: p for i, p in fused.items()}, fuse_weight=self.fuse_weight)
         scores.update(timing)
         span = clip_span(*answered, idx) if self.config.span == "shown" else answered
         pred = Prediction(clip_id=str(clip_id), dominant_operation=dom,
@@ -740,6 +765,16 @@ class Predictor:
                           confidence=min(1.0, max(0.0, float(self._calibrated(dom_p)[k]))))
         return PredictResult(prediction=pred, raw_text=raw,
                              repair=check_raw_text(raw) if self.config.free_text else None, scores=scores)
+
+    def fuse_next(self, scores: dict, weight: float | None = None, mode: str | None = None) -> dict[int, float]:
+        """The next-operation distribution {op id: p} of one answer's ``scores``: the model's (``next_model``) fused
+        with the grammar's (``next_grammar``) at ``weight`` (default: this predictor's) in ``mode`` (default: its
+        config's). The one place fusion happens: the answer uses it, evaluation calls it with the weight it tuned."""
+        if self.grammar is None or scores.get("next_grammar") is None:
+            raise PredictError("no grammar to fuse with")
+        return fuse({NAME_TO_ID[n]: p for n, p in scores["next_model"].items()},
+                    {NAME_TO_ID[n]: p for n, p in scores["next_grammar"].items()},
+                    self.fuse_weight if weight is None else weight, mode or self.config.fuse_mode)
 
     def _calibrated(self, dom_p: list[float]) -> list[float]:
         """The dominant distribution with the run's temperature (softmax(log p / T)); as is without one."""
