@@ -99,8 +99,8 @@ def real_token_counts(clip, answer: dict) -> dict:
     and per path the tokens fed and output-head positions of the 4 candidate sets behind ``answer``. Trie: the
     merged tree, head on inner nodes; rows: every candidate row feeds its whole text, head on every position after
     the shared prefix (``logits_to_keep``)."""
-    from openpack_vlm.model.predict import (Trie, common_prefix, dominant_candidates, end_candidates,
-                                            next_candidates, start_candidates)
+    from openpack_vlm.model.answers import dominant_candidates, end_candidates, next_candidates, start_candidates
+    from openpack_vlm.model.scorer import Trie, common_prefix
     from openpack_vlm.model.tiny import real_processor
     from openpack_vlm.prompt import build_messages
 

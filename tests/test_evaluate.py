@@ -16,7 +16,7 @@ from openpack_vlm.evaluation.evaluate import data_provenance
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.labels import NAME_TO_ID
 from openpack_vlm.metrics import evaluate_predictions, majority_class
-from openpack_vlm.model.predict import parse_raw_text
+from openpack_vlm.model.answers import parse_raw_text
 from openpack_vlm.schema import Prediction
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,18 +11,16 @@ from PIL import Image
 
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.labels import NAME_TO_ID, OPERATION_NAMES
-from openpack_vlm.model.predict import (
-    PredictConfig,
+from openpack_vlm.model.answers import (
     PredictError,
-    Predictor,
     check_raw_text,
-    parse_raw_text,
     dominant_candidates,
     end_candidates,
-    find_grammar,
     next_candidates,
+    parse_raw_text,
     start_candidates,
 )
+from openpack_vlm.model.predict import PredictConfig, Predictor, find_grammar
 from openpack_vlm.prompt import clip_span, shown_span, target_text
 from openpack_vlm.data.sampling import sample_clip
 from openpack_vlm.data.shards import jpeg_round_trip
@@ -156,7 +154,7 @@ def test_cached_batched_scores_equal_a_plain_forward(predictor):
 
 
 def test_trie_merges_shared_prefixes():
-    from openpack_vlm.model.predict import Trie, common_prefix
+    from openpack_vlm.model.scorer import Trie, common_prefix
 
     seqs = [[5, 6, 7], [5, 6, 8, 9], [5, 10], [11]]
     t = Trie.build(seqs)

@@ -41,7 +41,8 @@ from .calibration import calibration_report, dominant_probs
 from ..metrics import (confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair,
                        per_class_scores)
 from ..model.loading import ModelLoadError, adapter_dir, resolve_adapter
-from ..model.predict import PredictConfig, Predictor, parse_raw_text
+from ..model.answers import parse_raw_text
+from ..model.predict import PredictConfig, Predictor
 from ..schema import CLIP_FRAMES
 
 log = logging.getLogger("openpack_vlm.evaluation")

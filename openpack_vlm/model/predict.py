@@ -26,12 +26,14 @@ its own (``PredictConfig.scorer="rows"`` keeps that reference path: a copy of th
 candidates, 11 calls per clip; tests and ``scripts/bench_predict.py`` compare the two).
 Candidates are tokenised as complete target strings, exactly as in training, so BPE merges across the value
 boundary are the ones the model learned.
+
+Three modules: ``answers.py`` (the candidate sets, reading the free text), ``scorer.py`` (``CachedScorer``: the
+static cache, the trie scorer, generation) and this one (settings; ``from_pretrained``, the one place that resolves
+run contract, grammar and fusion; ``Predictor``, which turns scores into the answer).
 """
-from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import threading
@@ -41,21 +43,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grammar import Grammar, argmax_id, fuse
-from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION_NAMES
-from ..metrics import as_span, pred_id, temper  # temper: the one formula, shared with the calibration that fits T
-from ..prompt import DEFAULT_SPAN, build_messages, check_span_format, clip_span, target_text
-from ..schema import CLIP_FRAMES, Prediction
 from ..contract import RUN_FILE, RunContract, assumed_contract, find_run
 from ..data.sampling import SamplingConfig, sample_clip
 from ..data.shards import jpeg_round_trip
 from ..data.timebar import draw_time_bar
+from ..grammar import Grammar, argmax_id, fuse
+from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION_NAMES
+from ..metrics import temper  # the one formula, shared with the calibration that fits T
+from ..prompt import DEFAULT_SPAN, check_span_format, clip_span
+from ..schema import CLIP_FRAMES, Prediction
+from .answers import (PredictError, best, check_raw_text, end_candidates, next_candidates, softmax,
+                      start_candidates)
+from .scorer import CachedScorer
 
 DEFAULT_FUSE_WEIGHT = 0.3  # used only when no tuned weight is given or stored in the grammar's meta
-
-
-class PredictError(ValueError):
-    """Input the predictor cannot answer for (one-line message)."""
 
 
 @dataclass
@@ -88,177 +89,6 @@ class PredictResult:
     raw_text: str  # the model's free (greedy) answer, "" when free_text is off
     repair: str | None  # why raw_text was not a valid answer as is; None when it was (or free_text is off)
     scores: dict  # distributions and timings behind the prediction (see Predictor.predict)
-
-
-# ------------------------------------------------------------------------------------------------ target-text pieces
-_DUMMY = OPERATION_NAMES[0]
-
-
-def _target(dom: str, start: int, end: int, nxt: str) -> str:
-    return target_text({"dominant_operation": dom, "temporal_segment": {"start_frame": start, "end_frame": end},
-                        "anticipated_next_operation": nxt})
-
-
-def _cut_after_value(text: str, key: str, value: str) -> str:
-    """``text`` up to and including ``"key": <value>`` and the punctuation glued to it (``",`` / ``},`` / ``"}``), i.e.
-    up to the next space: the BPE pre-tokenizer boundary, so a candidate's tokens are those of the full target."""
-    k = text.index(f'"{key}": ')
-    v = k + len(f'"{key}": ')
-    if text[v] == '"':
-        v += 1
-    if not text.startswith(value, v):
-        raise AssertionError(f"target format changed: {value!r} not found after {key!r} in {text!r}")
-    j = v + len(value)
-    while j < len(text) and text[j] != " ":
-        j += 1
-    return text[:j]
-
-
-def dominant_candidates() -> list[str]:
-    return [_cut_after_value(_target(n, 0, 0, _DUMMY), "dominant_operation", n) for n in OPERATION_NAMES]
-
-
-def start_candidates(dom: str, values: list[int] | None = None) -> list[str]:
-    """The target prefixes ending in each start frame of ``values`` (default: every clip frame 0..124)."""
-    values = range(CLIP_FRAMES) if values is None else values
-    return [_cut_after_value(_target(dom, s, s, _DUMMY), "start_frame", str(s)) for s in values]
-
-
-def end_candidates(dom: str, start: int, values: list[int] | None = None) -> list[str]:
-    """The target prefixes ending in each end frame of ``values`` (default: start..124)."""
-    values = range(start, CLIP_FRAMES) if values is None else values
-    return [_cut_after_value(_target(dom, start, e, _DUMMY), "end_frame", str(e)) for e in values]
-
-
-def next_candidates(dom: str, start: int, end: int) -> list[str]:
-    return [_cut_after_value(_target(dom, start, end, n), "anticipated_next_operation", n) for n in OPERATION_NAMES]
-
-
-@dataclass
-class Trie:
-    """Candidate token sequences merged into a prefix tree. Nodes are numbered in insertion order, so a parent always
-    comes before its children; the flattened tree is one model input, each node seeing only its ancestors."""
-
-    tokens: list[int]
-    parent: list[int]  # -1: the node follows the prompt directly
-    depth: list[int]  # 0 for a first token: M-RoPE position = the prompt's next position + depth
-    paths: list[list[int]]  # each candidate's node ids, one per token
-
-    @classmethod
-    def build(cls, seqs: list[list[int]]) -> "Trie":
-        tokens: list[int] = []
-        parent: list[int] = []
-        depth: list[int] = []
-        paths: list[list[int]] = []
-        index: dict[tuple[int, int], int] = {}
-        for seq in seqs:
-            p, path = -1, []
-            for t in seq:
-                n = index.get((p, t))
-                if n is None:
-                    n = index[(p, t)] = len(tokens)
-                    tokens.append(int(t))
-                    parent.append(p)
-                    depth.append(0 if p < 0 else depth[p] + 1)
-                path.append(n)
-                p = n
-            paths.append(path)
-        return cls(tokens, parent, depth, paths)
-
-    def inner_nodes(self, first: int) -> list[int]:
-        """Nodes whose output scores a candidate token at index >= ``first`` (token j is scored at its parent's
-        position): the only positions that go through the output head."""
-        return sorted({path[j - 1] for path in self.paths for j in range(max(first, 1), len(path))})
-
-    def ancestors(self) -> np.ndarray:
-        """(n, n) bool: row i is True at i and at each of its ancestors (what node i may attend to)."""
-        n = len(self.tokens)
-        a = np.zeros((n, n), dtype=bool)
-        for i, p in enumerate(self.parent):
-            if p >= 0:
-                a[i] = a[p]
-            a[i, i] = True
-        return a
-
-
-def common_prefix(seqs: list[list[int]]) -> int:
-    """Number of leading tokens all sequences share (fed, not scored: the same for every candidate)."""
-    cp = 0
-    while all(len(t) > cp for t in seqs) and len({t[cp] for t in seqs}) == 1:
-        cp += 1
-    return cp
-
-
-def _softmax(logps: list[float]) -> list[float]:
-    m = max(logps)
-    ex = [math.exp(v - m) for v in logps]
-    z = sum(ex)
-    return [v / z for v in ex]
-
-
-def _best(logps: list[float], later: bool = True) -> int:
-    """Index of the highest log-prob; ties → the later candidate (``later``; end frames) or the earlier one (start
-    frames): either way the longer span."""
-    return max(range(len(logps)), key=lambda i: (logps[i], i if later else -i))
-
-
-def check_raw_text(text: str) -> str | None:
-    """None when the free answer is a valid target (JSON, the 3 keys, OpenPack names, a valid span), else why not."""
-    s = text.strip()
-    if s.startswith("```"):  # a fenced answer is still a repair
-        return "wrapped in a code fence"
-    try:
-        d = json.loads(s)
-    except json.JSONDecodeError as e:
-        return f"invalid JSON ({e.msg})"
-    if not isinstance(d, dict):
-        return "JSON is not an object"
-    for key in ("dominant_operation", "temporal_segment", "anticipated_next_operation"):
-        if key not in d:
-            return f"missing key {key}"
-    for key in ("dominant_operation", "anticipated_next_operation"):
-        if d[key] not in NAME_TO_ID:
-            return f"unknown operation name {str(d[key])[:40]!r} in {key}"
-    seg = d["temporal_segment"]
-    if not isinstance(seg, dict) or set(seg) != {"start_frame", "end_frame"}:
-        return "temporal_segment is not {start_frame, end_frame}"
-    s0, e0 = seg["start_frame"], seg["end_frame"]
-    if not (isinstance(s0, int) and isinstance(e0, int) and 0 <= s0 <= e0 <= CLIP_FRAMES - 1):
-        return f"invalid span {s0!r}..{e0!r}"
-    return None
-
-
-def parse_raw_text(text: str, frame_indices: list[int] | None = None) -> dict:
-    """What the free answer says, read leniently (surrounding text/code fences ignored, aliases accepted):
-    {"op": id|None, "span": (start, end)|None, "next": id|None}; a part that is missing or invalid is None.
-    Scores the model as if its free text were trusted (evaluation's *_free_text systems). ``frame_indices``: the
-    clip's sampled frames when the answer is in the "shown" format; its span is then turned into clip frames
-    (``prompt.clip_span``), as the scored answer's is."""
-    s = text.strip()
-    d = None
-    for cand in (s, s[s.find("{"): s.rfind("}") + 1]):
-        try:
-            d = json.loads(cand)
-            break
-        except (json.JSONDecodeError, ValueError):
-            continue
-    if not isinstance(d, dict):
-        return {"op": None, "span": None, "next": None}
-    span = as_span(d.get("temporal_segment"))
-    if span is not None and frame_indices is not None:
-        span = clip_span(span[0], span[1], frame_indices)
-    return {"op": pred_id(d.get("dominant_operation")), "span": span,
-            "next": pred_id(d.get("anticipated_next_operation"))}
-
-
-# ------------------------------------------------------------------------------------------------------- predictor
-def _core_model(model):
-    """The Qwen2-VL model that owns ``get_rope_index`` (under a PeftModel, or the bare one)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    core = getattr(base, "model", base)
-    if not hasattr(core, "get_rope_index"):
-        raise PredictError(f"{type(base).__name__} has no get_rope_index: not a Qwen2-VL-style model")
-    return core
 
 
 def grammar_next(grammar: Grammar, scores: dict) -> dict[int, float]:
@@ -317,30 +147,13 @@ def resolve_grammar(grammar, contract: RunContract | None, adapter, data=None) -
     return path, (Grammar.load(path) if path is not None else None)
 
 
-@dataclass
-class _Batch:
-    """Prompt state of a batch of clips for the trie scorer."""
-
-    cache: object  # transformers StaticCache: prompt in slots [0, prompt_len), later steps after it, rolled back
-    valid: object  # (B, prompt_len) bool: False at left padding
-    next_pos: object  # (B,) M-RoPE position of the first token after each row's prompt
-    last_logp: object  # (B, V) log-probs of the first answer token
-    prompt_len: int
-    room: int  # cache slots after the prompt
-
-
-class Predictor:
+class Predictor(CachedScorer):
     """Frames → ``PredictResult``. Thread-safe (one lock around model calls)."""
 
     def __init__(self, model, processor, grammar: Grammar | None = None, fuse_weight: float | None = None,
                  config: PredictConfig | None = None, info: dict | None = None):
-        import torch
-
-        self.model = model
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
+        super().__init__(model, processor, config or PredictConfig())
         self.grammar = grammar
-        self.config = config or PredictConfig()
         w = fuse_weight if fuse_weight is not None else self.config.fuse_weight
         if w is None and grammar is not None:
             w = grammar.meta.get("fuse_weight")
@@ -349,21 +162,9 @@ class Predictor:
             raise PredictError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
         self.info = dict(info or {})
         self._lock = threading.Lock()
-        self._core = _core_model(model)
-        self._device = next(model.parameters()).device
-        self._torch = torch
-        eos = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self._stop_ids = {i for i in (eos, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
-        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self._dom_cands = dominant_candidates()
         check_span_format(self.config.span)
-        self._room: int | None = None  # cache slots after the prompt (the largest candidate tree; see _cache_room)
-        self.model_calls = 0  # forwards so far (benchmarks and tests read it)
-
-    @property
-    def device(self):
-        """The torch device the model's inputs go to (cuda:0, cpu)."""
-        return self._device
+        self.contract: RunContract | None = None  # set by from_pretrained: what it resolved
+        self.grammar_path: Path | None = None
 
     @classmethod
     def from_pretrained(cls, model_id: str, adapter: str | os.PathLike | None = None, quantization: str = "none",
@@ -417,234 +218,6 @@ class Predictor:
         predictor.contract, predictor.grammar_path = contract, grammar_path
         return predictor
 
-    # -------------------------------------------------------------------------------------------- model plumbing
-    def _call(self, **kwargs):
-        self.model_calls += 1
-        return self.model(**kwargs)
-
-    def _encode_prompt(self, images, frame_indices, device=True):
-        text = self.processor.apply_chat_template(build_messages(frame_indices, span=self.config.span),
-                                                  add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[text], images=list(images), return_tensors="pt")
-        return {k: v.to(self._device) for k, v in inputs.items()} if device else dict(inputs)
-
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-
-    def _cache_room(self) -> int:
-        """Cache slots needed after the prompt by the largest candidate tree (any dominant op; end frames after
-        start 0; next op after 3-digit frames), plus slack for a longer shared prefix. Computed once (~3k strings)."""
-        if self._room is None:
-            sets = [self._dom_cands]
-            for n in OPERATION_NAMES:
-                sets += [start_candidates(n), end_candidates(n, 0), next_candidates(n, CLIP_FRAMES - 1, CLIP_FRAMES - 1)]
-            self._room = max(len(Trie.build(self._tokenize(s)).tokens) for s in sets) + 16
-        return self._room
-
-    def _mask(self, keys: "torch.Tensor"):
-        """(B, Q, L) bool "may attend" → the additive 4-D mask (B, 1, Q, L) in the model's compute dtype."""
-        torch = self._torch
-        dtype = self.model.get_input_embeddings().weight.dtype
-        zero = torch.zeros((), dtype=dtype, device=self._device)
-        return torch.where(keys.to(self._device), zero, torch.finfo(dtype).min)[:, None]
-
-    def _prefill_batch(self, items) -> "_Batch":
-        """Left-padded prompts of several clips in one forward into a static cache sized for the longest later step."""
-        from transformers import StaticCache
-
-        torch = self._torch
-        encs = [self._encode_prompt(imgs, idx, device=False) for imgs, idx, _ in items]
-        lens = [int(e["input_ids"].shape[1]) for e in encs]
-        b, p = len(encs), max(lens)
-        ids = torch.full((b, p), self._pad_id, dtype=torch.long)
-        valid = torch.zeros((b, p), dtype=torch.bool)
-        mm = torch.zeros((b, p), dtype=torch.long) if "mm_token_type_ids" in encs[0] else None
-        for r, (e, n) in enumerate(zip(encs, lens)):  # left padding: every row's last position is its own last token
-            ids[r, p - n:] = e["input_ids"][0]
-            valid[r, p - n:] = True
-            if mm is not None:
-                mm[r, p - n:] = e["mm_token_type_ids"][0]
-        inputs = {"input_ids": ids, "attention_mask": valid.long(),
-                  "pixel_values": torch.cat([e["pixel_values"] for e in encs]),
-                  "image_grid_thw": torch.cat([e["image_grid_thw"] for e in encs])}
-        if mm is not None:
-            inputs["mm_token_type_ids"] = mm
-        inputs = {k: v.to(self._device) for k, v in inputs.items()}
-        rope_kwargs = {k: inputs[k] for k in ("image_grid_thw", "attention_mask", "mm_token_type_ids") if k in inputs}
-        pos, delta = self._core.get_rope_index(inputs["input_ids"], **rope_kwargs)
-        room = max(self._cache_room(), self.config.max_new_tokens if self.config.free_text else 0)
-        cache = StaticCache(config=self.model.config, max_cache_len=p + room)
-        # causal over each row's own tokens; a pad position sees only itself (finite values, never seen by real ones)
-        keys = torch.zeros((b, p, p + room), dtype=torch.bool)
-        keys[:, :, :p] = torch.tril(torch.ones(p, p, dtype=torch.bool)) & valid[:, None, :]
-        keys[:, :, :p] |= torch.eye(p, dtype=torch.bool)
-        inputs["attention_mask"] = self._mask(keys)
-        out = self._call(**inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
-        last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        next_pos = torch.tensor(lens, device=self._device) + delta.reshape(-1).to(self._device)
-        return _Batch(cache=cache, valid=valid, next_pos=next_pos, last_logp=last, prompt_len=p, room=room)
-
-    def _score_sets(self, st: "_Batch", sets: list[list[str]]) -> list[list[float]]:
-        """Summed log-prob of every candidate of each row's closed set (row r: ``sets[r]``), all rows in ONE call:
-        each row's candidates as a flattened prefix tree after its prompt (``Trie``); only inner nodes reach the
-        output head. Equal to ``score_texts`` per row (same tokens, positions and attended keys)."""
-        torch = self._torch
-        b, p = len(sets), st.prompt_len
-        rows = []
-        for texts in sets:
-            toks = self._tokenize(texts)
-            cp = common_prefix(toks)
-            trie = Trie.build(toks)
-            first = max(cp, 1)  # token 0 of a candidate is scored from the prompt's logits
-            need = trie.inner_nodes(first)
-            rows.append((toks, cp, trie, need))
-        t = max(len(r[2].tokens) for r in rows)
-        m = max(1, max(len(r[3]) for r in rows))
-        if t > st.room:
-            raise RuntimeError(f"candidate tree of {t} tokens exceeds the {st.room} cache slots reserved after the "
-                               "prompt (Predictor._cache_room)")
-        ids = torch.full((b, t), self._pad_id, dtype=torch.long)
-        depth = torch.zeros((b, t), dtype=torch.long)
-        keep = torch.zeros((b, m), dtype=torch.long)
-        keys = torch.zeros((b, t, p + st.room), dtype=torch.bool)
-        keys[:, :, :p] = st.valid[:, None, :]
-        for r, (_, _, trie, need) in enumerate(rows):
-            n = len(trie.tokens)
-            ids[r, :n] = torch.tensor(trie.tokens)
-            depth[r, :n] = torch.tensor(trie.depth)
-            keys[r, :n, p:p + n] = torch.from_numpy(trie.ancestors())
-            keys[r, n:, :] = False  # padding nodes: only themselves
-            keys[r, n:, p + n:p + t] = torch.eye(t - n, dtype=torch.bool)
-            keep[r, :len(need)] = torch.tensor(need, dtype=torch.long)
-        pos = (st.next_pos[:, None] + depth.to(self._device)).unsqueeze(0).expand(3, b, t)
-        out = self._call(input_ids=ids.to(self._device), position_ids=pos, attention_mask=self._mask(keys),
-                         cache=st.cache, use_cache=True, logits_to_keep=keep.to(self._device))
-        st.cache.crop(-t)  # roll back: the next step writes over these slots
-        results = []
-        for r, (toks, cp, trie, need) in enumerate(rows):
-            where = {node: i for i, node in enumerate(need)}
-            cand, mi, tok = [], [], []
-            for c, (path, seq) in enumerate(zip(trie.paths, toks)):
-                for j in range(max(cp, 1), len(seq)):
-                    cand.append(c)
-                    mi.append(where[path[j - 1]])
-                    tok.append(seq[j])
-            total = torch.zeros(len(toks), dtype=torch.float32, device=self._device)
-            if cand:
-                logits = out.logits[r, :len(need)].float()
-                lse = torch.logsumexp(logits, dim=-1)
-                mi_t = torch.tensor(mi, device=self._device)
-                vals = logits[mi_t, torch.tensor(tok, device=self._device)] - lse[mi_t]
-                total.index_add_(0, torch.tensor(cand, device=self._device), vals)
-            if cp == 0:
-                total += st.last_logp[r, torch.tensor([s[0] for s in toks], device=self._device)]
-            results.append([float(v) for v in total.cpu()])
-        return results
-
-    def _generate_batch(self, st: "_Batch") -> list[str]:
-        """Greedy free answers of all rows, one token per row per call, after the prompt; rolled back after."""
-        torch = self._torch
-        b, p = st.valid.shape
-        nxt = torch.argmax(st.last_logp, dim=-1).tolist()
-        outs: list[list[int]] = [[] for _ in range(b)]
-        done = [False] * b
-        steps = 0
-        keys = torch.zeros((b, 1, p + st.room), dtype=torch.bool)
-        keys[:, 0, :p] = st.valid
-        for step in range(self.config.max_new_tokens):
-            for r in range(b):
-                if not done[r]:
-                    if nxt[r] in self._stop_ids:
-                        done[r] = True
-                    else:
-                        outs[r].append(nxt[r])
-            if all(done):
-                break
-            ids = torch.tensor([[self._pad_id if d else v] for v, d in zip(nxt, done)], device=self._device)
-            keys[:, 0, p + step] = True
-            pos = (st.next_pos + step).view(1, b, 1).expand(3, b, 1)
-            out = self._call(input_ids=ids, position_ids=pos, attention_mask=self._mask(keys), cache=st.cache,
-                             use_cache=True, logits_to_keep=1)
-            steps += 1
-            nxt = torch.argmax(out.logits[:, -1], dim=-1).tolist()
-        if steps:
-            st.cache.crop(-steps)
-        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
-
-    def _prefill(self, inputs):
-        """One forward over the prompt → (cache, last-position log-probs, prompt length, rope delta)."""
-        torch = self._torch
-        rope_kwargs = {k: inputs[k] for k in ("image_grid_thw", "attention_mask", "mm_token_type_ids") if k in inputs}
-        pos, delta = self._core.get_rope_index(inputs["input_ids"], **rope_kwargs)
-        out = self._call(**inputs, position_ids=pos, use_cache=True, logits_to_keep=1)
-        last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        return out.cache, last, int(inputs["input_ids"].shape[1]), int(delta.reshape(-1)[0])
-
-    def _forward_cached(self, cache, ids, delta, keep: int = 0):
-        """Run (B, L) token ids after a copy of the prompt cache → fp32 logits of the last ``keep`` positions (all
-        when 0): (B, keep, V). Keeping only the scored positions bounds memory (V = 151k for Qwen2-VL)."""
-        torch = self._torch
-        b, length = ids.shape
-        c = copy.deepcopy(cache)
-        if b > 1:
-            c.batch_repeat_interleave(b)
-        start = c.get_seq_length()
-        pos = (torch.arange(start, start + length, device=self._device) + delta).view(1, 1, -1).expand(3, b, -1)
-        mask = torch.ones(b, start + length, dtype=torch.long, device=self._device)
-        out = self._call(input_ids=ids, cache=c, position_ids=pos, attention_mask=mask, use_cache=True,
-                         logits_to_keep=keep)
-        return out.logits.float()
-
-    def score_texts(self, state, texts: list[str]) -> list[float]:
-        """Summed log-prob of each assistant text's tokens after their common token prefix (the prefix is fed but
-        not scored: it is the same for all candidates)."""
-        torch = self._torch
-        cache, last_logp, _, delta = state
-        toks = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        cp = common_prefix(toks)
-        first = max(cp, 1)  # first token index scored from this forward (token 0 comes from the prompt's logits)
-        scores: list[float] = []
-        bs = max(1, int(self.config.score_batch))
-        for i in range(0, len(toks), bs):
-            chunk = toks[i:i + bs]
-            width = max(len(t) for t in chunk)
-            ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long, device=self._device)
-            lens = torch.tensor([len(t) for t in chunk], device=self._device)
-            for r, t in enumerate(chunk):  # right padding: causal attention keeps pads out of real positions
-                ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
-            total = torch.zeros(len(chunk), device=self._device)
-            if cp == 0:
-                total += last_logp[ids[:, 0]]
-            if width > first:
-                # token j is predicted at position j-1: keep positions first-1 .. width-1 (the last one is unused)
-                logp = torch.log_softmax(self._forward_cached(cache, ids, delta, keep=width - first + 1), dim=-1)
-                tgt = ids[:, first:]
-                got = logp[:, :-1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, width-first)
-                j = torch.arange(first, width, device=self._device)
-                total += torch.where(j.unsqueeze(0) < lens.unsqueeze(1), got, torch.zeros_like(got)).sum(-1)
-            scores.extend(float(v) for v in total.cpu())
-        return scores
-
-    def _generate(self, state) -> str:
-        """Greedy free answer from the prompt cache, stopping at <|im_end|> or max_new_tokens."""
-        torch = self._torch
-        cache, last_logp, prompt_len, delta = state
-        c = copy.deepcopy(cache)
-        out_ids: list[int] = []
-        nxt = int(torch.argmax(last_logp))
-        for _ in range(self.config.max_new_tokens):
-            if nxt in self._stop_ids:
-                break
-            out_ids.append(nxt)
-            start = c.get_seq_length()
-            pos = torch.full((3, 1, 1), start + delta, dtype=torch.long, device=self._device)
-            mask = torch.ones(1, start + 1, dtype=torch.long, device=self._device)
-            ids = torch.tensor([[nxt]], dtype=torch.long, device=self._device)
-            out = self._call(input_ids=ids, cache=c, position_ids=pos, attention_mask=mask, use_cache=True)
-            c = out.cache
-            nxt = int(torch.argmax(out.logits[0, -1]))
-        return self.tokenizer.decode(out_ids, skip_special_tokens=True)
-
     # ------------------------------------------------------------------------------------------------ public API
     @staticmethod
     def _checked(images: list, frame_indices: list[int]) -> tuple[list, list[int]]:
@@ -687,15 +260,15 @@ class Predictor:
         with self._lock, self._torch.inference_mode():
             calls0 = self.model_calls
             st = self._prefill_batch(checked)
-            dom_p = [_softmax(lp) for lp in self._score_sets(st, [self._dom_cands] * b)]
+            dom_p = [softmax(lp) for lp in self._score_sets(st, [self._dom_cands] * b)]
             ks = [max(range(len(p)), key=lambda i: (p[i], -i)) for p in dom_p]
             doms = [OPERATION_NAMES[k] for k in ks]
             svals = [self._start_values(idx) for _, idx, _ in checked]
             st_lp = self._score_sets(st, [start_candidates(d, v) for d, v in zip(doms, svals)])
-            starts = [v[_best(lp, later=False)] for v, lp in zip(svals, st_lp)]
+            starts = [v[best(lp, later=False)] for v, lp in zip(svals, st_lp)]
             evals = [[x for x in v if x >= s] for v, s in zip(svals, starts)]
             en_lp = self._score_sets(st, [end_candidates(d, s, v) for d, s, v in zip(doms, starts, evals)])
-            ends = [v[_best(lp)] for v, lp in zip(evals, en_lp)]
+            ends = [v[best(lp)] for v, lp in zip(evals, en_lp)]
             nx_lp = self._score_sets(st, [next_candidates(d, s, e) for d, s, e in zip(doms, starts, ends)])
             raws = self._generate_batch(st) if self.config.free_text else [""] * b
             calls = self.model_calls - calls0
@@ -714,15 +287,15 @@ class Predictor:
         with self._lock, self._torch.inference_mode():
             calls0 = self.model_calls
             state = self._prefill(self._encode_prompt(imgs, idx))
-            dom_p = _softmax(self.score_texts(state, self._dom_cands))
+            dom_p = softmax(self.score_texts(state, self._dom_cands))
             k = max(range(len(dom_p)), key=lambda i: (dom_p[i], -i))
             dom = OPERATION_NAMES[k]
             svals = self._start_values(idx)
             st_lp = self.score_texts(state, start_candidates(dom, svals))
-            start = svals[_best(st_lp, later=False)]
+            start = svals[best(st_lp, later=False)]
             evals = [x for x in svals if x >= start]
             en_lp = self.score_texts(state, end_candidates(dom, start, evals))
-            end = evals[_best(en_lp)]
+            end = evals[best(en_lp)]
             nx_lp = self.score_texts(state, next_candidates(dom, start, end))
             raw = self._generate(state) if self.config.free_text else ""
             calls = self.model_calls - calls0
@@ -735,7 +308,7 @@ class Predictor:
         # the truth never names Null as the next operation (clips.py skips it): not a candidate. The dominant op
         # stays one: when the model names the clip's second operation as dominant (boundary clips), its "next"
         # guess of that same name is often the true next one (measured on the demo: masking it cost AA@1 0.14)
-        nx_p = _softmax([lp if n != NULL_NAME else -math.inf for n, lp in zip(OPERATION_NAMES, nx_lp)])
+        nx_p = softmax([lp if n != NULL_NAME else -math.inf for n, lp in zip(OPERATION_NAMES, nx_lp)])
         next_model = {OPERATION_IDS[i]: p for i, p in enumerate(nx_p)}
         scores = {
             "dominant": {OPERATION_NAMES[i]: p for i, p in enumerate(dom_p)},
