@@ -13,43 +13,11 @@ LLaMA-Factory (``python -m openpack_vlm.data.export``). A rerun with the same se
 """
 from __future__ import annotations
 
-import logging
 import sys
 
-from openpack_vlm.cli import build_parser, parse
-from openpack_vlm.data.pipeline import PipelineConfig, PipelineError, run
-from openpack_vlm.io_utils import one_line
+from openpack_vlm.data.pipeline import main  # the CLI lives in the package (also the `openpack-data` command)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(PipelineConfig, prog="data_pipeline.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
-    try:
-        cfg, _ = parse(parser, argv)
-        summary = run(cfg)
-    except (PipelineError, OSError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - a bug, not bad input: one line here, the traceback with --debug
-        if debug:
-            raise
-        print(f"error: unexpected {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
-    for split, c in summary["splits"].items():
-        print(f"{split}: {c['clips']} clips in {c['shards']} shards from {c['sessions']} sessions "
-              f"-> {cfg.out}/{split}/")
-    print(f"skipped: {len(summary['skipped'])} ({summary['skipped_by_reason'] or 'none'})")
-    print(f"wrote {cfg.out}/summary.json, run.json" + (", grammar.json" if summary["grammar"] else ""))
-    if cfg.samples_out:
-        print(f"wrote {cfg.n_samples} samples to {cfg.samples_out}/")
-    if cfg.export_llava:
-        print(f"wrote the pairs for 2U1 ({cfg.export_llava}/{{split}}.llava.json) and LLaMA-Factory "
-              f"({cfg.export_llava}/dataset_info.json)")
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,28 +12,9 @@ R/run.json). Every flag is a field of openpack_vlm.evaluation.evaluate.EvalConfi
 """
 from __future__ import annotations
 
-import sys
+from openpack_vlm.evaluation.evaluate import main  # the CLI lives in the package (also `openpack-evaluate`)
 
-from openpack_vlm.cli import build_parser, parse
-from openpack_vlm.evaluation.evaluate import EvalConfig, evaluate, format_table
-from openpack_vlm.io_utils import one_line
-
-
-def main(argv=None) -> int:
-    parser = build_parser(EvalConfig, prog="evaluate.py", description=__doc__.split("\n")[0])
-    cfg, _ = parse(parser, argv)
-    try:
-        results = evaluate(cfg)
-    except Exception as e:  # the CLI prints one line, never a traceback
-        print(f"error: {one_line(e, with_type=True)}", file=sys.stderr)
-        return 1
-    print(format_table(results))
-    mem = results["provenance"]["memory"]
-    print(f"batch_clips={cfg.batch_clips}  peak memory: {mem['kind']} {mem['bytes'] / 1e9:.3f} GB")
-    print(f"wrote {cfg.out}/results.json, predictions.jsonl, confusion.json, confusion.png, failure_modes.json, "
-          "run.json")
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -129,3 +129,18 @@ def test_layers_are_the_documented_ones():
     text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
     block = text.split("<!-- layers:start -->\n", 1)[1].split("\n<!-- layers:end -->", 1)[0]
     assert block == "\n".join(f"{i}. " + ", ".join(f"`{n}`" for n in names) for i, names in enumerate(LAYERS))
+
+
+def test_every_console_script_is_a_main_of_the_package():
+    """pyproject's [project.scripts]: each command names a ``main`` in the package (what the top-level scripts call)."""
+    import importlib
+    import inspect
+    import tomllib
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"openpack-data", "openpack-train", "openpack-evaluate", "openpack-serve", "openpack-timeline"} <= set(scripts)
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert module.startswith("openpack_vlm.") and func == "main", name
+        fn = getattr(importlib.import_module(module), func)
+        assert callable(fn) and len(inspect.signature(fn).parameters) <= 1, name

@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ from . import clips as clipsmod
 from .skeleton import PoseRender
 from .sources import SOURCE_KINDS, PoseFrameSource, open_source
 from .errors import FrameError, VideoDecodeError
-from ..cli import setting
+from ..cli import build_parser, parse, setting
 from ..contract import RUN_FILE, ContractError, DataSection, RunContract, file_sha256
 from ..grammar import Grammar, mean_durations
 from ..io_utils import one_line, write_json, write_jsonl
@@ -493,3 +494,34 @@ def parse_splits(items: list[str]) -> dict[str, list[str]]:
             raise PipelineError(f"bad --splits item {item!r}")
         splits[name] = users
     return splits
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(PipelineConfig, description="OpenPack -> boundary clips -> frames -> WebDataset shards + chat pairs + the run contract (data_pipeline.py, openpack-data)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, _ = parse(parser, argv)
+        summary = run(cfg)
+    except (PipelineError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug, not bad input: one line here, the traceback with --debug
+        if debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    for split, c in summary["splits"].items():
+        print(f"{split}: {c['clips']} clips in {c['shards']} shards from {c['sessions']} sessions "
+              f"-> {cfg.out}/{split}/")
+    print(f"skipped: {len(summary['skipped'])} ({summary['skipped_by_reason'] or 'none'})")
+    print(f"wrote {cfg.out}/summary.json, run.json" + (", grammar.json" if summary["grammar"] else ""))
+    if cfg.samples_out:
+        print(f"wrote {cfg.n_samples} samples to {cfg.samples_out}/")
+    if cfg.export_llava:
+        print(f"wrote the pairs for 2U1 ({cfg.export_llava}/{{split}}.llava.json) and LLaMA-Factory "
+              f"({cfg.export_llava}/dataset_info.json)")
+    return 0
+

@@ -26,16 +26,17 @@ import gc
 import logging
 import json
 import subprocess
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..cli import setting
+from ..cli import build_parser, parse, setting
 from ..contract import RUN_FILE, ContractError, EvaluationSection, RunContract, file_sha256
 from ..grammar import GrammarError, argmax_id, tune_fuse_weight
-from ..io_utils import save_figure, write_atomic, write_json, write_jsonl
+from ..io_utils import one_line, save_figure, write_atomic, write_json, write_jsonl
 from ..labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, to_id
 from .calibration import calibration_report, dominant_probs
 from ..metrics import (confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair,
@@ -599,3 +600,20 @@ def format_table(results: dict) -> str:
 
 __all__ = ["EvalConfig", "EvalError", "evaluate", "format_table", "select_clips", "load_clips", "data_provenance",
            "GrammarError"]
+
+
+def main(argv=None) -> int:
+    parser = build_parser(EvalConfig, description="Evaluate base vs fine-tuned Qwen2-VL on the held-out test split → results.json (evaluate.py, openpack-evaluate)")
+    cfg, _ = parse(parser, argv)
+    try:
+        results = evaluate(cfg)
+    except Exception as e:  # the CLI prints one line, never a traceback
+        print(f"error: {one_line(e, with_type=True)}", file=sys.stderr)
+        return 1
+    print(format_table(results))
+    mem = results["provenance"]["memory"]
+    print(f"batch_clips={cfg.batch_clips}  peak memory: {mem['kind']} {mem['bytes'] / 1e9:.3f} GB")
+    print(f"wrote {cfg.out}/results.json, predictions.jsonl, confusion.json, confusion.png, failure_modes.json, "
+          "run.json")
+    return 0
+
