@@ -26,5 +26,7 @@ fi
 $PY -m pip install -q --disable-pip-version-check -r requirements.txt
 # openpack-toolkit pins numpy<2 / pandas<2 but runs on the versions above (tested): install it without its pins.
 $PY -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+# gradio for the Space app and its test, without its pillow<13 cap (requirements-gradio.txt says why)
+$PY -m pip install -q --disable-pip-version-check --no-deps -r requirements-gradio.txt
 $PY -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 echo "install.sh: done ($($PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
