@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .labels import ID_TO_NAME, NULL_ID, OPERATION_IDS
+from .io_utils import read_json, write_json
 
 #: Per-class duration mean and sample std (s) in the real U0209/S0500 session (tests/data/openpack): the synthetic
 #: generator draws durations from them and the timeline's HMM uses the means when no fitted ones are given.
@@ -236,14 +237,10 @@ class Grammar:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically (never a half-written file)."""
-        from .io_utils import write_json
-
         return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Grammar":
-        from .io_utils import read_json
-
         return cls.from_json(read_json(path, "grammar file", GrammarError))
 
     def __repr__(self) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..cli import setting
+from ..cli import build_parser, parse, setting
 from ..io_utils import atomic_path, one_line, read_json, write_json
 
 ZENODO_URL = "https://zenodo.org"
@@ -220,8 +220,6 @@ def download(cfg: DownloadConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    from ..cli import build_parser, parse
-
     parser = build_parser(DownloadConfig, prog="python -m openpack_vlm.data.download",
                           description=__doc__.split("\n")[0])
     cfg, _ = parse(parser, argv)

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..io_utils import AtomicPath
+from ..labels import OPERATION_NAMES
 
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -168,8 +169,6 @@ def write_smoke_shards(data_dir: Path, n: int = 16) -> Path:
     checks and the DDP test (scripts/gpu_smoke.py, gpu_vram_check.py, tests/test_ddp.py)."""
     import numpy as np
     from PIL import Image
-
-    from ..labels import OPERATION_NAMES
 
     rng = np.random.default_rng(0)
     with ShardWriter(data_dir / "train") as w:

@@ -40,7 +40,7 @@ from ..io_utils import one_line, save_figure, write_atomic, write_json, write_js
 from ..labels import ID_TO_NAME, NAME_TO_ID, OPERATION_IDS, to_id
 from .calibration import calibration_report, dominant_probs
 from ..metrics import (confusion_dict, confusion_matrix, evaluate_predictions, majority_class, most_confused_pair,
-                       per_class_scores)
+                       per_class_scores, span_iou)
 from ..model.loading import ModelLoadError, adapter_dir, resolve_adapter
 from ..model.answers import parse_raw_text
 from ..model.predict import PredictConfig, Predictor
@@ -539,8 +539,6 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def _failure_modes(cm, recs: list[dict], per_clip: list[dict]) -> dict:
     """Most confused class pair of the fine-tuned model with its clip ids, plus the clips whose span missed worst."""
-    from ..metrics import span_iou
-
     pair = most_confused_pair(cm)
     out: dict = {"system": "finetuned_model", "most_confused_pair": None}
     if pair is not None:

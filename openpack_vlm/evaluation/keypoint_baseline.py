@@ -24,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import setting
+from ..cli import build_parser, parse, setting
 from ..labels import NAME_TO_ID, NULL_ID, OPERATION_IDS
 from ..schema import CLIP_FRAMES
+from ..metrics import evaluate_predictions
+from ..io_utils import one_line
 
 log = logging.getLogger("openpack_vlm.keypoint_baseline")
 N_OPS = len(OPERATION_IDS)
@@ -193,8 +195,6 @@ def predict(net, x: np.ndarray) -> list[dict]:
 
 def run(cfg: BaselineConfig) -> dict:
     """Train on the train split, answer the chosen clips of ``cfg.split``, score them like evaluate.py."""
-    from ..metrics import evaluate_predictions
-
     data = Path(cfg.data)
     t0 = time.perf_counter()
     clips = ClipKeypoints(openpack_root(data))
@@ -222,9 +222,6 @@ def run(cfg: BaselineConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    from ..cli import build_parser, parse
-    from ..io_utils import one_line
-
     parser = build_parser(BaselineConfig, prog="python -m openpack_vlm.evaluation.keypoint_baseline",
                           description=__doc__.split("\n")[0])
     cfg, _ = parse(parser, argv)

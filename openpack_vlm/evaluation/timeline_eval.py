@@ -17,6 +17,7 @@ from ..contract import RunContract
 from ..io_utils import write_json
 from ..schema import FPS
 from ..metrics import SEGMENT_OVERLAPS
+from ..labels import ID_TO_NAME
 
 SEGMENT_KEYS = ("edit", *(f"F1@{round(k * 100)}" for k in SEGMENT_OVERLAPS))
 
@@ -24,8 +25,6 @@ log = logging.getLogger("openpack_vlm.evaluate")
 
 
 def _relative(segments, t0_ms: int, t1_ms: int) -> list[dict]:
-    from ..labels import ID_TO_NAME
-
     out = []
     for s in segments:
         a, b = max(s.start_ms, t0_ms), min(s.end_ms, t1_ms)

@@ -17,6 +17,9 @@ import os
 from pathlib import Path
 
 from ..io_utils import atomic_path
+from ..labels import OPERATION_NAMES
+from ..prompt import USER_PREFIX, USER_SUFFIX, frame_label, system_prompt, target_text
+from ..schema import CLIP_FRAMES
 
 TINY_MODEL_ID = "tiny"
 TINY_DIRNAME = "tiny-qwen2vl"
@@ -76,10 +79,6 @@ def cache_dir() -> Path:
 def _tokenizer_corpus(seed: int) -> list[str]:
     """Text the tiny BPE is trained on: the real prompt, chat-template words, class names, digits and target JSON."""
     import random
-
-    from ..labels import OPERATION_NAMES
-    from ..prompt import USER_PREFIX, USER_SUFFIX, frame_label, system_prompt, target_text
-    from ..schema import CLIP_FRAMES
 
     rng = random.Random(seed)
     # the "clip" wording, the corpus the cached tiny tokenizers were built from (a new word costs a few byte tokens)

@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..prompt import build_messages, target_text
+
 GB = 1e9  # decimal GB, as GPU makers count (T4 "16 GB" = 15.1 GiB usable ~ 15.8e9 B)
 
 # Values of Qwen/Qwen2-VL-2B-Instruct's config.json on the Hugging Face Hub (flat pre-v5 layout, as published
@@ -188,7 +190,6 @@ def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
     """Text tokens of one training sample (chat template, timestamps, target JSON; image pads excluded), counted
     exactly with ``tokenizer``, by default the real Qwen2-VL-2B-Instruct tokenizer vendored with the package (offline).
     Returns (count, True): the flag says the count is exact (kept for callers that print it)."""
-    from ..prompt import build_messages
     from .tiny import QWEN2VL_CHAT_TEMPLATE, real_processor
 
     frame_indices = list(frame_indices) if frame_indices is not None else [0, 17, 33, 50, 66, 83, 100, 124]
@@ -208,8 +209,6 @@ def _sample_truth() -> dict:
 def answer_tokens(tokenizer=None) -> tuple[int, bool]:
     """Trained tokens of one sample (the answer JSON + <|im_end|>): the positions train.answer_only_loss projects
     onto the vocabulary. Exact with the tokenizer, else characters / 3.6 (flagged as an estimate)."""
-    from ..prompt import target_text
-
     text = target_text(_sample_truth())
     if tokenizer is not None:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1, True

@@ -23,6 +23,7 @@ from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_ID
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
 from .merge import MergeConfig, merge_windows
 from .windows import Window, expected_windows, iter_windows, stride_ticks
+from ..metrics import segment_scores
 
 FORMAT = "openpack-vlm-timeline"
 VERSION = 1
@@ -166,8 +167,6 @@ def score_timeline(pred_seconds: list[str], truth_segments: list[dict]) -> dict:
     per_class = {str(name): round(float(row["f1"]), 4) for name, row in df.iterrows()
                  if not str(name).startswith("avg/") and int(row["id"]) != NULL_ID}
     present = [ID_TO_NAME[i] for i in sorted(set(t[keep].tolist()))]
-    from ..metrics import segment_scores
-
     seg = segment_scores(y.tolist(), t.tolist(), background=[NULL_ID])  # Null = background, as OpenPack ignores it
     return {"macro_f1": round(float(df.loc["avg/macro", "f1"]), 4), **seg,
             "weighted_f1": round(float(df.loc["avg/weighted", "f1"]), 4),
