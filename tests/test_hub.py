@@ -83,6 +83,7 @@ def test_folder_layout_and_model_card(pushed, eval_out, run_dir):
     assert '"max_steps": 3' in text and f"ADAPTER_PATH={REPO_ID}" in text
 
 
+@pytest.mark.slow  # three model-loading subprocesses (~25 s)
 def test_loaded_by_id_from_an_offline_cache_answers_like_the_local_run(pushed, run_dir, tiny_model_dir,
                                                                         pipeline_out, tmp_path):
     cache = tmp_path / "hf-cache"
