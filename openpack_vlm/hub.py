@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import build_parser, parse, setting
-from .contract import RUN_FILE, ContractError, RunContract, file_sha256
+from .contract import RUN_FILE, ContractError, RunContract, file_sha256, find_run
 from .io_utils import atomic_path, one_line
 from .model.loading import HUB_ID, ModelLoadError, adapter_dir, hub_id
 
@@ -151,14 +151,14 @@ def _find_results(contract: RunContract, results: str | os.PathLike | None) -> P
 def build_folder(run_dir: str | os.PathLike, dest: str | os.PathLike, repo_id: str,
                  results: str | os.PathLike | None = None) -> Path:
     """Write exactly the folder ``push`` uploads into ``dest`` (replaced atomically)."""
-    if hub_id(repo_id) is None and not HUB_ID.match(repo_id):
+    if not HUB_ID.match(repo_id):
         raise HubError(f"--repo-id {repo_id!r} is not USER/NAME")
     run_dir = Path(run_dir)
     try:
         adapter = adapter_dir(run_dir)
     except ModelLoadError as e:
         raise HubError(str(e)) from None
-    run_file = next((p for p in (adapter / RUN_FILE, adapter.parent / RUN_FILE) if p.is_file()), None)
+    run_file = find_run(adapter)
     if run_file is None:
         raise HubError(f"no {RUN_FILE} beside {adapter}: push a run made by openpack_vlm.model.train")
     try:

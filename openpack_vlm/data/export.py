@@ -33,7 +33,7 @@ from ..cli import build_parser, parse, setting
 from ..contract import RUN_FILE, RunContract
 from ..io_utils import atomic_path, one_line
 from ..prompt import build_messages, system_prompt
-from .shards import frame_member, shard_paths
+from .shards import frame_member, iter_raw_samples, sample_jpegs, shard_paths
 
 IMAGE_TAG = "<image>"  # both trainers' image placeholder (2U1: LLAVA_IMAGE_TOKEN; LLaMA-Factory: IMAGE_PLACEHOLDER)
 
@@ -65,21 +65,6 @@ def _llava_human(user: str) -> str:
     return user.replace(IMAGE_TAG + "\n", IMAGE_TAG + "\n\n").replace("\n" + IMAGE_TAG, "\n\n" + IMAGE_TAG)
 
 
-def _raw_samples(paths: list[Path]):
-    """(record dict, {member: JPEG bytes}) per clip, streamed from the shards without decoding a frame."""
-    import webdataset as wds
-
-    for sample in wds.WebDataset([str(p) for p in paths], shardshuffle=False, empty_check=False):
-        record = json.loads(sample["json"])
-        frames = []
-        for i in range(len(record["frame_indices"])):
-            data = sample.get(frame_member(i))
-            if data is None:
-                raise ExportError(f"{record['clip_id']}: frame member {frame_member(i)} missing from its shard")
-            frames.append(data)
-        yield record, frames
-
-
 def export_llava(data: str | Path, out: str | Path, splits: list[str] | None = None, progress=None) -> dict:
     """Write the export described in the module doc into ``out`` (atomically: the folder appears complete or not at
     all). Returns export.json's content."""
@@ -101,7 +86,12 @@ def export_llava(data: str | Path, out: str | Path, splits: list[str] | None = N
             except FileNotFoundError as e:
                 raise ExportError(str(e)) from None
             llava, sharegpt = [], []
-            for record, jpegs in _raw_samples(paths):
+            for sample in iter_raw_samples(paths):
+                try:
+                    rec, jpegs = sample_jpegs(sample)  # the shard members' bytes, not decoded
+                except KeyError as e:
+                    raise ExportError(e.args[0]) from None
+                record = rec.to_json()
                 cid = record["clip_id"]
                 images = [f"images/{split}/{cid}/{frame_member(i)}" for i in range(len(jpegs))]
                 for rel, blob in zip(images, jpegs):

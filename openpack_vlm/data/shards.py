@@ -142,26 +142,35 @@ def shard_paths(split_dir: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def iter_samples(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[ClipRecord, list[Image.Image]]]:
-    """Stream (record, frames) from shards with webdataset; only one sample is held in memory at a time."""
+def iter_raw_samples(paths: Iterable[str | os.PathLike]) -> Iterator[dict]:
+    """Stream raw webdataset samples (bytes per member) from shards, in order; one sample in memory at a time."""
     import webdataset as wds
 
-    urls = [str(p) for p in paths]
-    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    for sample in ds:
+    yield from wds.WebDataset([str(p) for p in paths], shardshuffle=False, empty_check=False)
+
+
+def sample_jpegs(sample: dict) -> tuple[ClipRecord, list[bytes]]:
+    """A raw sample → (ClipRecord, its K frames' JPEG bytes in order, undecoded). KeyError names a missing member."""
+    record = ClipRecord.from_json(json.loads(sample["json"]))
+    jpegs = []
+    for i in range(len(record.frame_indices)):
+        data = sample.get(frame_member(i))
+        if data is None:
+            raise KeyError(f"{record.clip_id}: frame member {frame_member(i)} missing from shard")
+        jpegs.append(data)
+    return record, jpegs
+
+
+def iter_samples(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[ClipRecord, list[Image.Image]]]:
+    """Stream (record, frames) from shards with webdataset; only one sample is held in memory at a time."""
+    for sample in iter_raw_samples(paths):
         yield decode_sample(sample)
 
 
 def decode_sample(sample: dict) -> tuple[ClipRecord, list[Image.Image]]:
     """A raw webdataset sample (bytes per member) → (ClipRecord, PIL frames in order)."""
-    record = ClipRecord.from_json(json.loads(sample["json"]))
-    frames = []
-    for i in range(len(record.frame_indices)):
-        data = sample.get(frame_member(i))
-        if data is None:
-            raise KeyError(f"{record.clip_id}: frame member {frame_member(i)} missing from shard")
-        frames.append(decode_jpeg(data))
-    return record, frames
+    record, jpegs = sample_jpegs(sample)
+    return record, [decode_jpeg(data) for data in jpegs]
 
 
 def write_smoke_shards(data_dir: Path, n: int = 16) -> Path:

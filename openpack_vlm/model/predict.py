@@ -114,7 +114,6 @@ def resolve_contract(adapter, run, data=None) -> RunContract | None:
     run.json, assumed (with a warning) for an adapter made before contracts; checked against ``data``'s run.json
     when both exist."""
     contract = None
-    found = None
     if isinstance(run, RunContract):
         contract = run
     elif run == "auto":
