@@ -150,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="4,8", help="batch sizes of the batched trie runs")
     ap.add_argument("--free-text", action="store_true")
     ap.add_argument("--out", default=None, help="JSON report")
+    ap.add_argument("--commit", default=None, help="the commit measured, recorded in the report (a device machine's "
+                                                   "copy of the tree may hold a stale .git)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -206,7 +208,8 @@ def main(argv=None) -> int:
         from openpack_vlm.evaluation.evaluate import git_provenance
         from openpack_vlm.io_utils import write_json
 
-        write_json(Path(args.out), report | git_provenance())
+        provenance = git_provenance() if args.commit is None else {"git_commit": args.commit, "git_dirty": None}
+        write_json(Path(args.out), report | provenance)
         print(f"wrote {args.out}")
     return 0
 
