@@ -12,8 +12,8 @@
 #    vision LoRA, a T4-sized memory cap), measured peak beside the VRAM estimate.
 #
 # The machine has torch but not this repo's pins: they travel as .gpucarry/site.tar.xz (built by
-# scripts/gpu_carry.sh; the run names it in carry) and are unpacked onto PYTHONPATH. Each step has its own time limit and a failed step does not
-# stop the next; every step's report and log land in $OUT (at most 8 files come back from the machine).
+# scripts/gpu_carry.sh; the run names it in carry) and are unpacked onto PYTHONPATH. Each step has its own time
+# limit and a failed step does not stop the next; every step's report and log land in $OUT (at most 8 files come back from the machine).
 set -u
 OUT=${OUT:?set OUT to the folder for the reports}
 mkdir -p "$OUT"
