@@ -88,12 +88,26 @@ class DataSection:
     answer_span: str = "clip"  # how the answer's span is written (prompt.SPAN_FORMATS): "shown" = the first/last
     #                            sampled frame inside it; "clip" = exact clip frames, what runs before this field wrote
     time_bar: bool = False  # sampled frames carry the time bar (data/timebar.py); runs before this field: none
+    frames: str | None = None  # what the clips showed, from their sources: "pose" (rendered skeletons) | "rgb"
+    #                            (camera frames or video) | "mixed"; None = runs before this field (read from source)
 
     def settings(self) -> dict:
-        """The fields a resumed pipeline run must match (everything but the grammar, which the run produces)."""
+        """The fields a resumed pipeline run must match (everything but what the run produces: grammar, frames)."""
         d = asdict(self)
         d.pop("grammar")
+        d.pop("frames")
         return d
+
+    def served_frames(self) -> str:
+        """What a served model must be shown: "pose" (keypoints estimated from the video, rendered as in training)
+        or "rgb" (the camera frames). ContractError for a run that trained on both, which no single input suits."""
+        kind = self.frames
+        if kind is None:  # runs before the field: what was asked for ("auto" took camera frames where they existed)
+            kind = "pose" if self.source == "pose" else "rgb"
+        if kind not in ("pose", "rgb"):
+            raise ContractError(f"the run's clips mixed skeleton and camera frames (data.frames={kind!r}): serving "
+                                "cannot show it both; rebuild the data with --source pose or --source rgb")
+        return kind
 
 
 @dataclass
@@ -242,6 +256,7 @@ class RunContract:
         """What /ready and logs report."""
         e = self.evaluation
         return {"path": self.where, "version": self.version, "k": self.data.k, "source": self.data.source,
+                "frames": self.data.frames,
                 "frame_size": self.data.frame_size, "jpeg_quality": self.data.jpeg_quality,
                 "sampler": self.data.sampler.get("name"), "answer_span": self.data.answer_span,
                 "time_bar": self.data.time_bar,

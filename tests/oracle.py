@@ -66,5 +66,5 @@ class OraclePredictor:
         self.calls += 1
         return [self.answer(c, i) for c, i in zip(clips, clip_ids)]
 
-    def predict_clip(self, clip, clip_id):
+    def predict_clip(self, clip, clip_id, motion=None):
         return self.predict_clips([clip], [clip_id])[0]

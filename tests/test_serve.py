@@ -203,9 +203,10 @@ def test_decoder_pool_survives_crash_hang_and_memory_bomb(tmp_path):
                 pool.run(fn, *args)
             assert ei.value.status == 422 and ei.value.error == error, ei.value.detail
             assert time.perf_counter() - t0 < 60
-            clip, info, n = pool.decode(video, ServeConfig())  # the replacement process decodes the next upload
-            assert n == 50 and info.container.startswith("matroska")
-            np.testing.assert_array_equal(clip, to_clip(decode_video(video, max_seconds=5.0)))
+            got = pool.decode(video, ServeConfig())  # the replacement process decodes the next upload
+            assert got.n_frames == 50 and got.info.container.startswith("matroska") and got.frames == "rgb"
+            assert got.motion is None and got.pose is None
+            np.testing.assert_array_equal(got.clip, to_clip(decode_video(video, max_seconds=5.0)))
         assert pool.run(os.getpid) != pid
         with pytest.raises(UploadError) as ei:  # UploadErrors from the worker arrive intact
             pool.decode(make_jpeg(tmp_path / "x.mp4"), ServeConfig())
@@ -418,8 +419,8 @@ def test_free_text_setting_decides_generation(tiny_model_dir, tmp_path, free_tex
         def __init__(self, inner):
             self.inner, self.config = inner, inner.config
 
-        def predict_clip(self, clip, clip_id):
-            seen.append(self.inner.predict_clip(clip, clip_id))
+        def predict_clip(self, clip, clip_id, motion=None):
+            seen.append(self.inner.predict_clip(clip, clip_id, motion))
             return seen[-1]
 
     cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", decode_workers=1,
@@ -450,10 +451,10 @@ def test_busy_and_health_during_prediction(tiny_model_dir, tmp_path):
         def __init__(self, inner):
             self.inner = inner
 
-        def predict_clip(self, clip, clip_id):
+        def predict_clip(self, clip, clip_id, motion=None):
             entered.set()
             assert release.wait(60)
-            return self.inner.predict_clip(clip, clip_id)
+            return self.inner.predict_clip(clip, clip_id, motion)
 
     cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", max_pending=1,
                       decode_workers=1)

@@ -28,7 +28,7 @@ class _Boom:
     info = {"model_id": "stand-in"}
     device = "cpu"
 
-    def predict_clip(self, clip, clip_id):
+    def predict_clip(self, clip, clip_id, motion=None):
         raise RuntimeError("secret internal detail /srv/weights.bin")
 
 

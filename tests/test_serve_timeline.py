@@ -37,7 +37,7 @@ class SlowOracle(OraclePredictor):
         time.sleep(self.delay)
         return super().predict_clips(clips, clip_ids, motions)
 
-    def predict_clip(self, clip, clip_id):
+    def predict_clip(self, clip, clip_id, motion=None):
         self.predict_calls += 1
         return super().predict_clips([clip], [clip_id])[0]
 

@@ -45,7 +45,7 @@ from ..grammar import Grammar, mean_durations
 from ..io_utils import one_line, write_json, write_jsonl
 from .letterbox import SIZE
 from ..prompt import DEFAULT_SPAN, SPAN_FORMATS, check_span_format
-from .sampling import SamplingConfig, motion_from_keypoints, sample_clip
+from .sampling import SamplingConfig, sample_clip
 from .timebar import draw_time_bar
 from .samples import export_samples, pair_for, spread
 from .shards import SHARD_PATTERN, ClipRecord, ShardWriter, encode_jpeg
@@ -174,13 +174,13 @@ def process_session(task: SessionTask) -> SessionResult:
     for spec in task.specs:
         try:
             t = time.perf_counter()
-            frames = src.clip(spec.t0_ms)
-            t1 = time.perf_counter()
-            motion = None
             if isinstance(src, PoseFrameSource):
                 # skeleton frames: joint speed finds boundaries better than pixel differences of the rendering
                 # (scripts/compare_sampling.py: 3.18 vs 3.80 frames from a boundary to the nearest sampled frame)
-                motion = motion_from_keypoints(src.kpts[src.source_indices(spec.t0_ms)])
+                frames, motion = src.clip_and_motion(spec.t0_ms)
+            else:
+                frames, motion = src.clip(spec.t0_ms), None
+            t1 = time.perf_counter()
             idx = sample_clip(frames, scfg, motion=motion)
             t2 = time.perf_counter()
             shown = [draw_time_bar(frames[i], i) if task.time_bar else frames[i] for i in idx]
@@ -419,15 +419,17 @@ def run(cfg: PipelineConfig) -> dict:
             "sources": dict(Counter(r["source"] for r in records)),
             "dominant_operation": dict(sorted(Counter(r["truth"]["dominant_operation"] for r in records).items())),
         }
+    kinds = {"pose" if src == "pose" else "rgb" for c in counts.values() for src in c["sources"]}
+    contract.data.frames = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
     if train_timelines:
         grammar = Grammar.fit([[int(s.op_id) for s in tl] for tl in train_timelines])
         # the procedure's other half: how long each operation lasts, for the timeline's HMM (timeline/merge.py)
         grammar.meta["mean_seconds"] = {str(k): v for k, v in mean_durations(train_timelines).items()}
         grammar.save(out / "grammar.json")
         contract.data.grammar = {"file": "grammar.json", "sha256": file_sha256(out / "grammar.json")}
-        contract.save(out)
     else:
         log.warning("no train sessions: grammar.json not written")
+    contract.save(out)
 
     wall = time.perf_counter() - t_start
     work = sum(seconds[k] for k in ("frames", "sampling", "encode"))

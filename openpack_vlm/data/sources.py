@@ -25,6 +25,7 @@ from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
 from .errors import CorruptFrameError, FrameError, VideoDecodeError
 from .letterbox import SIZE, Letterbox, letterbox
+from .sampling import motion_from_keypoints
 from .skeleton import PoseRender, render_pose_clip
 from .timegrid import MAX_GAP_MS, resample_indices, tick_times
 
@@ -157,10 +158,18 @@ class PoseFrameSource(FrameSource):
         return resample_indices(self.ts_ms, tick_times(t0_ms, n, fps), self.max_gap_ms, "keypoints")
 
     def clip(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> np.ndarray:
-        idx = self.source_indices(t0_ms, n, fps)
+        return self.render_indices(self.source_indices(t0_ms, n, fps))
+
+    def render_indices(self, idx: np.ndarray) -> np.ndarray:
+        """The skeleton frames showing keypoint frames ``idx`` (one clip: one window, trails from earlier frames)."""
         lo = max(0, int(idx.min()) - self.render.trail - self.render.smooth)  # trails and smoothing look around
         hi = min(len(self.kpts), int(idx.max()) + self.render.smooth + 1)
         return render_pose_clip(self.kpts[lo:hi], idx - lo, self.render, self.size)
+
+    def clip_and_motion(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> tuple[np.ndarray, np.ndarray]:
+        """The clip and the joints' motion the frame sampler uses for skeleton clips (training, timeline, serving)."""
+        idx = self.source_indices(t0_ms, n, fps)
+        return self.render_indices(idx), motion_from_keypoints(self.kpts[idx])
 
 
 SOURCE_KINDS = ("auto", "rgb", "pose")

@@ -356,11 +356,22 @@ class Predictor(CachedScorer):
             return dom_p
         return temper(np.asarray(dom_p), t).tolist()
 
-    def predict_clip(self, frames: np.ndarray, clip_id: str) -> PredictResult:
+    def predict_clip(self, frames: np.ndarray, clip_id: str, motion: np.ndarray | None = None) -> PredictResult:
         """Answer for a whole (125, H, W, 3) uint8 clip: frames chosen by ``sampling.sample_clip`` as in training
-        (the run contract's K and parameters), then through the shards' JPEG encode/decode at the run's quality, so
-        the model sees what it was trained on."""
-        return self.predict_clips([frames], [clip_id])[0]
+        (the run contract's K and parameters; ``motion`` = the keypoints' for skeleton clips, as in training), then
+        through the shards' JPEG encode/decode at the run's quality, so the model sees what it was trained on."""
+        return self.predict_clips([frames], [clip_id], [motion])[0]
+
+    @property
+    def input_frames(self) -> str:
+        """What this model must be shown: "pose" (skeleton frames rendered from keypoints) or "rgb" (camera frames),
+        from the run contract (``DataSection.served_frames``); no contract (a base model): camera frames."""
+        return "rgb" if self.contract is None else self.contract.data.served_frames()
+
+    @property
+    def input_render(self) -> dict | None:
+        """How skeleton frames are drawn for this model (the run contract's ``data.pose_render``); None for camera."""
+        return self.contract.data.pose_render if self.input_frames == "pose" else None
 
     def sampled_frames(self, frames: np.ndarray, motion: np.ndarray | None = None) -> tuple[list, list[int]]:
         """The frames the model sees of a (125, H, W, 3) uint8 clip, and their indices (``predict_clip``'s choice;

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.pose_estimate import require_estimator
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS, Prediction
 from .decoders import DecoderPool
@@ -123,6 +124,9 @@ class ModelState:
         self.ready = False
         self.error: str | None = None
         self.load_seconds: float | None = None
+        self.frames = "rgb"  # what the model is shown: "rgb" camera frames | "pose" skeletons (run contract)
+        self.render: dict | None = None  # the run's PoseRender fields, for skeletons
+        self.estimator: str | None = None  # the pose estimator's version, for skeletons
         self.pending = 0  # /predict requests in flight (event-loop thread only)
         self.lock = asyncio.Lock()  # one model call at a time
         self._thread: threading.Thread | None = None
@@ -139,6 +143,11 @@ class ModelState:
             log.info("%d decoder processes up; loading model %s (adapter=%s)", cfg.decode_workers, cfg.model_id,
                      cfg.adapter_path)
             self.predictor = self.factory(cfg)
+            # what the model must be shown, from its run contract: camera frames, or skeletons of estimated keypoints
+            self.frames = getattr(self.predictor, "input_frames", "rgb")
+            self.render = getattr(self.predictor, "input_render", None)
+            if self.frames == "pose":
+                self.estimator = require_estimator()
         except BaseException as exc:  # reported through /ready and /predict, never kills the server
             self.error = one_line(exc, with_type=True)
             log.error("model load failed: %s", self.error)
@@ -223,6 +232,15 @@ frame, letterboxed); the clip is then made exactly {CLIP_FRAMES} frames ({CLIP_S
 
 {{to_clip_rule}}
 
+**Skeleton runs** (the served run's `data.frames` is `pose`, shown by `/ready` as `input.frames`): the model was
+trained on skeleton frames rendered from OpenPack's 2D keypoints, so it is never shown camera pixels. The video's
+frames are taken at 15 Hz (the Kinect keypoint rate), one person's COCO-17 keypoints are estimated on them (MediaPipe
+Pose; `POSE_ROI` says where the worker stands, else a worker too small for the detector is searched in crops), and
+the skeleton clip is rendered and sampled exactly as in training (the keypoints' motion picks the frames). A clip in
+which fewer than `MIN_WORKER_SHARE` of the keypoint frames show a worker (a shoulder and 4 upper-body joints) gets
+**422 `no_worker`** instead of an answer; the `X-Pose` header reports the share, the mean joint score, the crop and
+whether it was searched. `include_frames` then returns the skeleton frames the model saw.
+
 `temporal_segment` counts frames of this normalised clip (0–{CLIP_FRAMES - 1} at {FPS} fps), so frame *f* is at
 *f*/{FPS} s of the clip. The frame sampler (K and its parameters), the JPEG round trip of the sampled frames, the
 prompt, the grammar and its tuned fusion weight are the ones of the served run's contract (`run.json`, shown by
@@ -233,7 +251,7 @@ header, and the server's log line of the request names it): 401 no valid key whe
 another site; 408 a body that stopped arriving; 413 file over `MAX_UPLOAD_MB`; 415 not a video
 (unrecognised bytes, a still image, no video stream); 422 empty file, damaged/truncated video, no decodable frame,
 shorter than the rule above allows, longer than `MAX_CLIP_SECONDS`, frames over `MAX_FRAME_PIXELS`, a decoder that
-crashed, ran past `DECODE_TIMEOUT_S` or out of `DECODE_MEMORY_MB`, or a missing `file` field; 503 model still
+crashed, ran past `DECODE_TIMEOUT_S` or out of `DECODE_MEMORY_MB`, a missing `file` field, or `no_worker`; 503 model still
 loading, failed to load, or too many requests in flight (`Retry-After`). The `Server-Timing` header gives the server's
 time per stage (save, decode, ipc, queue, sample, model, total) in ms; `X-Frame-Indices` the frames of the
 normalised clip the model was shown.
@@ -260,9 +278,11 @@ ERROR_RESPONSES = {  # the upload routes
     408: {"model": ErrorBody, "description": "the body stopped arriving for BODY_TIMEOUT_S"},
     413: {"model": ErrorBody, "description": "upload larger than MAX_UPLOAD_MB"},
     415: {"model": ErrorBody, "description": "not a video (unrecognised bytes, still image, no video stream)"},
-    422: {"model": ErrorBody, "description": "empty, damaged, too long, frames too large, bad form field, or no "
-                                             "`file` field"},
-    503: {"model": ErrorBody, "description": "model not ready, or too many uploads / jobs in flight (Retry-After)"},
+    422: {"model": ErrorBody, "description": "empty, damaged, too long, frames too large, bad form field, no "
+                                             "`file` field, or (skeleton runs) `no_worker`: too few frames show a "
+                                             "worker"},
+    503: {"model": ErrorBody, "description": "model not ready, too many uploads / jobs in flight (Retry-After), or "
+                                             "(skeleton runs) `pose_unavailable`: the pose estimator is missing"},
 }
 
 router = APIRouter(responses=COMMON_RESPONSES)
@@ -282,6 +302,9 @@ async def ready(model: ModelState = Depends(get_model), cfg: ServeConfig = Depen
     return {"status": "ready", "model_id": cfg.model_id, "adapter": cfg.adapter_path,
             "quantization": info.get("quantization"), "device": None if device is None else str(device),
             "grammar": info.get("grammar"), "fuse_weight": info.get("fuse_weight"), "run": info.get("run"),
+            "input": {"frames": model.frames, "pose_estimator": None if model.estimator is None else
+                      f"mediapipe {model.estimator}", "pose_roi": cfg.pose_roi, "min_worker_share":
+                      cfg.min_worker_share if model.frames == "pose" else None},
             "load_seconds": round(model.load_seconds or 0.0, 2)}
 
 
@@ -312,14 +335,15 @@ async def predict(
         path = await anyio.to_thread.run_sync(save_upload, file.file, cfg.upload_dir, cfg.max_upload_bytes)
         t1 = time.perf_counter()
         timing["save"] = t1 - t0
-        clip, info, n_frames = await anyio.to_thread.run_sync(model.decoders.decode, path, cfg, timing)
+        got = await anyio.to_thread.run_sync(model.decoders.decode, path, cfg, timing, model.frames, model.render)
+        clip, info, n_frames = got.clip, got.info, got.n_frames
         path.unlink(missing_ok=True)  # decoded: the upload is not needed while the request waits for the model
         path = None
         t2 = time.perf_counter()
         async with model.lock:
             t3 = time.perf_counter()
             timing["queue"] = t3 - t2
-            result = await anyio.to_thread.run_sync(model.predictor.predict_clip, clip, cid)
+            result = await anyio.to_thread.run_sync(model.predictor.predict_clip, clip, cid, got.motion)
         call = time.perf_counter() - t3
         model_s = float(result.scores.get("seconds", call))  # the Predictor times its own model calls
         request.app.state.metrics.model_seconds.observe(model_s)
@@ -333,6 +357,9 @@ async def predict(
         log.info("predict %s [%s]: %s %dx%d %d frames -> %s [%s]", cid, REQUEST_ID.get(), info.codec, info.width,
                  info.height, n_frames, pred.dominant_operation, " ".join(f"{k}={v * 1000:.0f}ms" for k, v in timing.items()))
         response.headers["Server-Timing"] = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timing.items())
+        if got.pose is not None:  # skeleton runs: how much of the clip showed a worker, and where it was tracked
+            response.headers["X-Pose"] = json.dumps({k: got.pose[k] for k in ("worker_share",
+                                                     "mean_upper_body_score", "roi", "crop_search", "mirrored")}, separators=(",", ":"))
         response.headers["X-Frame-Indices"] = ",".join(str(i) for i in result.scores["frame_indices"])  # what the
         # model saw (frames of the normalised clip), chosen by the run contract's sampler
         if getattr(result, "repair", None):  # the model's text needed repair to fit the schema (predict.py)

@@ -15,7 +15,7 @@ import numpy as np
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES
 from .settings import MIB, ServeConfig
-from .uploads import UploadError, UploadInfo, decode_upload
+from .uploads import DecodedClip, UploadError, decode_clip
 
 log = logging.getLogger("openpack_vlm.serving")
 
@@ -46,9 +46,10 @@ def _worker_ping() -> int:
 _ATTACHED: dict = {}  # decoder process: shared-memory blocks by name, mapped once (re-mapping faults in 42 MB each time)
 
 
-def _decode_into(path: str, cfg: ServeConfig, shm_name: str) -> tuple[UploadInfo, int, float]:
-    """In a decoder process: decode_upload, the clip written into the slot's shared memory (no 42 MB pickle).
-    Returns (probe info, frames decoded, seconds spent in decode_upload)."""
+def _decode_into(path: str, cfg: ServeConfig, shm_name: str, frames: str = "rgb", render: dict | None = None
+                 ) -> tuple[DecodedClip, float]:
+    """In a decoder process: ``decode_clip`` (camera frames, or skeletons from estimated keypoints), the clip written
+    into the slot's shared memory (no 42 MB pickle). Returns (the DecodedClip without its clip, seconds spent)."""
     from multiprocessing import shared_memory
 
     shm = _ATTACHED.get(shm_name)
@@ -57,10 +58,11 @@ def _decode_into(path: str, cfg: ServeConfig, shm_name: str) -> tuple[UploadInfo
         # (a set: no-op); the server unlinks the block when it closes the pool
         shm = _ATTACHED[shm_name] = shared_memory.SharedMemory(name=shm_name)
     t0 = time.perf_counter()
-    clip, info, n = decode_upload(Path(path), cfg)
+    out = decode_clip(Path(path), cfg, frames, render)
     seconds = time.perf_counter() - t0
-    np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=shm.buf)[...] = clip
-    return info, n, seconds
+    np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=shm.buf)[...] = out.clip
+    out.clip = None
+    return out, seconds
 
 
 class _Slot:
@@ -178,17 +180,21 @@ class DecoderPool:
             if own:
                 self._free.put(slot)
 
-    def decode(self, path: Path, cfg: ServeConfig, timing: dict | None = None) -> tuple[np.ndarray, UploadInfo, int]:
-        """``decode_upload`` in a decoder process; the (125, 336, 336, 3) clip comes back through shared memory.
-        ``timing`` (optional) gets "decode" (in the decoder process) and "ipc" (slot wait, hand-over, copy) seconds."""
+    def decode(self, path: Path, cfg: ServeConfig, timing: dict | None = None, frames: str = "rgb",
+               render: dict | None = None) -> DecodedClip:
+        """``decode_clip`` in a decoder process; the (125, 336, 336, 3) clip comes back through shared memory.
+        ``timing`` (optional) gets "decode" (in the decoder process; for skeletons "pose" of it is the estimator's)
+        and "ipc" (slot wait, hand-over, copy) seconds."""
         t0 = time.perf_counter()
         slot = self._free.get()
         try:
-            info, n, seconds = self.run(_decode_into, str(path), cfg, slot.shm.name, slot=slot)
-            clip = np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=slot.shm.buf).copy()
+            out, seconds = self.run(_decode_into, str(path), cfg, slot.shm.name, frames, render, slot=slot)
+            out.clip = np.ndarray(CLIP_SHAPE, dtype=np.uint8, buffer=slot.shm.buf).copy()
         finally:
             self._free.put(slot)
         if timing is not None:
             timing["decode"] = seconds
+            if out.pose:
+                timing["pose"] = out.pose.get("pose_s", 0.0)
             timing["ipc"] = time.perf_counter() - t0 - seconds
-        return clip, info, n
+        return out

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from ..data.errors import FrameError
+from ..data.pose_estimate import PoseEstimateConfig
 from ..model.loading import hub_id
 
 MIB = 1024 * 1024
@@ -30,6 +32,21 @@ class _MappingEnvSource(EnvSettingsSource):
 
     def _load_env_vars(self):
         return {k.lower(): v for k, v in self._mapping.items() if v.strip()}  # empty = unset, as for os.environ
+
+
+def parse_roi(value: str) -> tuple[float, float, float, float]:
+    """"x,y,w,h" (shares of the frame) -> a tuple; ValueError naming the problem."""
+    try:
+        roi = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"must be four numbers x,y,w,h (shares of the frame), got {value!r}") from None
+    if len(roi) != 4:
+        raise ValueError(f"must be four numbers x,y,w,h (shares of the frame), got {value!r}")
+    try:
+        PoseEstimateConfig(roi=roi)
+    except FrameError as e:
+        raise ValueError(str(e)) from None
+    return roi
 
 
 class ServeConfig(BaseSettings):
@@ -70,6 +87,13 @@ class ServeConfig(BaseSettings):
     timeline_keep_s: float = Field(3600.0, gt=0, description="a finished timeline job's result is kept this long (s)")
     timeline_abandon_s: float = Field(60.0, gt=0, description="a job nobody streams or polls for this long (s) is "
                                       "cancelled (its client went away)")
+    pose_roi: str | None = Field(None, description="skeleton runs: where the worker stands, as x,y,w,h shares of the "
+                                 "frame (e.g. 0.3,0.2,0.4,0.8); unset = the whole frame, searched in crops when the "
+                                 "worker is too small for the pose detector")
+    pose_facing_camera: bool = Field(True, description="skeleton runs: the worker faces the camera most of a clip "
+                                     "(as in OpenPack): a track seen from the back is mirrored left/right to match")
+    min_worker_share: float = Field(0.5, ge=0, le=1, description="skeleton runs: share of the 15-Hz frames of a clip "
+                                    "that must show a worker (a shoulder and 4 upper-body joints), else 422 no_worker")
     upload_dir: str | None = Field(None, description="where upload temp files live; unset = the system temp dir")
     free_text: bool = Field(False, description="also let the model write its free answer, to report in the "
                             "X-Output-Repair header whether it fit the schema; costs up to 128 decode steps per request")
@@ -109,6 +133,18 @@ class ServeConfig(BaseSettings):
         if value is not None and not read_keys(value):
             raise ValueError(f"{value} holds no key (one per line; # starts a comment)")
         return value
+
+    @field_validator("pose_roi")
+    @classmethod
+    def _roi(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_roi(value)
+        return value
+
+    def pose_config(self) -> PoseEstimateConfig:
+        """How /predict, /timeline and the page estimate keypoints for a skeleton run."""
+        return PoseEstimateConfig(min_found_share=self.min_worker_share, facing_camera=self.pose_facing_camera,
+                                  roi=None if self.pose_roi is None else parse_roi(self.pose_roi))
 
     @field_validator("api_key")
     @classmethod

@@ -3,6 +3,10 @@
 One upload's way: multipart ``file`` → streamed into a temp file under a size cap (413, ``save_upload``) →
 recognised by its bytes (``probe_upload``: 415 not a video, 422 empty / damaged / too long / too large frames) →
 decoded to 25 fps, 336×336 (``video.decode_video``) → normalised to the 125-frame clip (``video.to_clip``).
+A skeleton run (run contract ``data.frames == "pose"``) takes the other branch of ``decode_clip``: keypoints
+estimated at 15 Hz (``data.pose_estimate``; 422 ``no_worker`` when too few frames show one) and rendered as the
+data pipeline renders OpenPack's (``KeypointTrack.source`` = ``sources.PoseFrameSource``), with their motion for the
+frame sampler.
 Every refusal is an ``UploadError`` (status, stable code, one-line detail) that the app turns into a JSON body.
 """
 from __future__ import annotations
@@ -14,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
+from ..data.pose_estimate import KEYPOINT_HZ
+from ..data.timegrid import resample_indices
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
 from .settings import MIB, ServeConfig
@@ -165,6 +172,73 @@ def probe_upload(path: Path, max_clip_seconds: float, max_frame_pixels: int, rou
         return UploadInfo(fmt, ctx.name, width, height, duration)
     finally:
         container.close()
+
+
+@dataclass
+class DecodedClip:
+    """What the model gets from one upload: the 125-frame clip it samples from, and for skeleton runs the motion the
+    sampler uses (keypoint speed, as in training) and the pose stage's report."""
+
+    clip: Any  # (125, 336, 336, 3) uint8
+    info: UploadInfo
+    n_frames: int  # frames decoded (25 fps for camera frames, 15 Hz keypoint frames for skeletons)
+    frames: str = "rgb"  # what the clip shows: "rgb" camera frames | "pose" rendered skeletons
+    motion: Any = None  # (125,) per-frame motion for the sampler, None = from the pixels
+    pose: dict | None = None  # KeypointTrack.summary() + timing
+
+
+def decode_clip(path: Path, cfg: ServeConfig, frames: str = "rgb", render: dict | None = None) -> DecodedClip:
+    """The clip a run's model must see: camera frames (``decode_upload``) or, for ``frames="pose"``, the skeleton
+    frames of the keypoints estimated from the video, rendered as the run contract's ``render`` (PoseRender fields)
+    says. Same refusals as ``decode_upload``, plus 422 ``no_worker`` and 503 ``pose_unavailable``."""
+    if frames == "rgb":
+        clip, info, n = decode_upload(path, cfg)
+        return DecodedClip(clip, info, n)
+    if frames != "pose":
+        raise ValueError(f"unknown frames kind {frames!r} (rgb | pose)")
+    from ..data.errors import FrameError, VideoDecodeError
+    from ..data.pose_estimate import NoWorkerError, PoseUnavailableError, estimate_video
+    from ..data.sampling import motion_from_keypoints
+    from ..data.skeleton import PoseRender
+    from ..data.video import MIN_CLIP_FRAMES
+
+    info = probe_upload(path, cfg.max_clip_seconds, cfg.max_frame_pixels)
+    limit = CLIP_SECONDS if info.duration_s is not None else cfg.max_clip_seconds + 1.0 / FPS
+    pose_cfg = cfg.pose_config()
+    try:
+        track = estimate_video(path, pose_cfg, max_seconds=limit, size=(info.width, info.height))
+    except PoseUnavailableError as exc:
+        raise UploadError(503, "pose_unavailable", one_line(exc)) from None
+    except VideoDecodeError as exc:
+        why = one_line(exc).replace(str(path), "upload").replace(path.name, "upload")
+        raise UploadError(422, "undecodable", f"{info.codec} video could not be decoded: {why}") from None
+    n = len(track.kpts)
+    if n == 0:
+        raise UploadError(422, "no_frames", f"no frame could be decoded from the {info.codec} stream")
+    seconds = n / KEYPOINT_HZ
+    if info.duration_s is None and seconds > cfg.max_clip_seconds + 1.0 / KEYPOINT_HZ:
+        raise UploadError(422, "too_long", too_long("video is longer than that", cfg.max_clip_seconds))
+    if seconds * FPS < MIN_CLIP_FRAMES:
+        raise UploadError(422, "too_short", f"clip too short: {seconds:.2f} s; need at least "
+                          f"{MIN_CLIP_FRAMES / FPS:.1f} s")
+    share = track.found_share
+    if share < pose_cfg.min_found_share:
+        where = "" if track.roi is None else f" (searched crop {', '.join(f'{v:.2f}' for v in track.roi)})"
+        raise UploadError(422, "no_worker", one_line(NoWorkerError(
+            f"no worker in view: a person was found in {share:.0%} of the {n} keypoint frames{where}, fewer than "
+            f"MIN_WORKER_SHARE={pose_cfg.min_found_share:g}; this model was trained on skeletons of a packing "
+            "worker and does not guess without one")))
+    src = track.source(PoseRender.from_json(render) if render is not None else PoseRender())
+    # ticks after the last keypoint frame repeat it: to_clip's still tail for uploads shorter than 5 s
+    last = int(src.ts_ms[-1])
+    ticks = np.minimum(np.round(np.arange(CLIP_FRAMES) * 1000.0 / FPS).astype(np.int64), last)
+    idx = resample_indices(src.ts_ms, ticks, src.max_gap_ms, "keypoints")
+    try:
+        clip = src.render_indices(idx)
+    except FrameError as exc:
+        raise UploadError(422, "undecodable", one_line(exc)) from None
+    motion = motion_from_keypoints(src.kpts[idx])
+    return DecodedClip(clip, info, n, "pose", motion, track.summary() | track.stats)
 
 
 def decode_upload(path: Path, cfg: ServeConfig) -> tuple[Any, UploadInfo, int]:

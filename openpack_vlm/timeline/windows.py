@@ -69,7 +69,6 @@ def session_windows(source, t0_ms: int, t1_ms: int, stride: int) -> Iterator[Win
     """Windows of a session, each rendered by the source as ONE clip (``source.clip(start, 125)``) — what the data
     pipeline gives a training clip (the skeleton renderer sizes its view per clip; skeleton clips carry their joints'
     motion for the frame sampler, as in data/pipeline.py) — on ``iter_windows``' grid."""
-    from ..data.sampling import motion_from_keypoints
     from ..data.sources import PoseFrameSource
 
     n_ticks = int((t1_ms - t0_ms) * FPS // 1000)
@@ -80,7 +79,8 @@ def session_windows(source, t0_ms: int, t1_ms: int, stride: int) -> Iterator[Win
         raise ValueError(f"session span of {n_ticks / FPS:.1f} s is shorter than one {CLIP_FRAMES / FPS:g}-s window")
     for i, s in enumerate(starts):
         t = t0_ms + round(s * 1000 / FPS)
-        motion = None
         if isinstance(source, PoseFrameSource):
-            motion = motion_from_keypoints(source.kpts[source.source_indices(t)])
-        yield Window(i, s, source.clip(t, n=CLIP_FRAMES), motion=motion)
+            frames, motion = source.clip_and_motion(t, n=CLIP_FRAMES)
+        else:
+            frames, motion = source.clip(t, n=CLIP_FRAMES), None
+        yield Window(i, s, frames, motion=motion)

@@ -1,0 +1,234 @@
+"""The pose stage: camera video -> OpenPack-shaped keypoints -> the skeleton frames a skeleton-trained model saw.
+
+Real data: four face-masked OpenPack Kinect frames (tests/data/openpack-rgb-masked, U0209/S0500, a worker behind the
+packing table) made into 5-s videos, at full size and shrunk to a worker of ~22 % of the frame height; the real
+camera file box.mp4 (a hand and a box, no person) and a grey video for "no worker".
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media import write_video
+
+pytest.importorskip("mediapipe", reason="the pose estimator (requirements-nodeps.txt) is part of the install")
+
+FRAMES = Path(__file__).parent / "data" / "openpack-rgb-masked"
+# the worker's upper body on these frames (Kinect px), measured once with MediaPipe on the full frames
+WORKER_BOX = (560, 310, 745, 600)  # x0, y0, x1, y1 with a margin of ~20 px
+
+
+def real_frames() -> list[np.ndarray]:
+    import cv2
+
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(FRAMES.glob("*.jpg"))]
+
+
+def shrink(img: np.ndarray, s: float = 0.5) -> np.ndarray:
+    """The frame scaled by ``s`` on a grey 1280x720 canvas, a third of the way across: a small, off-centre worker."""
+    import cv2
+
+    out = np.full_like(img, 90)
+    small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    h, w = small.shape[:2]
+    y0, x0 = (img.shape[0] - h) // 2, (img.shape[1] - w) // 3
+    out[y0:y0 + h, x0:x0 + w] = small
+    return out
+
+
+def loop(frames: list[np.ndarray], n: int) -> list[np.ndarray]:
+    seq = frames + frames[::-1]
+    return [seq[i % len(seq)] for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("pose_videos")
+    f = real_frames()
+    return {"worker": write_video(d / "worker.mp4", loop(f, 75), fps=15),
+            "small": write_video(d / "small.mp4", loop([shrink(x) for x in f], 75), fps=15),
+            "grey": write_video(d / "grey.mp4", [np.full((480, 640, 3), 120, np.uint8)] * 75, fps=15)}
+
+
+def test_estimator_finds_the_worker_on_real_openpack_frames():
+    """COCO-17 keypoints in Kinect px: the upper body found with confident scores where the worker stands; COCO
+    left/right are the subject's own. The worker faces the camera, but the face mask makes MediaPipe take the view
+    for a back view (left shoulder on the image's left); ``face_camera`` mirrors the track, so the left shoulder lies
+    on the image's right, as in OpenPack's HRNet keypoints (U0102, median +83 px)."""
+    from openpack_vlm.data.pose_estimate import PoseEstimateConfig, face_camera, to_kinect, track_frames, worker_seen
+
+    f = real_frames()
+    raw = to_kinect(track_frames(f, PoseEstimateConfig()), 1280, 720)
+    assert (raw[:, 5, 0] < raw[:, 6, 0]).all()  # as MediaPipe gives it: seen from the back
+    k, mirrored = face_camera(raw)
+    assert mirrored and face_camera(k)[1] is False
+    np.testing.assert_array_equal(k[:, [9, 10]], raw[:, [10, 9]])
+    assert k.shape == (4, 17, 3) and worker_seen(k).all()
+    assert (k[:, [5, 6, 7, 8, 9, 10, 11, 12], 2] >= 0.4).all()
+    x0, y0, x1, y1 = WORKER_BOX
+    upper = k[:, :13]
+    assert (upper[..., 0] > x0).all() and (upper[..., 0] < x1).all(), upper[..., 0]
+    assert (upper[..., 1] > y0).all() and (upper[..., 1] < y1).all(), upper[..., 1]
+    assert (k[:, 5, 0] > k[:, 6, 0]).all()  # left shoulder (COCO 5) right of the right one in the image
+
+
+def test_to_kinect_letterboxes_any_frame_into_the_kinect_canvas():
+    from openpack_vlm.data.pose_estimate import to_kinect
+
+    k = np.array([[[0, 0, 1], [640, 480, 1]] + [[320, 240, 1]] * 15], np.float32)
+    out = to_kinect(k, 640, 480)  # 4:3 -> scale 1.5, bars of 160 px left and right
+    np.testing.assert_allclose(out[0, 0], [160, 0, 1])
+    np.testing.assert_allclose(out[0, 1], [1120, 720, 1])
+    np.testing.assert_allclose(to_kinect(k, 1280, 720), k)
+
+
+def test_small_worker_is_found_by_the_crop_search(videos):
+    """A worker at ~22 % of the frame height is missed on the whole frame; the crop search finds and tracks it, and
+    its keypoints land where the shrunk worker stands."""
+    from openpack_vlm.data.pose_estimate import PoseEstimateConfig, estimate_video
+
+    whole = estimate_video(videos["small"], PoseEstimateConfig(min_found_share=0.0), max_seconds=5.0)  # no search
+    track = estimate_video(videos["small"], max_seconds=5.0)
+    assert not whole.searched and track.searched and track.roi is not None
+    assert track.found_share >= 0.9 and whole.found_share < 0.5, (track.found_share, whole.found_share)
+    assert track.kpts.shape == (75, 17, 3) and track.ts_ms[1] - track.ts_ms[0] in (66, 67)
+    full = estimate_video(videos["worker"], max_seconds=5.0)
+    seen = full.seen & track.seen
+    # the small worker's shoulders = the full-size ones scaled by 0.5 about the canvas' placement of the shrunk frame
+    want = full.kpts[seen][:, [5, 6], :2] * 0.5 + np.array([(1280 - 640) // 3, (720 - 360) // 2])
+    err = np.abs(track.kpts[seen][:, [5, 6], :2] - want)
+    assert np.median(err) < 12, np.median(err)  # Kinect px; the worker's shoulders are ~70 px apart when shrunk
+
+
+def test_roi_skips_the_search_and_bad_roi_is_refused():
+    from openpack_vlm.data.errors import FrameError
+    from openpack_vlm.data.pose_estimate import PoseEstimateConfig
+    from openpack_vlm.serving.settings import ServeConfig
+
+    assert ServeConfig(pose_roi="0.3,0.2,0.4,0.8").pose_config().roi == (0.3, 0.2, 0.4, 0.8)
+    for bad in ("0.9,0.1,0.5,0.8", "1,2,3", "a,b,c,d"):
+        with pytest.raises(ValueError, match="pose_roi"):
+            ServeConfig(pose_roi=bad)
+    with pytest.raises(FrameError, match="min_found_share"):
+        PoseEstimateConfig(min_found_share=1.5)
+
+
+def test_keypoints_render_like_openpack_keypoints(videos):
+    """Estimated keypoints must give the model the same kind of picture as OpenPack's HRNet keypoints: the share of
+    visual tokens the skeleton touches within 0.8-1.25x of the real keypoints' (measured 0.70 vs 0.62), scores
+    above the renderer's min_score, and still frames that stay still (no jitter)."""
+    from openpack_vlm.data.openpack import keypoints_from_json
+    from openpack_vlm.data.pose_estimate import estimate_video
+    from openpack_vlm.data.skeleton import MIN_SCORE, render_pose_clip, token_coverage
+
+    _, real = keypoints_from_json(Path(__file__).parent / "data" / "openpack-keypoints" /
+                                  "U0102-S0100-mmpose-100frames.json")
+    track = estimate_video(videos["worker"], max_seconds=5.0)
+    shown = np.arange(0, 75, 9)
+    cov_real = token_coverage(render_pose_clip(real[:75], shown))
+    cov_est = token_coverage(render_pose_clip(track.kpts, shown))
+    assert 0.8 <= cov_est / cov_real <= 1.25 * 1.2, (cov_est, cov_real)
+    upper = track.kpts[track.seen][:, 5:13, 2]
+    assert np.median(upper) > 3 * MIN_SCORE
+    # the source frames barely move (a worker standing): wrists move < 3 Kinect px per keypoint frame
+    step = np.linalg.norm(np.diff(track.kpts[track.seen][:, [9, 10], :2], axis=0), axis=-1)
+    assert np.median(step) < 3.0, np.median(step)
+
+
+def test_no_person_is_no_worker(videos, repo_root):
+    """A grey clip and a real hand-and-box video (box.mp4): 422 no_worker, never a skeleton of nobody."""
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.uploads import UploadError, decode_clip
+
+    cfg = ServeConfig(max_clip_seconds=30)
+    for video in (videos["grey"], repo_root / "tests" / "data" / "videos" / "box.mp4"):
+        with pytest.raises(UploadError) as ei:
+            decode_clip(video, cfg, "pose")
+        assert (ei.value.status, ei.value.error) == (422, "no_worker"), ei.value.detail
+        assert "0%" in ei.value.detail or "MIN_WORKER_SHARE" in ei.value.detail
+
+
+def test_decode_clip_renders_the_skeleton_the_pipeline_would(videos):
+    """Serving's skeleton clip is the data pipeline's rendering of the same keypoints: PoseFrameSource over the
+    track, clip at t = 0, with the keypoints' motion for the sampler."""
+    from openpack_vlm.data.pose_estimate import estimate_video
+    from openpack_vlm.data.skeleton import PoseRender
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.uploads import decode_clip
+
+    got = decode_clip(videos["worker"], ServeConfig(), "pose", PoseRender().to_json())
+    assert got.frames == "pose" and got.clip.shape == (125, 336, 336, 3) and got.motion.shape == (125,)
+    assert got.pose["worker_share"] >= 0.9 and got.pose["crop_search"] is False
+    src = estimate_video(videos["worker"], max_seconds=5.0).source(PoseRender())
+    clip, motion = src.clip_and_motion(0, n=125)  # 75 keypoint frames, 0-4933 ms: the last tick (4960 ms) shows 74
+    np.testing.assert_array_equal(got.clip, clip)
+    np.testing.assert_allclose(got.motion, motion)
+    assert (got.clip.mean(axis=(1, 2, 3)) < 60).all()  # skeletons on black, not camera pixels
+
+
+@pytest.fixture(scope="module")
+def pose_run(run_dir, tmp_path_factory) -> Path:
+    """The trained tiny run, its contract saying its clips were skeletons (``data.frames = "pose"``): what a run
+    built with ``--source pose`` records. The weights do not matter here; the input path does."""
+    out = tmp_path_factory.mktemp("pose_run") / "run"
+    shutil.copytree(run_dir, out)
+    rj = json.loads((out / "run.json").read_text())
+    rj["data"].update(source="pose", frames="pose")
+    (out / "run.json").write_text(json.dumps(rj))
+    return out
+
+
+def test_skeleton_run_is_served_skeletons_over_http(pose_run, tiny_model_dir, videos):
+    """/ready says what the model is shown; /predict estimates keypoints, renders and samples them as in training
+    (the answer equals the predictor's on decode_clip's clip and motion), reports X-Pose, returns the skeleton
+    frames with include_frames, and answers 422 no_worker for a clip without a worker."""
+    from fastapi.testclient import TestClient
+
+    from openpack_vlm.serving.app import create_app
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.serving.uploads import decode_clip
+
+    cfg = ServeConfig(model_id=str(tiny_model_dir), adapter_path=str(pose_run / "adapter"), quantization="none",
+                      device="cpu", decode_workers=1)
+    with TestClient(create_app(cfg)) as client:
+        for _ in range(600):
+            ready = client.get("/ready")
+            if ready.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["input"]["frames"] == "pose"
+        assert ready.json()["input"]["pose_estimator"] == "mediapipe 0.10.21"
+        r = client.post("/predict", files={"file": ("w.mp4", videos["worker"].read_bytes(), "video/mp4")},
+                        data={"include_frames": "true"})
+        assert r.status_code == 200, r.text
+        pose = json.loads(r.headers["X-Pose"])
+        assert pose["worker_share"] >= 0.9 and pose["crop_search"] is False
+        body = r.json()
+        frames = body.pop("frames")
+        predictor = client.app.state.model.predictor
+        got = decode_clip(videos["worker"], cfg, "pose", predictor.input_render)
+        want = predictor.predict_clip(got.clip, "w", got.motion)
+        assert body == want.prediction.model_dump()
+        assert [f["index"] for f in frames] == want.scores["frame_indices"]
+        r = client.post("/predict", files={"file": ("g.mp4", videos["grey"].read_bytes(), "video/mp4")})
+        assert r.status_code == 422 and r.json()["error"] == "no_worker", r.text
+        assert "no_worker" in json.dumps(client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"])
+
+
+def test_contract_decides_what_is_served():
+    from openpack_vlm.contract import ContractError, DataSection
+
+    d = DataSection(source="auto", k=8, jpeg_quality=90, sampler={}, splits={})
+    assert d.served_frames() == "rgb"
+    assert DataSection(source="pose", k=8, jpeg_quality=90, sampler={}, splits={}).served_frames() == "pose"
+    d.frames = "pose"
+    assert d.served_frames() == "pose"
+    d.frames = "mixed"
+    with pytest.raises(ContractError, match="mixed"):
+        d.served_frames()
