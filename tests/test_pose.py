@@ -232,3 +232,54 @@ def test_contract_decides_what_is_served():
     d.frames = "mixed"
     with pytest.raises(ContractError, match="mixed"):
         d.served_frames()
+
+
+def test_mark_no_worker_rebuilds_segments():
+    from openpack_vlm.timeline.merge import NO_WORKER, mark_no_worker
+
+    merged = {"seconds": ["Picking"] * 3 + ["Close Box"] * 3,
+              "segments": [{"start_s": 0.0, "end_s": 3.0, "operation": "Picking", "confidence": 0.8},
+                           {"start_s": 3.0, "end_s": 5.5, "operation": "Close Box", "confidence": 0.6}]}
+    out = mark_no_worker(merged, np.array([1, 1, 0.2, 0.9, 0.0, 0.0]), 0.5)
+    assert out["seconds"] == ["Picking", "Picking", NO_WORKER, "Close Box", NO_WORKER, NO_WORKER]
+    assert [(s["start_s"], s["end_s"], s["operation"], s["confidence"]) for s in out["segments"]] == [
+        (0.0, 2.0, "Picking", 0.8), (2.0, 3.0, NO_WORKER, None), (3.0, 4.0, "Close Box", 0.6),
+        (4.0, 5.5, NO_WORKER, None)]
+
+
+def test_skeleton_run_timeline_marks_no_worker(pose_run, tiny_model_dir, videos, tmp_path):
+    """/timeline of a skeleton run: keypoints over the recording, skeleton windows with their motion, seconds
+    without a worker marked "no worker" (a worker clip followed by an empty room); the CLI's analyse_video agrees."""
+    from fastapi.testclient import TestClient
+
+    from openpack_vlm.serving.app import create_app
+    from openpack_vlm.serving.settings import ServeConfig
+    from openpack_vlm.timeline import TimelineConfig, analyse_video
+    from openpack_vlm.timeline.merge import NO_WORKER
+
+    f = real_frames()
+    video = write_video(tmp_path / "then_empty.mp4", loop(f, 90) + [np.full_like(f[0], 90)] * 90, fps=15)  # 6 + 6 s
+    cfg = ServeConfig(model_id=str(tiny_model_dir), adapter_path=str(pose_run / "adapter"), quantization="none",
+                      device="cpu", decode_workers=1)
+    with TestClient(create_app(cfg)) as client:
+        for _ in range(600):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.2)
+        job = client.post("/timeline", files={"file": ("v.mp4", video.read_bytes(), "video/mp4")},
+                          data={"stride": "2.5"}).json()
+        for _ in range(600):
+            st = client.get(f"/timeline/{job['job_id']}").json()
+            if st["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        assert st["state"] == "done", st
+        res = st["result"]
+        assert res["pose"]["keypoint_frames"] == 180 and st["progress"]["pose_seconds_done"] == 12.0
+        seconds = [NO_WORKER if s == NO_WORKER else "op" for s in
+                   [seg["operation"] for seg in res["segments"] for _ in range(round(seg["end_s"] - seg["start_s"]))]]
+        assert seconds == ["op"] * 6 + [NO_WORKER] * 6 and res["no_worker_seconds"] == 6
+        assert client.get(f"/timeline/{job['job_id']}/plot.png").status_code == 200
+        predictor = client.app.state.model.predictor
+        local = analyse_video(predictor, video, TimelineConfig(stride=2.5, batch_windows=2))
+        assert local["segments"] == res["segments"] and local["pose"]["worker_share"] == res["pose"]["worker_share"]

@@ -153,9 +153,13 @@ class PoseFrameSource(FrameSource):
         self.max_gap_ms = max_gap_ms
         self.render = render or PoseRender()
 
-    def source_indices(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> np.ndarray:
-        """Index of the keypoint frame shown at each output tick (for keypoint-based motion)."""
-        return resample_indices(self.ts_ms, tick_times(t0_ms, n, fps), self.max_gap_ms, "keypoints")
+    def source_indices(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS, hold_last: bool = False) -> np.ndarray:
+        """Index of the keypoint frame shown at each output tick (for keypoint-based motion). ``hold_last``: ticks
+        after the last keypoint frame show it (an upload shorter than the clip: ``video.to_clip``'s still tail)."""
+        ticks = tick_times(t0_ms, n, fps)
+        if hold_last:
+            ticks = np.minimum(ticks, self.ts_ms[-1])
+        return resample_indices(self.ts_ms, ticks, self.max_gap_ms, "keypoints")
 
     def clip(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> np.ndarray:
         return self.render_indices(self.source_indices(t0_ms, n, fps))
@@ -166,9 +170,10 @@ class PoseFrameSource(FrameSource):
         hi = min(len(self.kpts), int(idx.max()) + self.render.smooth + 1)
         return render_pose_clip(self.kpts[lo:hi], idx - lo, self.render, self.size)
 
-    def clip_and_motion(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> tuple[np.ndarray, np.ndarray]:
+    def clip_and_motion(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS, hold_last: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """The clip and the joints' motion the frame sampler uses for skeleton clips (training, timeline, serving)."""
-        idx = self.source_indices(t0_ms, n, fps)
+        idx = self.source_indices(t0_ms, n, fps, hold_last)
         return self.render_indices(idx), motion_from_keypoints(self.kpts[idx])
 
 

@@ -13,8 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from ..data.errors import FrameError
-from ..data.pose_estimate import PoseEstimateConfig
+from ..data.pose_estimate import PoseEstimateConfig, parse_roi
 from ..model.loading import hub_id
 
 MIB = 1024 * 1024
@@ -32,21 +31,6 @@ class _MappingEnvSource(EnvSettingsSource):
 
     def _load_env_vars(self):
         return {k.lower(): v for k, v in self._mapping.items() if v.strip()}  # empty = unset, as for os.environ
-
-
-def parse_roi(value: str) -> tuple[float, float, float, float]:
-    """"x,y,w,h" (shares of the frame) -> a tuple; ValueError naming the problem."""
-    try:
-        roi = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise ValueError(f"must be four numbers x,y,w,h (shares of the frame), got {value!r}") from None
-    if len(roi) != 4:
-        raise ValueError(f"must be four numbers x,y,w,h (shares of the frame), got {value!r}")
-    try:
-        PoseEstimateConfig(roi=roi)
-    except FrameError as e:
-        raise ValueError(str(e)) from None
-    return roi
 
 
 class ServeConfig(BaseSettings):

@@ -9,7 +9,7 @@ Two tabs, each one Gradio API endpoint (``gradio_client``: ``/predict``, ``/time
 
 The model is loaded once, at start, by ``app.load_predictor`` (run contract, grammar, tuned fusion weight and
 temperature, ``ADAPTER_PATH`` as a folder or a Hub id). Uploads go through ``uploads.probe_upload`` /
-``decode_upload``, so a file the API refuses gets the same one-line reason here (``gr.Error``). On ZeroGPU the model
+``decode_clip``, so a file the API refuses gets the same one-line reason here (``gr.Error``). On ZeroGPU the model
 calls run inside ``@spaces.GPU`` functions (the ``spaces`` package exists only there); elsewhere they run as they are.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..schema import FPS
 from .settings import ServeConfig
-from .uploads import UploadError, decode_upload, probe_upload, sanitize_clip_id
+from .uploads import UploadError, decode_clip, probe_upload, sanitize_clip_id
 
 log = logging.getLogger("openpack_vlm.space")
 
@@ -62,19 +62,20 @@ def build_demo(cfg: ServeConfig | None = None, predictor=None):
         return Path(upload if isinstance(upload, (str, os.PathLike)) else upload.name)
 
     @on_gpu(CLIP_GPU_S)
-    def _answer(clip, cid):
-        return predictor.predict_clip(clip, cid)
+    def _answer(clip, cid, motion=None):
+        return predictor.predict_clip(clip, cid, motion)
 
     def predict_clip(video, clip_id: str | None = None):
         """One clip → (Prediction JSON, the frames the model saw)."""
         path = _path(video)
-        try:
-            clip, info, _ = decode_upload(path, cfg)
+        try:  # what the run's model must see: camera frames, or skeletons of the keypoints (run contract)
+            got = decode_clip(path, cfg, getattr(predictor, "input_frames", "rgb"),
+                              getattr(predictor, "input_render", None))
         except UploadError as e:
             raise gr.Error(f"{e.error}: {e.detail}") from None
         cid = sanitize_clip_id(clip_id or None, path.name)
-        result = _answer(clip, cid)
-        return result.prediction.model_dump(), _frames_seen(clip, result.scores["frame_indices"])
+        result = _answer(got.clip, cid, got.motion)
+        return result.prediction.model_dump(), _frames_seen(got.clip, result.scores["frame_indices"])
 
     @on_gpu(TIMELINE_GPU_S)
     def _timeline(path, tcfg, on_window):
@@ -85,7 +86,8 @@ def build_demo(cfg: ServeConfig | None = None, predictor=None):
         path = _path(video)
         try:
             probe_upload(path, cfg.max_timeline_seconds, cfg.max_frame_pixels, route="/timeline")
-            tcfg = TimelineConfig(stride=float(stride), max_seconds=cfg.max_timeline_seconds)
+            tcfg = TimelineConfig(stride=float(stride), max_seconds=cfg.max_timeline_seconds, pose_roi=cfg.pose_roi,
+                                  min_worker_share=cfg.min_worker_share)
         except UploadError as e:
             raise gr.Error(f"{e.error}: {e.detail}") from None
         except ValueError as e:

@@ -15,6 +15,7 @@ went away). Finished jobs are kept ``TIMELINE_KEEP_S`` for their result.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -38,8 +39,11 @@ POLL_S = 0.25  # how often a waiting job thread checks for cancellation (s)
 
 # ------------------------------------------------------------------------------------------------ decoder process
 def _stream_worker(path: str, stride: int, max_seconds: float, max_frame_pixels: int, memory_mb: int,
-                   shm_names: list[str], free_q, out_q) -> None:
-    """In a decoder process: probe, then decode window by window into the shared slots (blocking on a free one)."""
+                   shm_names: list[str], free_q, out_q, frames: str = "rgb", render: dict | None = None,
+                   pose_cfg=None) -> None:
+    """In a decoder process: probe, then decode window by window into the shared slots (blocking on a free one).
+    Skeleton runs (``frames="pose"``): the recording's keypoints first (progress messages per chunk), the seconds'
+    worker shares, then the skeleton windows with their motion."""
     worker_init(memory_mb)
     from multiprocessing import shared_memory
 
@@ -53,14 +57,29 @@ def _stream_worker(path: str, stride: int, max_seconds: float, max_frame_pixels:
         total = expected_windows(int(round(info.duration_s * FPS)), stride) if info.duration_s else None
         out_q.put(("info", info.codec, info.width, info.height, info.duration_s, total))
         limit = int(round(max_seconds * FPS))
-        for win in iter_windows(iter_video(path), stride):
+        if frames == "pose":
+            from ..data.pose_estimate import PoseUnavailableError, estimate_recording
+            from ..timeline.windows import track_windows, worker_share_per_second
+
+            try:
+                track = estimate_recording(path, pose_cfg, size=(info.width, info.height),
+                                           on_chunk=lambda s: out_q.put(("pose_progress", s)))
+            except PoseUnavailableError as e:
+                raise UploadError(503, "pose_unavailable", one_line(e)) from None
+            if len(track.kpts) / 15 > max_seconds + 1 / 15:
+                raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
+            out_q.put(("pose", worker_share_per_second(track).tolist(), track.summary() | track.stats))
+            wins = track_windows(track, stride, render)
+        else:
+            wins = iter_windows(iter_video(path), stride)
+        for win in wins:
             if win.start_tick + CLIP_FRAMES - win.padded > limit + 1:
                 raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
             slot = free_q.get()
             if slot is None:  # the job was cancelled
                 return
             np.ndarray(CLIP_SHAPE, np.uint8, buffer=blocks[slot].buf)[...] = win.frames
-            out_q.put(("window", win.index, win.start_tick, win.padded, slot))
+            out_q.put(("window", win.index, win.start_tick, win.padded, slot, win.motion))
         out_q.put(("end",))
     except UploadError as e:
         out_q.put(("error", e.status, e.error, e.detail))
@@ -79,7 +98,7 @@ def _stream_worker(path: str, stride: int, max_seconds: float, max_frame_pixels:
 class WindowStream:
     """The windows of one upload, decoded in a separate process (see the module docstring)."""
 
-    def __init__(self, path: Path, cfg: ServeConfig, stride: int):
+    def __init__(self, path: Path, cfg: ServeConfig, stride: int, frames: str = "rgb", render: dict | None = None):
         import multiprocessing as mp
         from multiprocessing import shared_memory
 
@@ -91,9 +110,11 @@ class WindowStream:
             self.free_q.put(i)
         self.proc = ctx.Process(target=_stream_worker, name="timeline-decoder", daemon=True,
                                 args=(str(path), stride, cfg.max_timeline_seconds, cfg.max_frame_pixels,
-                                      cfg.decode_memory_mb, [b.name for b in self.blocks], self.free_q, self.out_q))
+                                      cfg.decode_memory_mb, [b.name for b in self.blocks], self.free_q, self.out_q,
+                                      frames, render, cfg.pose_config() if frames == "pose" else None))
         self.proc.start()
         self.info: tuple | None = None
+        self.pose: dict | None = None  # skeleton runs: the track's summary, per-second worker shares, progress
 
     def _next(self, stop) -> tuple:
         """The decoder's next message; cancellation, a dead decoder or a window slower than DECODE_TIMEOUT_S end
@@ -135,10 +156,16 @@ class WindowStream:
                 return
             if msg[0] == "error":
                 raise UploadError(*msg[1:])
-            _, index, start_tick, padded, slot = msg
+            if msg[0] == "pose_progress":
+                self.pose = {**(self.pose or {}), "seconds_done": round(msg[1], 2)}
+                continue
+            if msg[0] == "pose":
+                self.pose = {**(self.pose or {}), "worker_share": msg[1], "summary": msg[2]}
+                continue
+            _, index, start_tick, padded, slot, motion = msg
             frames = np.ndarray(CLIP_SHAPE, np.uint8, buffer=self.blocks[slot].buf).copy()
             self.free_q.put(slot)
-            yield Window(index, start_tick, frames, padded)
+            yield Window(index, start_tick, frames, padded, motion=motion)
 
     def close(self) -> None:
         self.free_q.put(None)  # a decoder waiting for a slot returns
@@ -174,6 +201,7 @@ class TimelineJob:
         self.last_seen = time.monotonic()
         self.cancel_event = threading.Event()
         self.thread: threading.Thread | None = None
+        self.stream: WindowStream | None = None
 
     @property
     def active(self) -> bool:
@@ -190,9 +218,13 @@ class TimelineJob:
     def progress(self) -> dict:
         done = len(self.windows)
         last = self.windows[-1]["end_s"] if self.windows else 0.0
-        return {"windows_done": done, "windows_total": self.total, "seconds_done": last,
-                "duration_s": (self.video or {}).get("duration_s"),
-                "fraction": round(min(1.0, done / self.total), 4) if self.total else None}
+        out = {"windows_done": done, "windows_total": self.total, "seconds_done": last,
+               "duration_s": (self.video or {}).get("duration_s"),
+               "fraction": round(min(1.0, done / self.total), 4) if self.total else None}
+        pose = None if self.stream is None else self.stream.pose
+        if pose is not None:  # skeleton runs: keypoints are estimated over the recording before the first window
+            out["pose_seconds_done"] = pose.get("seconds_done")
+        return out
 
     def status(self, since: int | None = None) -> dict:
         out = {"job_id": self.id, "state": self.state, "file": self.filename, "progress": self.progress(),
@@ -262,15 +294,25 @@ class TimelineJobs:
         job.state = "running"
         try:
             stop = lambda: self._stop(job)  # noqa: E731
-            stream = WindowStream(path, self.cfg, stride)
+            frames = getattr(self.model, "frames", "rgb")
+            stream = WindowStream(path, self.cfg, stride, frames, getattr(self.model, "render", None))
             codec, width, height, duration, total = stream.start(stop)
             job.video = {"codec": codec, "width": width, "height": height, "duration_s": duration}
             job.total = total
+            job.stream = stream
             tcfg = TimelineConfig(stride=stride_s, batch_windows=self.cfg.timeline_batch_windows,
-                                  max_seconds=self.cfg.max_timeline_seconds)
-            result = analyse_windows(self.model.predictor, stream.windows(stop), tcfg, source=job.filename,
-                                     total_windows=total, cancelled=stop,
+                                  max_seconds=self.cfg.max_timeline_seconds, min_worker_share=self.cfg.min_worker_share)
+            windows = stream.windows(stop)
+            if frames == "pose":  # the keypoints come first: their per-second worker shares mark "no worker"
+                first = next(windows, None)
+                windows = itertools.chain([] if first is None else [first], windows)
+            share = None if stream.pose is None else np.asarray(stream.pose["worker_share"])
+            result = analyse_windows(self.model.predictor, windows, tcfg, source=job.filename,
+                                     total_windows=total, cancelled=stop, worker_share=share,
+                                     min_worker_share=self.cfg.min_worker_share,
                                      on_window=lambda rec, done, tot: job.windows.append(rec))
+            if stream.pose is not None:
+                result["pose"] = stream.pose["summary"]
             job.result = result
             job.total = result["n_windows"]
             job.state = "done"

@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
 from ..data.pose_estimate import KEYPOINT_HZ
-from ..data.timegrid import resample_indices
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
 from .settings import MIB, ServeConfig
@@ -198,7 +196,6 @@ def decode_clip(path: Path, cfg: ServeConfig, frames: str = "rgb", render: dict 
         raise ValueError(f"unknown frames kind {frames!r} (rgb | pose)")
     from ..data.errors import FrameError, VideoDecodeError
     from ..data.pose_estimate import NoWorkerError, PoseUnavailableError, estimate_video
-    from ..data.sampling import motion_from_keypoints
     from ..data.skeleton import PoseRender
     from ..data.video import MIN_CLIP_FRAMES
 
@@ -229,15 +226,10 @@ def decode_clip(path: Path, cfg: ServeConfig, frames: str = "rgb", render: dict 
             f"MIN_WORKER_SHARE={pose_cfg.min_found_share:g}; this model was trained on skeletons of a packing "
             "worker and does not guess without one")))
     src = track.source(PoseRender.from_json(render) if render is not None else PoseRender())
-    # ticks after the last keypoint frame repeat it: to_clip's still tail for uploads shorter than 5 s
-    last = int(src.ts_ms[-1])
-    ticks = np.minimum(np.round(np.arange(CLIP_FRAMES) * 1000.0 / FPS).astype(np.int64), last)
-    idx = resample_indices(src.ts_ms, ticks, src.max_gap_ms, "keypoints")
     try:
-        clip = src.render_indices(idx)
+        clip, motion = src.clip_and_motion(0, hold_last=True)
     except FrameError as exc:
         raise UploadError(422, "undecodable", one_line(exc)) from None
-    motion = motion_from_keypoints(src.kpts[idx])
     return DecodedClip(clip, info, n, "pose", motion, track.summary() | track.stats)
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import setting
+from ..data.pose_estimate import PoseEstimateConfig, estimate_recording, parse_roi
 from ..io_utils import one_line
 from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_ID
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
-from .merge import MergeConfig, merge_windows
-from .windows import Window, expected_windows, iter_windows, stride_ticks
+from .merge import NO_WORKER, MergeConfig, mark_no_worker, merge_windows
+from .windows import (Window, expected_windows, iter_windows, stride_ticks, track_windows,
+                      worker_share_per_second)
 from ..metrics import segment_scores
 
 FORMAT = "openpack-vlm-timeline"
@@ -56,6 +58,10 @@ class TimelineConfig:
                                "(without one the votes alone scored better, ARCHITECTURE.md section 5) | on | off",
                        choices=["auto", "on", "off"])
     max_seconds: float | None = setting(None, "refuse recordings longer than this (s); unset = no limit")
+    pose_roi: str | None = setting(None, "skeleton runs: where the worker stands, x,y,w,h as shares of the frame; "
+                                         "unset = the whole frame (small workers searched in crops)")
+    min_worker_share: float = setting(0.5, "skeleton runs: seconds in which fewer keypoint frames show a worker "
+                                           "are marked \"no worker\"")
 
     def __post_init__(self):
         stride_ticks(self.stride)
@@ -67,6 +73,14 @@ class TimelineConfig:
             raise ValueError(f"null_prob must be in [0, 1), got {self.null_prob}")
         if self.hmm not in ("auto", "on", "off"):
             raise ValueError(f"hmm must be auto, on or off, got {self.hmm!r}")
+        if self.pose_roi is not None:
+            parse_roi(self.pose_roi)
+        if not 0 <= self.min_worker_share <= 1:
+            raise ValueError(f"min_worker_share must be in [0, 1], got {self.min_worker_share}")
+
+    def pose_config(self) -> PoseEstimateConfig:
+        return PoseEstimateConfig(min_found_share=self.min_worker_share,
+                                  roi=None if self.pose_roi is None else parse_roi(self.pose_roi))
 
     def merge_config(self, mean_seconds: dict | None = None, grammar: bool = False) -> MergeConfig:
         hmm = self.hmm == "on" or (self.hmm == "auto" and grammar)
@@ -117,7 +131,7 @@ def box_cycles(segments: list[dict], duration_s: float) -> tuple[list[dict], dic
         boxes.append(box)
 
     for seg in segments:
-        op = NAME_TO_ID[seg["operation"]]
+        op = NAME_TO_ID.get(seg["operation"], NULL_ID)  # "no worker" seconds: no operation
         if op == NULL_ID:
             continue
         if op == CYCLE_START and (cur is None or cur["ended"]):
@@ -145,7 +159,7 @@ def per_second_ids(segments: list[dict], n_seconds: int) -> np.ndarray:
     for s in segments:
         j0 = max(0, int(math.ceil(float(s["start_s"]) - 0.5)))
         j1 = min(n_seconds, int(math.ceil(float(s["end_s"]) - 0.5)))
-        out[j0:j1] = NAME_TO_ID[s["operation"]]
+        out[j0:j1] = NAME_TO_ID.get(s["operation"], NULL_ID)  # "no worker": no operation
     return out
 
 
@@ -155,7 +169,7 @@ def score_timeline(pred_seconds: list[str], truth_segments: list[dict]) -> dict:
     from openpack_toolkit import OPENPACK_OPERATIONS, ActSet
     from openpack_toolkit.codalab.operation_segmentation import eval_operation_segmentation
 
-    y = np.array([NAME_TO_ID[n] for n in pred_seconds], np.int64)
+    y = np.array([NAME_TO_ID.get(n, NULL_ID) for n in pred_seconds], np.int64)  # "no worker": no operation
     t = per_second_ids(truth_segments, len(y))
     acts = ActSet(OPENPACK_OPERATIONS)
     with warnings.catch_warnings():  # a second predicted Null where the truth is an operation is simply wrong; the
@@ -182,10 +196,13 @@ def score_timeline(pred_seconds: list[str], truth_segments: list[dict]) -> dict:
 def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | None = None, *, source: str = "",
                     total_windows: int | None = None, on_window: Callable[[dict, int, int | None], None] | None = None,
                     cancelled: Callable[[], bool] | None = None, truth: list[dict] | None = None,
-                    mean_seconds: dict | None = None) -> dict:
+                    mean_seconds: dict | None = None, worker_share: np.ndarray | None = None,
+                    min_worker_share: float = 0.5) -> dict:
     """The timeline of a window stream (see the module docstring). ``truth`` (segments with start_s, end_s,
     operation) adds ``truth`` and ``metrics``; ``mean_seconds`` ({op id: s}) is the HMM's duration prior (default: the
-    grammar's ``meta["mean_seconds"]``, fitted on the training timelines with it; else the real U0209 means)."""
+    grammar's ``meta["mean_seconds"]``, fitted on the training timelines with it; else the real U0209 means).
+    ``worker_share`` (skeleton runs: per second, the share of keypoint frames showing a worker) marks the seconds
+    below ``min_worker_share`` "no worker" (``merge.mark_no_worker``)."""
     cfg = cfg or TimelineConfig()
     t0 = time.perf_counter()
     records: list[dict] = []
@@ -228,6 +245,8 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
         mean_seconds = {int(k): float(v) for k, v in grammar.meta["mean_seconds"].items()}
     mcfg = cfg.merge_config(mean_seconds, grammar=grammar is not None)
     merged = merge_windows(records, duration_s, grammar, mcfg)
+    if worker_share is not None:
+        merged = mark_no_worker(merged, worker_share, min_worker_share)
     cycles, cycle_summary = box_cycles(merged["segments"], duration_s)
     last = records[-1]
     nxt = last["next"] or {}
@@ -246,6 +265,8 @@ def analyse_windows(predictor, windows: Iterable[Window], cfg: TimelineConfig | 
                    "model_s_per_window": round(model_s / len(records), 3)},
         "model": {k: v for k, v in (getattr(predictor, "info", None) or {}).items() if k != "run"},
     }
+    if worker_share is not None:
+        out["no_worker_seconds"] = int(sum(x == NO_WORKER for x in merged["seconds"]))
     if truth is not None:
         out["truth"] = truth
         out["metrics"] = score_timeline(merged["seconds"], truth)
@@ -282,6 +303,14 @@ def analyse_video(predictor, path: str | Path, cfg: TimelineConfig | None = None
         raise TimelineError(f"{path.name} is {stated:.1f} s long, over max_seconds={cfg.max_seconds:g} s")
     stride = stride_ticks(cfg.stride)
     total = expected_windows(int(round(stated * FPS)), stride) if stated else None
+    if getattr(predictor, "input_frames", "rgb") == "pose":  # a skeleton run: keypoints first, then its windows
+        track = estimate_recording(path, cfg.pose_config())
+        out = analyse_windows(predictor, track_windows(track, stride, predictor.input_render), cfg,
+                              source=kw.pop("source", path.name), total_windows=total,
+                              worker_share=worker_share_per_second(track),
+                              min_worker_share=cfg.min_worker_share, **kw)
+        out["pose"] = track.summary() | track.stats
+        return out
     return analyse_windows(predictor, iter_windows(iter_video(path), stride), cfg,
                            source=kw.pop("source", path.name), total_windows=total, **kw)
 

@@ -167,3 +167,30 @@ def merge_windows(windows: list[dict], duration_s: float, grammar=None, cfg: Mer
                          "confidence": round(float(post[j:k + 1, path[j]].mean()), 4)})
         j = k + 1
     return {"seconds": [ID_TO_NAME[OPERATION_IDS[i]] for i in path], "segments": segments}
+
+
+NO_WORKER = "no worker"  # a second in which too few keypoint frames show a worker (skeleton runs)
+
+
+def mark_no_worker(merged: dict, worker_share: np.ndarray, min_share: float) -> dict:
+    """Seconds whose share of keypoint frames showing a worker is below ``min_share`` become ``NO_WORKER`` (the
+    model's answer there is not evidence of anything), and the segments are rebuilt as runs of equal labels; a
+    segment keeps the mean confidence of its seconds' former segments only when no second of it changed."""
+    seconds = list(merged["seconds"])
+    conf = np.zeros(len(seconds))
+    for seg in merged["segments"]:
+        conf[int(seg["start_s"]):int(math.ceil(seg["end_s"] - 1e-9))] = seg["confidence"]
+    share = np.asarray(worker_share, dtype=np.float64)
+    for j in range(len(seconds)):
+        if j < len(share) and share[j] < min_share:
+            seconds[j] = NO_WORKER
+    end = merged["segments"][-1]["end_s"] if merged["segments"] else float(len(seconds))
+    segments, j = [], 0
+    while j < len(seconds):
+        k = j
+        while k + 1 < len(seconds) and seconds[k + 1] == seconds[j]:
+            k += 1
+        segments.append({"start_s": float(j), "end_s": float(min(k + 1, end)), "operation": seconds[j],
+                         "confidence": None if seconds[j] == NO_WORKER else round(float(conf[j:k + 1].mean()), 4)})
+        j = k + 1
+    return {"seconds": seconds, "segments": segments}

@@ -6,11 +6,13 @@ from pathlib import Path
 
 from ..io_utils import save_figure
 from ..labels import OPERATION_NAMES
+from .merge import NO_WORKER
 
 #: One colour per OpenPack class (matplotlib's tab10 + grey for Null); the web page uses the same (serving/page.py).
 OPERATION_COLORS: dict[str, str] = dict(zip(OPERATION_NAMES, (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f",
     "#d9d9d9")))
+OPERATION_COLORS[NO_WORKER] = "#000000"  # skeleton runs: seconds without a worker in view
 
 
 def _bars(ax, y: float, segments: list[dict], height: float = 0.8) -> None:
@@ -42,7 +44,7 @@ def plot_timeline(result: dict, path: str | Path | None, title: str | None = Non
     ax.set_yticklabels([name for name, _ in reversed(rows)])
     ax.set_xlim(0, duration)
     ax.set_xlabel("time in the recording (s)")
-    used = [n for n in OPERATION_NAMES if any(s["operation"] == n for _, segs in rows for s in segs)]
+    used = [n for n in (*OPERATION_NAMES, NO_WORKER) if any(s["operation"] == n for _, segs in rows for s in segs)]
     ax.legend(handles=[Patch(color=OPERATION_COLORS[n], label=n) for n in used], loc="upper center",
               bbox_to_anchor=(0.5, -0.35 - 0.05 * len(rows)), ncol=min(6, max(1, len(used))), fontsize=7, frameon=False)
     metrics = result.get("metrics")

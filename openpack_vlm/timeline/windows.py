@@ -84,3 +84,30 @@ def session_windows(source, t0_ms: int, t1_ms: int, stride: int) -> Iterator[Win
         else:
             frames, motion = source.clip(t, n=CLIP_FRAMES), None
         yield Window(i, s, frames, motion=motion)
+
+
+def track_windows(track, stride: int, render: dict | None = None) -> Iterator[Window]:
+    """Windows of a recording's keypoint track (skeleton runs; ``data.pose_estimate.KeypointTrack``), each rendered as
+    one training clip with its joints' motion (``session_windows`` over the track's PoseFrameSource). A recording
+    shorter than one window gives one window whose tail shows the last keypoint frame, as ``to_clip`` pads."""
+    from ..data.skeleton import PoseRender
+
+    src = track.source(PoseRender.from_json(render) if render is not None else PoseRender())
+    end_ms = int(track.ts_ms[-1]) + round(1000 / 15)
+    n_ticks = int(end_ms * FPS // 1000)
+    if n_ticks >= CLIP_FRAMES:
+        yield from session_windows(src, 0, end_ms, stride)
+        return
+    if n_ticks < MIN_CLIP_FRAMES:
+        raise ValueError(f"recording of {n_ticks / FPS:.1f} s is shorter than {MIN_CLIP_FRAMES / FPS:g} s")
+    frames, motion = src.clip_and_motion(0, hold_last=True)
+    yield Window(0, 0, frames, CLIP_FRAMES - n_ticks, motion=motion)
+
+
+def worker_share_per_second(track) -> np.ndarray:
+    """Per second of the recording: the share of its keypoint frames that show a worker (``pose_estimate``'s test)."""
+    seen = track.seen.astype(np.float64)
+    sec = (np.asarray(track.ts_ms) // 1000).astype(np.int64)
+    n = int(sec.max()) + 1 if len(sec) else 0
+    count = np.bincount(sec, minlength=n)
+    return np.bincount(sec, weights=seen, minlength=n) / np.maximum(count, 1)
