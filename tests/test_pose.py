@@ -283,3 +283,76 @@ def test_skeleton_run_timeline_marks_no_worker(pose_run, tiny_model_dir, videos,
         predictor = client.app.state.model.predictor
         local = analyse_video(predictor, video, TimelineConfig(stride=2.5, batch_windows=2))
         assert local["segments"] == res["segments"] and local["pose"]["worker_share"] == res["pose"]["worker_share"]
+
+
+def csv_slice(src: Path, dst: Path, seconds: float, skip_s: float = 0.0) -> Path:
+    """A time slice of a Zenodo kinect-2d-kpt-with-operation-action-labels CSV (header kept)."""
+    lines = src.read_text().splitlines()
+    t0 = int(lines[1].split(",")[0]) + int(skip_s * 1000)
+    keep = [ln for ln in lines[1:] if t0 <= int(ln.split(",")[0]) < t0 + seconds * 1000]
+    dst.write_text("\n".join([lines[0], *keep]) + "\n")
+    return dst
+
+
+def test_keypoint_files_in(pose_run, run_dir, tiny_model_dir, synthetic_root, tmp_path, repo_root):
+    """A user with OpenPack's public keypoints runs the served skeleton model on them: real mmpose JSON and a Zenodo
+    CSV slice answer on /predict (as the predictor does on the file's own track); a labelled CSV on /timeline scores
+    itself; a damaged file is a 422 naming the row; a camera-frame run refuses keypoint files (415)."""
+    from fastapi.testclient import TestClient
+
+    from openpack_vlm.data.pose_estimate import track_from_keypoint_file
+    from openpack_vlm.serving.app import create_app
+    from openpack_vlm.serving.settings import ServeConfig
+
+    mmpose = repo_root / "tests" / "data" / "openpack-keypoints" / "U0102-S0100-mmpose-100frames.json"
+    zen = sorted((synthetic_root / "kinect-2d-kpt-with-operation-action-labels").glob("U0108-*.csv"))[0]
+    clip_csv = csv_slice(zen, tmp_path / "clip.csv", 5.0, skip_s=10)
+    long_csv = csv_slice(zen, tmp_path / "long.csv", 30.0)
+    bad = tmp_path / "bad.csv"
+    rows = clip_csv.read_text().splitlines()
+    rows[3] = ",".join(rows[3].split(",")[:5] + ["oops"] + rows[3].split(",")[6:])
+    bad.write_text("\n".join(rows) + "\n")
+
+    def serve(run):
+        cfg = ServeConfig(model_id=str(tiny_model_dir), adapter_path=str(run / "adapter"), quantization="none",
+                          device="cpu", decode_workers=1)
+        client = TestClient(create_app(cfg))
+        client.__enter__()
+        for _ in range(600):
+            if client.get("/ready").status_code == 200:
+                return client
+            time.sleep(0.2)
+        raise AssertionError(client.get("/ready").text)
+
+    client = serve(pose_run)
+    try:
+        predictor = client.app.state.model.predictor
+        for f in (mmpose, clip_csv):
+            r = client.post("/predict", files={"file": (f.name, f.read_bytes(), "application/octet-stream")})
+            assert r.status_code == 200, r.text
+            assert json.loads(r.headers["X-Pose"])["worker_share"] == 1.0
+            track, _ = track_from_keypoint_file(f)
+            keep = track.ts_ms < 5000
+            track.kpts, track.ts_ms = track.kpts[keep], track.ts_ms[keep]
+            clip, motion = track.source().clip_and_motion(0, hold_last=True)
+            assert r.json() == predictor.predict_clip(clip, f.stem, motion).prediction.model_dump()
+        r = client.post("/predict", files={"file": ("bad.csv", bad.read_bytes(), "text/csv")})
+        assert r.status_code == 422 and r.json()["error"] == "bad_keypoints", r.text
+        assert "row 4" in r.json()["detail"] and "J00_D2" in r.json()["detail"]
+        job = client.post("/timeline", files={"file": ("long.csv", long_csv.read_bytes(), "text/csv")}).json()
+        for _ in range(600):
+            st = client.get(f"/timeline/{job['job_id']}").json()
+            if st["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        assert st["state"] == "done", st
+        assert st["video"]["codec"] == "keypoints" and "metrics" in st["result"] and st["result"]["truth"]
+        assert 29 <= st["result"]["duration_s"] <= 30.1
+    finally:
+        client.__exit__(None, None, None)
+    client = serve(run_dir)  # trained on camera frames
+    try:
+        r = client.post("/predict", files={"file": (mmpose.name, mmpose.read_bytes(), "application/json")})
+        assert r.status_code == 415 and "keypoint file" in r.json()["detail"], r.text
+    finally:
+        client.__exit__(None, None, None)

@@ -36,7 +36,7 @@ from .metrics import ServiceMetrics
 from .guard import error as guard_error
 from .settings import ServeConfig
 from .timeline_jobs import TimelineJobs
-from .uploads import ErrorBody, UploadError, probe_upload, sanitize_clip_id, save_upload
+from .uploads import ErrorBody, UploadError, probe_input, sanitize_clip_id, save_upload
 
 log = logging.getLogger("openpack_vlm.serving")
 
@@ -380,6 +380,11 @@ async def predict(
 
 
 # --------------------------------------------------------------------------------------------------- timeline
+def _probe_timeline(path: Path, cfg: ServeConfig, frames: str) -> None:
+    """In a decoder process: /timeline's upload recognised (a video, or a keypoint file for skeleton runs)."""
+    probe_input(path, cfg, frames, route="/timeline")
+
+
 def get_jobs(request: Request) -> TimelineJobs:
     return request.app.state.timeline
 
@@ -456,8 +461,7 @@ async def timeline(
     finally:
         await file.close()
     try:  # recognised (415/422) now, in a decoder process, so a bad upload gets its HTTP error, not a failed job
-        await anyio.to_thread.run_sync(model.decoders.run, probe_upload, path, cfg.max_timeline_seconds,
-                                       cfg.max_frame_pixels, "/timeline")
+        await anyio.to_thread.run_sync(model.decoders.run, _probe_timeline, path, cfg, model.frames)
         job = jobs.submit(path, name, cfg.timeline_stride_s if stride is None else stride, streamed)
     except BaseException:
         path.unlink(missing_ok=True)

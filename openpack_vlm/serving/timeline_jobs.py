@@ -29,7 +29,7 @@ from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
 from .decoders import CLIP_BYTES, CLIP_SHAPE, worker_init
 from .settings import ServeConfig
-from .uploads import UploadError, probe_upload
+from .uploads import UploadError, probe_input
 
 log = logging.getLogger("openpack_vlm.serving")
 
@@ -38,12 +38,12 @@ POLL_S = 0.25  # how often a waiting job thread checks for cancellation (s)
 
 
 # ------------------------------------------------------------------------------------------------ decoder process
-def _stream_worker(path: str, stride: int, max_seconds: float, max_frame_pixels: int, memory_mb: int,
-                   shm_names: list[str], free_q, out_q, frames: str = "rgb", render: dict | None = None,
-                   pose_cfg=None) -> None:
+def _stream_worker(path: str, stride: int, cfg: ServeConfig, shm_names: list[str], free_q, out_q,
+                   frames: str = "rgb", render: dict | None = None) -> None:
     """In a decoder process: probe, then decode window by window into the shared slots (blocking on a free one).
     Skeleton runs (``frames="pose"``): the recording's keypoints first (progress messages per chunk), the seconds'
     worker shares, then the skeleton windows with their motion."""
+    max_seconds, memory_mb, pose_cfg = cfg.max_timeline_seconds, cfg.decode_memory_mb, cfg.pose_config()
     worker_init(memory_mb)
     from multiprocessing import shared_memory
 
@@ -53,7 +53,7 @@ def _stream_worker(path: str, stride: int, max_seconds: float, max_frame_pixels:
 
     blocks = [shared_memory.SharedMemory(name=n) for n in shm_names]
     try:
-        info = probe_upload(Path(path), max_seconds, max_frame_pixels, route="/timeline")
+        info, track, truth = probe_input(Path(path), cfg, frames, route="/timeline")
         total = expected_windows(int(round(info.duration_s * FPS)), stride) if info.duration_s else None
         out_q.put(("info", info.codec, info.width, info.height, info.duration_s, total))
         limit = int(round(max_seconds * FPS))
@@ -61,14 +61,15 @@ def _stream_worker(path: str, stride: int, max_seconds: float, max_frame_pixels:
             from ..data.pose_estimate import PoseUnavailableError, estimate_recording
             from ..timeline.windows import track_windows, worker_share_per_second
 
-            try:
-                track = estimate_recording(path, pose_cfg, size=(info.width, info.height),
-                                           on_chunk=lambda s: out_q.put(("pose_progress", s)))
-            except PoseUnavailableError as e:
-                raise UploadError(503, "pose_unavailable", one_line(e)) from None
-            if len(track.kpts) / 15 > max_seconds + 1 / 15:
-                raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
-            out_q.put(("pose", worker_share_per_second(track).tolist(), track.summary() | track.stats))
+            if track is None:  # a video: its keypoints first (an uploaded keypoint file brings its own)
+                try:
+                    track = estimate_recording(path, pose_cfg, size=(info.width, info.height),
+                                               on_chunk=lambda s: out_q.put(("pose_progress", s)))
+                except PoseUnavailableError as e:
+                    raise UploadError(503, "pose_unavailable", one_line(e)) from None
+                if len(track.kpts) / 15 > max_seconds + 1 / 15:
+                    raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
+            out_q.put(("pose", worker_share_per_second(track).tolist(), track.summary() | track.stats, truth))
             wins = track_windows(track, stride, render)
         else:
             wins = iter_windows(iter_video(path), stride)
@@ -109,9 +110,8 @@ class WindowStream:
         for i in range(SLOTS):
             self.free_q.put(i)
         self.proc = ctx.Process(target=_stream_worker, name="timeline-decoder", daemon=True,
-                                args=(str(path), stride, cfg.max_timeline_seconds, cfg.max_frame_pixels,
-                                      cfg.decode_memory_mb, [b.name for b in self.blocks], self.free_q, self.out_q,
-                                      frames, render, cfg.pose_config() if frames == "pose" else None))
+                                args=(str(path), stride, cfg, [b.name for b in self.blocks], self.free_q,
+                                      self.out_q, frames, render))
         self.proc.start()
         self.info: tuple | None = None
         self.pose: dict | None = None  # skeleton runs: the track's summary, per-second worker shares, progress
@@ -160,7 +160,7 @@ class WindowStream:
                 self.pose = {**(self.pose or {}), "seconds_done": round(msg[1], 2)}
                 continue
             if msg[0] == "pose":
-                self.pose = {**(self.pose or {}), "worker_share": msg[1], "summary": msg[2]}
+                self.pose = {**(self.pose or {}), "worker_share": msg[1], "summary": msg[2], "truth": msg[3]}
                 continue
             _, index, start_tick, padded, slot, motion = msg
             frames = np.ndarray(CLIP_SHAPE, np.uint8, buffer=self.blocks[slot].buf).copy()
@@ -307,7 +307,8 @@ class TimelineJobs:
                 first = next(windows, None)
                 windows = itertools.chain([] if first is None else [first], windows)
             share = None if stream.pose is None else np.asarray(stream.pose["worker_share"])
-            result = analyse_windows(self.model.predictor, windows, tcfg, source=job.filename,
+            truth = None if stream.pose is None else stream.pose["truth"]  # a labelled Zenodo CSV scores itself
+            result = analyse_windows(self.model.predictor, windows, tcfg, source=job.filename, truth=truth,
                                      total_windows=total, cancelled=stop, worker_share=share,
                                      min_worker_share=self.cfg.min_worker_share,
                                      on_window=lambda rec, done, tot: job.windows.append(rec))

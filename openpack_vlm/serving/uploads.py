@@ -185,30 +185,64 @@ class DecodedClip:
     pose: dict | None = None  # KeypointTrack.summary() + timing
 
 
+def probe_input(path: Path, cfg: ServeConfig, frames: str = "rgb", route: str = "/predict"
+                ) -> tuple[UploadInfo, Any, list | None]:
+    """Recognise an upload by its bytes for a run shown ``frames``: a video (``probe_upload``) -> (info, None, None),
+    or, for skeleton runs, an OpenPack keypoint file (mmpose JSON / Zenodo CSV, or a time slice of one) -> (info,
+    its KeypointTrack, its true timeline when the CSV has one). A keypoint file for a camera-frame run: 415; a bad
+    keypoint file: 422 ``bad_keypoints``; a file over the route's length cap: 422 ``too_long``."""
+    from ..data.errors import FrameError
+    from ..data.pose_estimate import sniff_keypoint_file, track_from_keypoint_file
+
+    cap = cfg.max_timeline_seconds if route == "/timeline" else cfg.max_clip_seconds
+    try:
+        kind = sniff_keypoint_file(path)
+    except OSError as exc:
+        raise UploadError(422, "undecodable", f"the upload cannot be read ({type(exc).__name__})") from None
+    if kind is None:
+        return probe_upload(path, cap, cfg.max_frame_pixels, route), None, None
+    if frames != "pose":
+        raise UploadError(415, "not_a_video", f"a keypoint file ({kind}): the served run was trained on camera "
+                          "frames (/ready: input.frames = rgb); keypoint files are for skeleton runs")
+    try:
+        track, truth = track_from_keypoint_file(path)
+    except FrameError as exc:
+        raise UploadError(422, "bad_keypoints", f"{kind}: {one_line(exc)}") from None
+    seconds = (int(track.ts_ms[-1]) + 1000 / KEYPOINT_HZ) / 1000
+    if seconds > cap + 0.5 / FPS:
+        raise UploadError(422, "too_long", too_long(f"the keypoint file spans {seconds:.1f} s", cap, route))
+    return UploadInfo(kind, "keypoints", track.frame_w, track.frame_h, seconds), track, truth
+
+
 def decode_clip(path: Path, cfg: ServeConfig, frames: str = "rgb", render: dict | None = None) -> DecodedClip:
     """The clip a run's model must see: camera frames (``decode_upload``) or, for ``frames="pose"``, the skeleton
-    frames of the keypoints estimated from the video, rendered as the run contract's ``render`` (PoseRender fields)
-    says. Same refusals as ``decode_upload``, plus 422 ``no_worker`` and 503 ``pose_unavailable``."""
-    if frames == "rgb":
-        clip, info, n = decode_upload(path, cfg)
-        return DecodedClip(clip, info, n)
-    if frames != "pose":
+    frames of the keypoints estimated from the video, or read from an uploaded OpenPack keypoint file
+    (``probe_input``), rendered as the run contract's ``render`` (PoseRender fields) says. Same refusals as
+    ``decode_upload``, plus 422 ``no_worker`` / ``bad_keypoints`` and 503 ``pose_unavailable``."""
+    if frames not in ("rgb", "pose"):
         raise ValueError(f"unknown frames kind {frames!r} (rgb | pose)")
+    info, track, _ = probe_input(path, cfg, frames)
+    if frames == "rgb":
+        clip, info, n = decode_upload(path, cfg, info)
+        return DecodedClip(clip, info, n)
     from ..data.errors import FrameError, VideoDecodeError
     from ..data.pose_estimate import NoWorkerError, PoseUnavailableError, estimate_video
     from ..data.skeleton import PoseRender
     from ..data.video import MIN_CLIP_FRAMES
 
-    info = probe_upload(path, cfg.max_clip_seconds, cfg.max_frame_pixels)
-    limit = CLIP_SECONDS if info.duration_s is not None else cfg.max_clip_seconds + 1.0 / FPS
     pose_cfg = cfg.pose_config()
-    try:
-        track = estimate_video(path, pose_cfg, max_seconds=limit, size=(info.width, info.height))
-    except PoseUnavailableError as exc:
-        raise UploadError(503, "pose_unavailable", one_line(exc)) from None
-    except VideoDecodeError as exc:
-        why = one_line(exc).replace(str(path), "upload").replace(path.name, "upload")
-        raise UploadError(422, "undecodable", f"{info.codec} video could not be decoded: {why}") from None
+    if track is None:
+        limit = CLIP_SECONDS if info.duration_s is not None else cfg.max_clip_seconds + 1.0 / FPS
+        try:
+            track = estimate_video(path, pose_cfg, max_seconds=limit, size=(info.width, info.height))
+        except PoseUnavailableError as exc:
+            raise UploadError(503, "pose_unavailable", one_line(exc)) from None
+        except VideoDecodeError as exc:
+            why = one_line(exc).replace(str(path), "upload").replace(path.name, "upload")
+            raise UploadError(422, "undecodable", f"{info.codec} video could not be decoded: {why}") from None
+    else:  # a keypoint file: its first 5 s, as to_clip keeps a video's
+        keep = track.ts_ms < CLIP_SECONDS * 1000
+        track.kpts, track.ts_ms = track.kpts[keep], track.ts_ms[keep]
     n = len(track.kpts)
     if n == 0:
         raise UploadError(422, "no_frames", f"no frame could be decoded from the {info.codec} stream")
@@ -233,7 +267,7 @@ def decode_clip(path: Path, cfg: ServeConfig, frames: str = "rgb", render: dict 
     return DecodedClip(clip, info, n, "pose", motion, track.summary() | track.stats)
 
 
-def decode_upload(path: Path, cfg: ServeConfig) -> tuple[Any, UploadInfo, int]:
+def decode_upload(path: Path, cfg: ServeConfig, info: UploadInfo | None = None) -> tuple[Any, UploadInfo, int]:
     """Probe, decode (25 fps, 336², letterboxed) and normalise to the 125-frame clip (``video.to_clip``).
 
     Returns (clip (125,336,336,3) uint8, probe info, frames decoded). Only the first ``CLIP_SECONDS`` are decoded
@@ -243,7 +277,7 @@ def decode_upload(path: Path, cfg: ServeConfig) -> tuple[Any, UploadInfo, int]:
     from ..data.errors import FrameError, VideoDecodeError
     from ..data.video import decode_video, to_clip
 
-    info = probe_upload(path, cfg.max_clip_seconds, cfg.max_frame_pixels)
+    info = info or probe_upload(path, cfg.max_clip_seconds, cfg.max_frame_pixels)
     limit = CLIP_SECONDS if info.duration_s is not None else cfg.max_clip_seconds + 1.0 / FPS
     try:
         frames = decode_video(path, fps=FPS, size=336, max_seconds=limit)

@@ -2,6 +2,7 @@
 
     python -m openpack_vlm.timeline VIDEO --out T.json [--plot T.png] [--stride 2.5] [--truth VIDEO.truth.json] \
         [--model Qwen/Qwen2-VL-2B-Instruct --adapter R/adapter --quantization 4bit]
+    python -m openpack_vlm.timeline U0108-S0100.csv --adapter R/adapter --out T.json   # skeleton run, Zenodo CSV
     python -m openpack_vlm.data.synthetic --video /tmp/s.mp4 --seconds 600      # a 10-min video with a known timeline
     python -m openpack_vlm.timeline /tmp/s.mp4 --truth /tmp/s.truth.json --model tiny-real --quantization none \
         --out /tmp/s.timeline.json --plot /tmp/s.png
@@ -15,8 +16,10 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..cli import build_parser, parse, setting
+from ..data.pose_estimate import sniff_keypoint_file
 from ..io_utils import one_line, read_json, write_json
 from .analyse import TimelineConfig, TimelineError, analyse_video, probe_seconds
 
@@ -43,7 +46,8 @@ class TimelineRunConfig(TimelineConfig):
 
 def main(argv=None) -> int:
     parser = build_parser(TimelineRunConfig, prog="python -m openpack_vlm.timeline", description=__doc__.split("\n")[0])
-    parser.add_argument("video", help="the recording (any container/codec libav reads)")
+    parser.add_argument("video", help="the recording (any container/codec libav reads), or for a skeleton run an "
+                                      "OpenPack keypoint file (mmpose JSON, Zenodo CSV: with labels it scores itself)")
     try:
         cfg, extra = parse(parser, argv)
     except ValueError as e:
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
             truth = read_json(cfg.truth, "truth timeline", TimelineError).get("segments")
             if not isinstance(truth, list):
                 raise TimelineError(f"{cfg.truth}: no 'segments' list")
-        probe_seconds(extra.video)  # a file that is no video fails now, not after the model has loaded
+        if not (Path(extra.video).is_file() and sniff_keypoint_file(extra.video)):
+            probe_seconds(extra.video)  # a file that is no video fails now, not after the model has loaded
         t0 = time.perf_counter()
         predictor = Predictor.from_pretrained(cfg.model_id, adapter=cfg.adapter, quantization=cfg.quantization,
                                               device=cfg.device)

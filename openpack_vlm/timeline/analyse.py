@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import setting
-from ..data.pose_estimate import PoseEstimateConfig, estimate_recording, parse_roi
+from ..data.errors import FrameError
+from ..data.pose_estimate import (PoseEstimateConfig, estimate_recording, parse_roi, sniff_keypoint_file,
+                                  track_from_keypoint_file)
 from ..io_utils import one_line
 from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_ID
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
@@ -298,12 +300,28 @@ def analyse_video(predictor, path: str | Path, cfg: TimelineConfig | None = None
 
     cfg = cfg or TimelineConfig()
     path = Path(path)
+    pose = getattr(predictor, "input_frames", "rgb") == "pose"
+    if path.is_file() and sniff_keypoint_file(path):  # an OpenPack keypoint file: skeleton runs only
+        if not pose:
+            raise TimelineError(f"{path.name} is a keypoint file; the model was trained on camera frames")
+        try:
+            track, truth = track_from_keypoint_file(path)
+        except FrameError as e:
+            raise TimelineError(f"{path.name}: {e}") from None
+        if cfg.max_seconds is not None and track.ts_ms[-1] / 1000 > cfg.max_seconds:
+            raise TimelineError(f"{path.name} spans {track.ts_ms[-1] / 1000:.1f} s, over max_seconds={cfg.max_seconds:g} s")
+        kw["truth"] = kw.get("truth") or truth  # a labelled Zenodo CSV scores itself
+        out = analyse_windows(predictor, track_windows(track, stride_ticks(cfg.stride), predictor.input_render), cfg,
+                              source=kw.pop("source", path.name), worker_share=worker_share_per_second(track),
+                              min_worker_share=cfg.min_worker_share, **kw)
+        out["pose"] = track.summary()
+        return out
     stated = probe_seconds(path)
     if stated is not None and cfg.max_seconds is not None and stated > cfg.max_seconds + 0.5 / FPS:
         raise TimelineError(f"{path.name} is {stated:.1f} s long, over max_seconds={cfg.max_seconds:g} s")
     stride = stride_ticks(cfg.stride)
     total = expected_windows(int(round(stated * FPS)), stride) if stated else None
-    if getattr(predictor, "input_frames", "rgb") == "pose":  # a skeleton run: keypoints first, then its windows
+    if pose:  # a skeleton run: the video's keypoints first, then its windows
         track = estimate_recording(path, cfg.pose_config())
         out = analyse_windows(predictor, track_windows(track, stride, predictor.input_render), cfg,
                               source=kw.pop("source", path.name), total_windows=total,
