@@ -46,6 +46,23 @@ def loop(frames: list[np.ndarray], n: int) -> list[np.ndarray]:
     return [seq[i % len(seq)] for i in range(n)]
 
 
+def wait_ready(client) -> None:
+    for _ in range(600):
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError(client.get("/ready").text)
+
+
+def wait_job(client, job_id: str) -> dict:
+    for _ in range(600):
+        st = client.get(f"/timeline/{job_id}").json()
+        if st["state"] not in ("queued", "running"):
+            return st
+        time.sleep(0.2)
+    raise AssertionError(st)
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pose_videos")
@@ -196,12 +213,8 @@ def test_skeleton_run_is_served_skeletons_over_http(pose_run, tiny_model_dir, vi
     cfg = ServeConfig(model_id=str(tiny_model_dir), adapter_path=str(pose_run / "adapter"), quantization="none",
                       device="cpu", decode_workers=1)
     with TestClient(create_app(cfg)) as client:
-        for _ in range(600):
-            ready = client.get("/ready")
-            if ready.status_code == 200:
-                break
-            time.sleep(0.2)
-        assert ready.status_code == 200, ready.text
+        wait_ready(client)
+        ready = client.get("/ready")
         assert ready.json()["input"]["frames"] == "pose"
         assert ready.json()["input"]["pose_estimator"] == "mediapipe 0.10.21"
         r = client.post("/predict", files={"file": ("w.mp4", videos["worker"].read_bytes(), "video/mp4")},
@@ -262,17 +275,10 @@ def test_skeleton_run_timeline_marks_no_worker(pose_run, tiny_model_dir, videos,
     cfg = ServeConfig(model_id=str(tiny_model_dir), adapter_path=str(pose_run / "adapter"), quantization="none",
                       device="cpu", decode_workers=1)
     with TestClient(create_app(cfg)) as client:
-        for _ in range(600):
-            if client.get("/ready").status_code == 200:
-                break
-            time.sleep(0.2)
+        wait_ready(client)
         job = client.post("/timeline", files={"file": ("v.mp4", video.read_bytes(), "video/mp4")},
                           data={"stride": "2.5"}).json()
-        for _ in range(600):
-            st = client.get(f"/timeline/{job['job_id']}").json()
-            if st["state"] not in ("queued", "running"):
-                break
-            time.sleep(0.2)
+        st = wait_job(client, job["job_id"])
         assert st["state"] == "done", st
         res = st["result"]
         assert res["pose"]["keypoint_frames"] == 180 and st["progress"]["pose_seconds_done"] == 12.0
@@ -318,11 +324,8 @@ def test_keypoint_files_in(pose_run, run_dir, tiny_model_dir, synthetic_root, tm
                           device="cpu", decode_workers=1)
         client = TestClient(create_app(cfg))
         client.__enter__()
-        for _ in range(600):
-            if client.get("/ready").status_code == 200:
-                return client
-            time.sleep(0.2)
-        raise AssertionError(client.get("/ready").text)
+        wait_ready(client)
+        return client
 
     client = serve(pose_run)
     try:
@@ -340,11 +343,7 @@ def test_keypoint_files_in(pose_run, run_dir, tiny_model_dir, synthetic_root, tm
         assert r.status_code == 422 and r.json()["error"] == "bad_keypoints", r.text
         assert "row 4" in r.json()["detail"] and "J00_D2" in r.json()["detail"]
         job = client.post("/timeline", files={"file": ("long.csv", long_csv.read_bytes(), "text/csv")}).json()
-        for _ in range(600):
-            st = client.get(f"/timeline/{job['job_id']}").json()
-            if st["state"] not in ("queued", "running"):
-                break
-            time.sleep(0.2)
+        st = wait_job(client, job["job_id"])
         assert st["state"] == "done", st
         assert st["video"]["codec"] == "keypoints" and "metrics" in st["result"] and st["result"]["truth"]
         assert 29 <= st["result"]["duration_s"] <= 30.1
