@@ -183,12 +183,19 @@ def _crop_px(roi: tuple[float, float, float, float], w: int, h: int) -> tuple[in
     return x0, y0, max(1, min(w - x0, int(round(cw * w)))), max(1, min(h - y0, int(round(ch * h))))
 
 
+PROBE_FRAMES = 15  # keypoint frames (1 s) after which a whole-frame track that has seen no worker gives up early
+
+
 def track_frames(frames: Iterable[np.ndarray], cfg: PoseEstimateConfig = PoseEstimateConfig(),
-                 roi: tuple[float, float, float, float] | None = None) -> np.ndarray:
-    """(N,17,3) keypoints of the frames in their own pixels, tracked inside ``roi`` (shares of the frame) if given."""
+                 roi: tuple[float, float, float, float] | None = None, give_up: bool = False) -> np.ndarray | None:
+    """(N,17,3) keypoints of the frames in their own pixels, tracked inside ``roi`` (shares of the frame) if given.
+    ``give_up``: None when the first ``PROBE_FRAMES`` frames show no worker (the caller searches crops instead of
+    tracking a worker too small to be found to the end)."""
     out = []
     tracker = PoseTracker.shared(cfg)
-    for f in frames:
+    for i, f in enumerate(frames):
+        if give_up and i == PROBE_FRAMES and not worker_seen(np.stack(out)).any():
+            return None
         if roi is None:
             out.append(tracker(f))
             continue
@@ -302,16 +309,19 @@ def track_from_square_frames(frames: list[np.ndarray], frame_w: int, frame_h: in
 
     content = (box.off_x / box.size, box.off_y / box.size, box.new_w / box.size, box.new_h / box.size)
     roi_video = cfg.roi
-    k = track_frames(frames, cfg, square_roi(roi_video) if roi_video else content)
+    search = roi_video is None and cfg.min_found_share > 0
+    k = track_frames(frames, cfg, square_roi(roi_video) if roi_video else content, give_up=search)
     searched = False
-    if roi_video is None and len(k) and worker_seen(k).mean() < cfg.min_found_share:
+    if search and (k is None or (len(k) and worker_seen(k).mean() < cfg.min_found_share)):
         searched = True
         crops = [f[box.off_y:box.off_y + box.new_h, box.off_x:box.off_x + box.new_w] for f in frames]
         found = search_roi(crops, cfg)
         if found is not None:
             k2 = track_frames(frames, cfg, square_roi(found))
-            if worker_seen(k2).mean() > worker_seen(k).mean():
+            if k is None or worker_seen(k2).mean() > worker_seen(k).mean():
                 k, roi_video = k2, found
+        if k is None:  # nobody in the first second nor in any crop: the whole frame, to the end
+            k = track_frames(frames, cfg, content)
     mirrored = False
     if cfg.facing_camera:
         k, mirrored = face_camera(k)
