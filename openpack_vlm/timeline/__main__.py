@@ -99,7 +99,8 @@ def main(argv=None) -> int:
         print(f"error: {one_line(e, with_type=True)}", file=sys.stderr)
         return 1
     for s in result["segments"]:
-        print(f"{s['start_s']:8.1f} {s['end_s']:8.1f}  {s['operation']:<22} {s['confidence']:.2f}")
+        conf = "-" if s["confidence"] is None else f"{s['confidence']:.2f}"  # "no worker" seconds: no answer
+        print(f"{s['start_s']:8.1f} {s['end_s']:8.1f}  {s['operation']:<22} {conf}")
     cs = result["cycle_summary"]
     print(f"{result['duration_s']:.1f} s, {result['n_windows']} windows, {len(result['segments'])} segments; "
           f"{cs['complete_cycles']} complete box cycles (median {cs['median_cycle_s']} s); next: "

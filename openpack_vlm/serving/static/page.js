@@ -126,7 +126,7 @@ function onDone(status) {
     `(every ${r.stride_s} s) · <b>${cs.complete_cycles}</b> complete box cycles` +
     (cs.median_cycle_s ? ` (median ${cs.median_cycle_s} s)` : "") + ` · next: ${chip(nx.operation)}`;
   $("segments").querySelector("tbody").innerHTML = r.segments.map((s) =>
-    `<tr><td>${s.start_s.toFixed(1)}</td><td>${s.end_s.toFixed(1)}</td><td>${chip(s.operation)}</td><td>${s.confidence.toFixed(2)}</td></tr>`).join("");
+    `<tr><td>${s.start_s.toFixed(1)}</td><td>${s.end_s.toFixed(1)}</td><td>${chip(s.operation)}</td><td>${s.confidence === null ? "–" : s.confidence.toFixed(2)}</td></tr>`).join("");
   $("cycles").querySelector("tbody").innerHTML = r.cycles.map((c) =>
     `<tr><td>${c.box}</td><td>${c.start_s.toFixed(1)}</td><td>${c.end_s === null ? "–" : c.end_s.toFixed(1)}</td>` +
     `<td>${c.cycle_s === null ? "–" : c.cycle_s}</td><td>${c.complete ? "yes" : "no"}</td></tr>`).join("") ||
