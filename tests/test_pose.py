@@ -6,13 +6,15 @@ camera file box.mp4 (a hand and a box, no person) and a grey video for "no worke
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from media import write_video
 
@@ -189,21 +191,26 @@ def test_decode_clip_renders_the_skeleton_the_pipeline_would(videos):
 
 
 @pytest.fixture(scope="module")
-def pose_run(run_dir, tmp_path_factory) -> Path:
-    """The trained tiny run, its contract saying its clips were skeletons (``data.frames = "pose"``): what a run
-    built with ``--source pose`` records. The weights do not matter here; the input path does."""
+def pose_run(pose_samples, tiny_model_dir, tmp_path_factory) -> Path:
+    """A tiny adapter trained (3 steps) on the skeleton data of ``data_pipeline.py --source pose``: its run.json
+    says ``data.frames = "pose"``, written by the pipeline from the clips' sources."""
+    from openpack_vlm.model import train
+
+    data = pose_samples.parent
+    assert json.loads((data / "run.json").read_text())["data"]["frames"] == "pose"
     out = tmp_path_factory.mktemp("pose_run") / "run"
-    shutil.copytree(run_dir, out)
-    rj = json.loads((out / "run.json").read_text())
-    rj["data"].update(source="pose", frames="pose")
-    (out / "run.json").write_text(json.dumps(rj))
+    rc = train.main(["--data", str(data), "--out", str(out), "--model", str(tiny_model_dir), "--quantization", "none",
+                     "--max-steps", "3", "--save-steps", "3", "--batch-size", "2", "--num-workers", "0",
+                     "--report-to", "none"])
+    assert rc == 0 and json.loads((out / "run.json").read_text())["data"]["frames"] == "pose"
     return out
 
 
-def test_skeleton_run_is_served_skeletons_over_http(pose_run, tiny_model_dir, videos):
-    """/ready says what the model is shown; /predict estimates keypoints, renders and samples them as in training
-    (the answer equals the predictor's on decode_clip's clip and motion), reports X-Pose, returns the skeleton
-    frames with include_frames, and answers 422 no_worker for a clip without a worker."""
+def test_skeleton_run_is_served_skeletons_over_http(pose_run, tiny_model_dir, videos, repo_root):
+    """A pose-trained adapter served: /ready says what the model is shown; /predict estimates keypoints, renders and
+    samples them as in training (the answer equals the predictor's on decode_clip's clip and motion), reports
+    X-Pose, returns skeleton frames with include_frames, and answers 422 no_worker for a grey clip and for the real
+    hand-and-box video."""
     from fastapi.testclient import TestClient
 
     from openpack_vlm.serving.app import create_app
@@ -229,8 +236,12 @@ def test_skeleton_run_is_served_skeletons_over_http(pose_run, tiny_model_dir, vi
         want = predictor.predict_clip(got.clip, "w", got.motion)
         assert body == want.prediction.model_dump()
         assert [f["index"] for f in frames] == want.scores["frame_indices"]
-        r = client.post("/predict", files={"file": ("g.mp4", videos["grey"].read_bytes(), "video/mp4")})
-        assert r.status_code == 422 and r.json()["error"] == "no_worker", r.text
+        for f in frames:  # what the model saw: skeletons on black, not the grey-walled room of the camera frames
+            img = np.asarray(Image.open(io.BytesIO(base64.b64decode(f["jpeg"].split(",", 1)[1]))))
+            assert img.shape == (336, 336, 3) and np.median(img) < 10 and img.max() > 150
+        for name, video in (("g.mp4", videos["grey"]), ("box.mp4", repo_root / "tests" / "data" / "videos" / "box.mp4")):
+            r = client.post("/predict", files={"file": (name, video.read_bytes(), "video/mp4")})
+            assert r.status_code == 422 and r.json()["error"] == "no_worker", r.text
         assert "no_worker" in json.dumps(client.get("/openapi.json").json()["paths"]["/predict"]["post"]["responses"])
 
 
