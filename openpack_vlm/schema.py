@@ -60,6 +60,16 @@ class Prediction(_OpFields):
     confidence: float = Field(ge=0.0, le=1.0, description="model probability of dominant_operation")
 
 
+class RawAnswer(BaseModel):
+    """What the model is trained to write, read strictly: exact OpenPack names (no IDs or aliases), integer frames,
+    an ordered span inside the clip (``TemporalSegment``). Other keys are ignored (``model.answers.check_raw_text``)."""
+
+    model_config = ConfigDict(strict=True)
+    dominant_operation: OperationName
+    temporal_segment: TemporalSegment
+    anticipated_next_operation: OperationName
+
+
 class ClipTruth(_OpFields):
     """Ground truth of one clip (frame indices in the 25-fps clip, 0..124)."""
 

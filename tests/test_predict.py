@@ -369,6 +369,14 @@ def test_concurrent_predictions_match_sequential(predictor):
          '"anticipated_next_operation": "Close Box"}', "invalid span 9..5"),
         ('{"dominant_operation": "Picking", "temporal_segment": {"start_frame": 0, "end_frame": 200}, '
          '"anticipated_next_operation": "Close Box"}', "invalid span"),
+        ('{"dominant_operation": "Picking", "temporal_segment": {"start_frame": "0", "end_frame": 5}, '
+         '"anticipated_next_operation": "Close Box"}', "invalid span '0'..5"),  # strict: a string is no frame
+        ('{"dominant_operation": "Picking", "temporal_segment": {"start_frame": true, "end_frame": 5}, '
+         '"anticipated_next_operation": "Close Box"}', "invalid span True..5"),
+        ('{"dominant_operation": "Picking", "temporal_segment": [0, 5], '
+         '"anticipated_next_operation": "Close Box"}', "temporal_segment is not"),
+        ('{"dominant_operation": 100, "temporal_segment": {"start_frame": 0, "end_frame": 5}, '
+         '"anticipated_next_operation": "Close Box"}', "unknown operation name '100'"),  # no ids in the target
     ],
 )
 def test_check_raw_text(text, why):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import math
 
+from pydantic import ValidationError
+
 from ..labels import NAME_TO_ID, OPERATION_NAMES
 from ..metrics import as_span, pred_id
 from ..prompt import clip_span, target_text
-from ..schema import CLIP_FRAMES
+from ..schema import CLIP_FRAMES, RawAnswer
 
 
 class PredictError(ValueError):
@@ -77,29 +79,35 @@ def best(logps: list[float], later: bool = True) -> int:
 
 
 def check_raw_text(text: str) -> str | None:
-    """None when the free answer is a valid target (JSON, the 3 keys, OpenPack names, a valid span), else why not."""
+    """None when the free answer is a valid target (``schema.RawAnswer``: JSON, the 3 keys, OpenPack names, a valid
+    span), else why not, in one line."""
     s = text.strip()
     if s.startswith("```"):  # a fenced answer is still a repair
         return "wrapped in a code fence"
     try:
-        d = json.loads(s)
-    except json.JSONDecodeError as e:
-        return f"invalid JSON ({e.msg})"
-    if not isinstance(d, dict):
-        return "JSON is not an object"
-    for key in ("dominant_operation", "temporal_segment", "anticipated_next_operation"):
-        if key not in d:
-            return f"missing key {key}"
-    for key in ("dominant_operation", "anticipated_next_operation"):
-        if d[key] not in NAME_TO_ID:
-            return f"unknown operation name {str(d[key])[:40]!r} in {key}"
-    seg = d["temporal_segment"]
-    if not isinstance(seg, dict) or set(seg) != {"start_frame", "end_frame"}:
-        return "temporal_segment is not {start_frame, end_frame}"
-    s0, e0 = seg["start_frame"], seg["end_frame"]
-    if not (isinstance(s0, int) and isinstance(e0, int) and 0 <= s0 <= e0 <= CLIP_FRAMES - 1):
-        return f"invalid span {s0!r}..{e0!r}"
+        RawAnswer.model_validate_json(s, strict=True)  # strict all the way down: "5" or true is no frame
+    except ValidationError as e:
+        return _why(e, s)
     return None
+
+
+def _why(err: ValidationError, text: str) -> str:
+    """The first validation error of a raw answer, said as the model's mistake."""
+    first = err.errors()[0]
+    kind, loc = first["type"], first["loc"]
+    if kind == "json_invalid":
+        return f"invalid JSON ({first.get('ctx', {}).get('error', first['msg'])})"
+    if not loc:
+        return "JSON is not an object"
+    key = loc[0]
+    if kind == "missing" and len(loc) == 1:
+        return f"missing key {key}"
+    if key == "temporal_segment":
+        seg = json.loads(text).get("temporal_segment")
+        if not isinstance(seg, dict) or set(seg) != {"start_frame", "end_frame"}:
+            return "temporal_segment is not {start_frame, end_frame}"
+        return f"invalid span {seg['start_frame']!r}..{seg['end_frame']!r}"
+    return f"unknown operation name {str(first.get('input'))[:40]!r} in {key}"
 
 
 def parse_raw_text(text: str, frame_indices: list[int] | None = None) -> dict:
