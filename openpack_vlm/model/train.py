@@ -173,9 +173,9 @@ class ShardStream:
     sample (every reader walks all shards and keeps every n-th sample). Each pass reshuffles the shard order and
     uses a shuffle buffer of ``buffer`` samples; a pass that yields nothing raises instead of spinning.
     Kept instead of webdataset's ``split_by_node`` / ``split_by_worker`` / ``shuffle`` / ``repeat``: those split the
-    shard LIST, so with fewer shards than readers (the demo's 2 train shards on 2 GPUs x 2 workers) a reader gets
-    nothing, and ``repeat`` replays the same shard order; here a reader falls back to every n-th sample and each
-    pass draws a new, seeded order (``make results`` is reproducible because of that seed).
+    shard LIST, so with fewer shards than readers (the demo has 1 train shard; Kaggle runs 2 GPUs x 2 workers) a
+    reader gets nothing, and ``repeat`` replays one shard order; here a reader falls back to every n-th sample and
+    each pass draws a new, seeded order (``make results`` is reproducible because of that seed).
     """
 
     def __init__(self, paths: list[Path], buffer: int = 256, seed: int = 0, rank: int | None = None,
