@@ -206,6 +206,7 @@ def pose_run(pose_samples, tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains a tiny adapter once (module fixture) and starts servers
 def test_skeleton_run_is_served_skeletons_over_http(pose_run, tiny_model_dir, videos, repo_root):
     """A pose-trained adapter served: /ready says what the model is shown; /predict estimates keypoints, renders and
     samples them as in training (the answer equals the predictor's on decode_clip's clip and motion), reports
@@ -271,6 +272,7 @@ def test_mark_no_worker_rebuilds_segments():
         (4.0, 5.5, NO_WORKER, None)]
 
 
+@pytest.mark.slow  # trains a tiny adapter once (module fixture) and starts servers
 def test_skeleton_run_timeline_marks_no_worker(pose_run, tiny_model_dir, videos, tmp_path):
     """/timeline of a skeleton run: keypoints over the recording, skeleton windows with their motion, seconds
     without a worker marked "no worker" (a worker clip followed by an empty room); the CLI's analyse_video agrees."""
@@ -311,6 +313,7 @@ def csv_slice(src: Path, dst: Path, seconds: float, skip_s: float = 0.0) -> Path
     return dst
 
 
+@pytest.mark.slow  # trains a tiny adapter once (module fixture) and starts servers
 def test_keypoint_files_in(pose_run, run_dir, tiny_model_dir, synthetic_root, tmp_path, repo_root):
     """A user with OpenPack's public keypoints runs the served skeleton model on them: real mmpose JSON and a Zenodo
     CSV slice answer on /predict (as the predictor does on the file's own track); a labelled CSV on /timeline scores
