@@ -124,3 +124,29 @@ def test_space_folder_is_complete(repo_root):
                 for line in (repo_root / path).read_text().splitlines() if "==" in line and not line.startswith("#"))
     assert {k: v for k, v in pins.items() if k in ours} == {k: ours[k] for k in pins if k in ours}
     assert "pillow" not in pins  # gradio caps pillow below 13 (see the file's comment)
+
+
+def test_space_installs_the_pose_estimator_without_its_pins(repo_root, monkeypatch):
+    """On a Space (SPACE_ID set) app.py installs mediapipe --no-deps when it is missing; elsewhere it never runs pip."""
+    import importlib.util
+    from importlib import metadata
+
+    spec = importlib.util.spec_from_file_location("space_app", repo_root / "space" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    calls = []
+    monkeypatch.setattr(app.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(app.metadata, "version", missing)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    app.ensure_pose_estimator()
+    assert calls == []
+    monkeypatch.setenv("SPACE_ID", "alice/openpack")
+    app.ensure_pose_estimator()
+    assert calls and calls[0][-1] == "mediapipe==0.10.21" and "--no-deps" in calls[0]
+    from openpack_vlm.data.pose_estimate import MEDIAPIPE_PIN
+
+    assert app.MEDIAPIPE == MEDIAPIPE_PIN
