@@ -42,7 +42,8 @@ async function ready() {
   try {
     const r = await api("/ready");
     const b = await r.json();
-    $("model").textContent = r.ok ? `model: ${b.model_id}${b.adapter ? " + " + b.adapter : " (base)"} · ${b.device}`
+    const shown = b.input && b.input.frames === "pose" ? " · sees skeletons (pose estimated from your video)" : "";
+    $("model").textContent = r.ok ? `model: ${b.model_id}${b.adapter ? " + " + b.adapter : " (base)"} · ${b.device}${shown}`
                                   : `model: ${b.detail || b.error}`;
     if (!r.ok) setTimeout(ready, 3000);
   } catch (e) { $("model").textContent = "model: server not answering"; setTimeout(ready, 3000); }
