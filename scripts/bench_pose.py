@@ -12,7 +12,6 @@ camera frames (rgb) vs skeletons (pose: decode at 15 Hz + keypoints + render), s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -12,7 +12,7 @@ import math
 
 from pydantic import ValidationError
 
-from ..labels import NAME_TO_ID, OPERATION_NAMES
+from ..labels import OPERATION_NAMES
 from ..metrics import as_span, pred_id
 from ..prompt import clip_span, target_text
 from ..schema import CLIP_FRAMES, RawAnswer
