@@ -127,6 +127,14 @@ def face_camera(kpts: np.ndarray) -> tuple[np.ndarray, bool]:
     return k[:, COCO_MIRROR], True
 
 
+def warm_tracker(cfg: PoseEstimateConfig = PoseEstimateConfig()) -> None:
+    """Build this process's trackers (the MediaPipe graph: ~1 s on the first use) before the first upload needs them;
+    decoder processes of skeleton runs call it once at start-up."""
+    blank = np.zeros((cfg.side, cfg.side, 3), np.uint8)
+    PoseTracker.shared(cfg)(blank)
+    PoseTracker.shared(cfg, static=True)(blank)
+
+
 def worker_seen(kpts: np.ndarray) -> np.ndarray:
     """(N,) bool: the keypoint frame shows a worker (a shoulder and ``MIN_JOINTS`` upper-body joints confident)."""
     k = np.asarray(kpts)

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..data.pose_estimate import require_estimator
+from ..data.pose_estimate import require_estimator, warm_tracker
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS, Prediction
 from .decoders import DecoderPool
@@ -148,6 +148,7 @@ class ModelState:
             self.render = getattr(self.predictor, "input_render", None)
             if self.frames == "pose":
                 self.estimator = require_estimator()
+                self.decoders.warm(warm_tracker, cfg.pose_config())  # the first upload does not build the graph
         except BaseException as exc:  # reported through /ready and /predict, never kills the server
             self.error = one_line(exc, with_type=True)
             log.error("model load failed: %s", self.error)

@@ -180,6 +180,11 @@ class DecoderPool:
             if own:
                 self._free.put(slot)
 
+    def warm(self, fn, *args) -> None:
+        """``fn(*args)`` once in every decoder process (start-up work the first upload would otherwise wait for)."""
+        for slot in list(self._slots):
+            self.run(fn, *args, slot=slot)
+
     def decode(self, path: Path, cfg: ServeConfig, timing: dict | None = None, frames: str = "rgb",
                render: dict | None = None) -> DecodedClip:
         """``decode_clip`` in a decoder process; the (125, 336, 336, 3) clip comes back through shared memory.
