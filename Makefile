@@ -13,9 +13,10 @@ install:
 test: install
 	$(PY) -m pytest -q --durations=15
 
-# the development loop: everything but the tests marked slow (training runs, real servers, notebook, demo); no install
+# the development loop: everything but the tests marked slow (training runs, real servers, notebook, demo), in one
+# process per core (pytest-xdist; 2 cores: 4.4 min instead of 6.1); no install
 test-fast:
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n auto
 
 # synthetic keypoints -> skeleton frames -> data_pipeline.py -> tiny-real LoRA run -> evaluate.py, into out/demo (fresh each time)
 demo: install
