@@ -353,6 +353,9 @@ def test_keypoint_files_in(pose_run, run_dir, tiny_model_dir, synthetic_root, tm
             track.kpts, track.ts_ms = track.kpts[keep], track.ts_ms[keep]
             clip, motion = track.source().clip_and_motion(0, hold_last=True)
             assert r.json() == predictor.predict_clip(clip, f.stem, motion).prediction.model_dump()
+        too_long = csv_slice(zen, tmp_path / "too_long.csv", 40.0)  # over MAX_CLIP_SECONDS=30
+        r = client.post("/predict", files={"file": ("too_long.csv", too_long.read_bytes(), "text/csv")})
+        assert r.status_code == 422 and r.json()["error"] == "too_long" and "time slice" in r.json()["detail"]
         r = client.post("/predict", files={"file": ("bad.csv", bad.read_bytes(), "text/csv")})
         assert r.status_code == 422 and r.json()["error"] == "bad_keypoints", r.text
         assert "row 4" in r.json()["detail"] and "J00_D2" in r.json()["detail"]

@@ -210,7 +210,10 @@ def probe_input(path: Path, cfg: ServeConfig, frames: str = "rgb", route: str = 
         raise UploadError(422, "bad_keypoints", f"{kind}: {one_line(exc)}") from None
     seconds = (int(track.ts_ms[-1]) + 1000 / KEYPOINT_HZ) / 1000
     if seconds > cap + 0.5 / FPS:
-        raise UploadError(422, "too_long", too_long(f"the keypoint file spans {seconds:.1f} s", cap, route))
+        setting = "MAX_TIMELINE_SECONDS" if route == "/timeline" else "MAX_CLIP_SECONDS"
+        raise UploadError(422, "too_long", f"the keypoint file spans {seconds:.1f} s; {route} takes up to "
+                          f"{setting}={cap:g} s: send a time slice of it (rows of the CSV, frames of the JSON) or "
+                          f"raise {setting}")
     return UploadInfo(kind, "keypoints", track.frame_w, track.frame_h, seconds), track, truth
 
 
