@@ -19,8 +19,9 @@ hand, which MediaPipe can turn into a whole "person", does not pass.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -353,8 +354,6 @@ def video_size(path: str | os.PathLike) -> tuple[int, int]:
 def estimate_video(path: str | os.PathLike, cfg: PoseEstimateConfig = PoseEstimateConfig(),
                    max_seconds: float | None = None, size: tuple[int, int] | None = None) -> KeypointTrack:
     """A video file -> its ``KeypointTrack`` (frames at 15 Hz by timestamp, as ``video.decode_video`` picks them)."""
-    import time
-
     from .video import decode_video
 
     w, h = size or video_size(path)
@@ -370,8 +369,6 @@ def estimate_recording(path: str | os.PathLike, cfg: PoseEstimateConfig = PoseEs
                        size: tuple[int, int] | None = None, on_chunk=None, chunk_s: float = 20.0) -> KeypointTrack:
     """A whole recording's ``KeypointTrack``, tracked chunk by chunk (``iter_video_keypoints``: bounded memory);
     ``on_chunk(seconds_done)`` reports progress after each ``chunk_s`` seconds of video (~6 s of work per 20 s)."""
-    import time
-
     t0 = time.perf_counter()
     parts = []
     for tr in iter_video_keypoints(path, cfg, size, chunk_s):
@@ -398,21 +395,23 @@ def iter_video_keypoints(path: str | os.PathLike, cfg: PoseEstimateConfig = Pose
     w, h = size or video_size(path)
     per = max(1, int(chunk_s * KEYPOINT_HZ))
     buf: list[np.ndarray] = []
-    roi = cfg.roi
     done = 0
+
+    def chunk() -> KeypointTrack:
+        nonlocal cfg, done
+        tr = track_from_square_frames(buf, w, h, cfg)
+        cfg = replace(cfg, roi=cfg.roi or tr.roi)  # a crop found once serves the rest of the recording
+        tr.ts_ms = tr.ts_ms + round(done * 1000 / KEYPOINT_HZ)
+        done += len(buf)
+        buf.clear()
+        return tr
+
     for f in iter_video(path, fps=KEYPOINT_HZ, size=cfg.side):
         buf.append(f)
         if len(buf) == per:
-            tr = track_from_square_frames(buf, w, h, PoseEstimateConfig(**{**cfg.__dict__, "roi": roi}))
-            roi = roi or tr.roi
-            tr.ts_ms = tr.ts_ms + round(done * 1000 / KEYPOINT_HZ)
-            done += len(buf)
-            buf = []
-            yield tr
+            yield chunk()
     if buf:
-        tr = track_from_square_frames(buf, w, h, PoseEstimateConfig(**{**cfg.__dict__, "roi": roi}))
-        tr.ts_ms = tr.ts_ms + round(done * 1000 / KEYPOINT_HZ)
-        yield tr
+        yield chunk()
 
 
 # ------------------------------------------------------------------------------------------------ keypoint files

@@ -58,7 +58,7 @@ def _stream_worker(path: str, stride: int, cfg: ServeConfig, shm_names: list[str
         out_q.put(("info", info.codec, info.width, info.height, info.duration_s, total))
         limit = int(round(max_seconds * FPS))
         if frames == "pose":
-            from ..data.pose_estimate import PoseUnavailableError, estimate_recording
+            from ..data.pose_estimate import KEYPOINT_HZ, PoseUnavailableError, estimate_recording
             from ..timeline.windows import track_windows, worker_share_per_second
 
             if track is None:  # a video: its keypoints first (an uploaded keypoint file brings its own)
@@ -67,7 +67,7 @@ def _stream_worker(path: str, stride: int, cfg: ServeConfig, shm_names: list[str
                                                on_chunk=lambda s: out_q.put(("pose_progress", s)))
                 except PoseUnavailableError as e:
                     raise UploadError(503, "pose_unavailable", one_line(e)) from None
-                if len(track.kpts) / 15 > max_seconds + 1 / 15:
+                if len(track.kpts) / KEYPOINT_HZ > max_seconds + 1 / KEYPOINT_HZ:
                     raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
             out_q.put(("pose", worker_share_per_second(track).tolist(), track.summary() | track.stats, truth))
             wins = track_windows(track, stride, render)

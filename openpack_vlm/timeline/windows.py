@@ -90,10 +90,11 @@ def track_windows(track, stride: int, render: dict | None = None) -> Iterator[Wi
     """Windows of a recording's keypoint track (skeleton runs; ``data.pose_estimate.KeypointTrack``), each rendered as
     one training clip with its joints' motion (``session_windows`` over the track's PoseFrameSource). A recording
     shorter than one window gives one window whose tail shows the last keypoint frame, as ``to_clip`` pads."""
+    from ..data.pose_estimate import KEYPOINT_HZ
     from ..data.skeleton import PoseRender
 
     src = track.source(PoseRender.from_json(render) if render is not None else PoseRender())
-    end_ms = int(track.ts_ms[-1]) + round(1000 / 15)
+    end_ms = int(track.ts_ms[-1]) + round(1000 / KEYPOINT_HZ)
     n_ticks = int(end_ms * FPS // 1000)
     if n_ticks >= CLIP_FRAMES:
         yield from session_windows(src, 0, end_ms, stride)
