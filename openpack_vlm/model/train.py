@@ -519,13 +519,30 @@ def parse_args(argv=None) -> TrainConfig:
     return TrainConfig(**given)
 
 
+def _close_process_group(wait: bool) -> None:
+    """Under torchrun the Trainer opens a gloo/NCCL process group and never closes it; a rank that exits with it open
+    can abort in the group's C++ threads ("terminate called without an active exception", SIGABRT), failing the whole
+    launch after training succeeded. After a success both ranks meet at a barrier first so neither tears down while the
+    other still talks to it; after an error no barrier (the other rank may never arrive)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if wait:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
 def main(argv=None) -> int:
     try:
         cfg = parse_args(argv)
         out = train(cfg)
     except (TrainError, ModelLoadError) as e:
+        _close_process_group(wait=False)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _close_process_group(wait=True)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 writes the run's files and reports
         return 0
     summary = json.loads((out / "train_summary.json").read_text())
