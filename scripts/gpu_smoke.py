@@ -5,8 +5,8 @@
 
 Builds the tiny model offline in a temp dir, writes a few shards in the pipeline's format, then per compute dtype:
 loads it in 4-bit NF4 (vision tower and lm_head unquantised), trains LoRA with the real Trainer (fp16 AMP with grad
-scaling on fp16, bf16 AMP on bf16), and checks: the loss is finite at every step; only LoRA weights changed (and
-lora_B did); only language-model linears are 4-bit; the vision tower is in the compute dtype; the trained adapter
+scaling on fp16, bf16 AMP on bf16), and checks: the loss is finite at every step; only the adapter's weights changed
+(LoRA, with lora_B among them, and the frame head); only language-model linears are 4-bit; the vision tower is in the compute dtype; the trained adapter
 generates. Prints one line per dtype (peak memory = torch.cuda.max_memory_allocated) and exits 0 only if all pass:
 1 = a check failed, 2 = no CUDA (without --device cpu).
 """
@@ -75,9 +75,10 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
     checks = {
         "loss_finite": bool(losses) and all(math.isfinite(x) for x in losses),
         "steps_done": summ["global_step"] == steps,
-        "only_lora_trainable": bool(snap["trainable"]) and all("lora_" in n for n in snap["trainable"]),
-        "only_lora_changed": bool(changed) and all("lora_" in n for n in changed),
+        "only_adapter_trainable": bool(snap["trainable"]) and all(_ours(n) for n in snap["trainable"]),
+        "only_adapter_changed": bool(changed) and all(_ours(n) for n in changed),
         "lora_B_changed": any("lora_B" in n for n in changed),
+        "frame_head_trained": any("frame_head" in n for n in changed),
         "lm_linears_4bit": bool(snap["quantized"])
         and all(".language_model." in n for n in snap["quantized"]),
         "vision_in_compute_dtype": snap["visual_dtypes"] == [expect_dtype],
@@ -104,10 +105,15 @@ def smoke_one(dtype: str, device: str, steps: int, model_dir: Path, data_dir: Pa
     return {"dtype": dtype, "device": device, "vision_lora": vision_lora, "ok": all(checks.values()), "checks": checks, "losses": losses,
             "peak_memory": summ["peak_memory"], "train_s": round(secs, 1), "changed_tensors": len(changed),
             "changed_non_lora": [f"{n} {tuple(before[n].shape) if n in before else None}->{tuple(after[n].shape)}"
-                                 for n in sorted(changed) if "lora_" not in n][:12],
+                                 for n in sorted(changed) if not _ours(n)][:12],
             "max_abs_change_non_lora": max((float((after[n] - before[n]).abs().max()) for n in changed
-                                            if "lora_" not in n and n in before and after[n].shape == before[n].shape),
+                                            if not _ours(n) and n in before and after[n].shape == before[n].shape),
                                            default=0.0)}
+
+
+def _ours(name: str) -> bool:
+    """A weight the adapter trains: LoRA, or the frame head's trained copy (model/frame_head.py)."""
+    return "lora_" in name or "frame_head.modules_to_save" in name
 
 
 def main(argv=None) -> int:

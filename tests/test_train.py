@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from openpack_vlm.model import train as T
-from openpack_vlm.labels import OPERATION_NAMES
+from openpack_vlm.labels import NAME_TO_ID, OPERATION_NAMES
 from openpack_vlm.prompt import target_text
 from openpack_vlm.data.shards import ClipRecord, ShardWriter, encode_jpeg, iter_samples, shard_paths
 
@@ -44,7 +44,8 @@ def write_fake_split(split_dir: Path, n: int, seed: int, per_shard: int = 8) -> 
             truth = {"dominant_operation": cur, "temporal_segment": {"start_frame": 0, "end_frame": end - 1},
                      "anticipated_next_operation": nxt}
             rec = ClipRecord(clip_id=f"U0101_S0100_c{seed}_{i:04d}", user="U0101", session="S0100", t0_ms=i * 5000,
-                             source="rgb", frame_indices=idx, truth=truth, split=split_dir.name)
+                             source="rgb", frame_indices=idx, truth=truth, split=split_dir.name,
+                             frame_ops=[NAME_TO_ID[cur if k < end else nxt] for k in idx])
             w.write(rec, [_frame(_COLOURS[cur] if k < end else _COLOURS[nxt], k) for k in idx])
             recs.append(rec)
     return recs
@@ -198,12 +199,17 @@ def test_only_lora_weights_change(data_dir, tiny_model_dir, tmp_path):
     cfg = _cfg(data_dir, tmp_path / "r", tiny_model_dir)
     T.train(cfg, callbacks=[Grab()])
     before, after, trainable = captured["before"], captured["after"], captured["trainable"]
-    assert trainable and all("lora_" in n for n in trainable)
+    # LoRA, and the frame head's trained copy (11 x 64 + 11): nothing of the base model
+    ours = lambda n: "lora_" in n or "frame_head.modules_to_save" in n  # noqa: E731
+    assert trainable and all(ours(n) for n in trainable)
+    assert {n for n in trainable if "frame_head" in n} == {f"base_model.model.frame_head.modules_to_save.default.{w}"
+                                                           for w in ("weight", "bias")}
     assert not any("visual" in n for n in trainable)  # vision tower frozen, no LoRA on it
     assert any("language_model" in n for n in trainable)
     changed = {n for n in after if not torch.equal(after[n].cpu(), before[n].cpu())}
     assert changed, "no weight changed"
-    assert all("lora_" in n for n in changed), sorted(changed - {n for n in changed if "lora_" in n})[:5]
+    assert all(ours(n) for n in changed), sorted(n for n in changed if not ours(n))[:5]
+    assert any("frame_head" in n for n in changed)
     assert any("lora_B" in n for n in changed)  # B starts at zero: the adapter now does something
     out = tmp_path / "r"
     assert (out / "adapter" / "adapter_config.json").is_file()
@@ -232,13 +238,13 @@ def test_vision_lora_trains_the_tower_and_travels_with_the_adapter(data_dir, tin
     out = tmp_path / "r"
     T.train(_cfg(data_dir, out, tiny_model_dir, vision_lora=True, save_steps=4), callbacks=[Grab()])
     trainable = captured["trainable"]
-    assert all("lora_" in n for n in trainable)
+    assert all("lora_" in n or "frame_head" in n for n in trainable)
     vis = {n.split(".lora_")[0].split("model.visual.")[1] for n in trainable if "visual" in n}
     assert vis == {f"blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")} | {
         "merger.mlp.0", "merger.mlp.2"}
     changed = {n for n in captured["after"] if not torch.equal(captured["after"][n], captured["before"][n])}
     assert any("visual" in n and "lora_B" in n for n in changed)  # the tower's adapter learned something
-    n_lora = sum(captured["after"][n].numel() for n in trainable)
+    n_lora = sum(captured["after"][n].numel() for n in trainable if "lora_" in n)
     from openpack_vlm.model import vram
 
     assert n_lora == vram.lora_params(tiny_model_dir, r=16) + vram.vision_lora_params(tiny_model_dir, r=16)

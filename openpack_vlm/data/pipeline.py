@@ -199,6 +199,7 @@ def process_session(task: SessionTask) -> SessionResult:
             boundary_frame=spec.boundary_frame, sampler="motion_kpt" if motion is not None else "motion",
             split=task.split,
             extra={"boundaries": spec.boundaries},
+            frame_ops=[int(spec.labels[i]) for i in idx],
         )
         items.append((rec.to_json(), jpegs))
     return SessionResult(task.split, task.user, task.session, items, skipped, src.name, secs)

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..io_utils import AtomicPath
-from ..labels import OPERATION_NAMES
+from ..labels import OPERATION_IDS, OPERATION_NAMES
 
 SHARD_PATTERN = "shard-%06d.tar"
 
@@ -40,6 +40,8 @@ class ClipRecord:
     sampler: str = "motion"
     split: str = ""
     extra: dict = field(default_factory=dict)
+    frame_ops: list[int] | None = None  # operation id at each sampled frame (frame_indices order): the frame head's
+    #                                     targets; None in data written before it existed
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -187,7 +189,8 @@ def write_smoke_shards(data_dir: Path, n: int = 16) -> Path:
             truth = {"dominant_operation": a, "temporal_segment": {"start_frame": 0, "end_frame": 99},
                      "anticipated_next_operation": b}
             rec = ClipRecord(clip_id=f"smoke_{i:03d}", user="U0101", session="S0100", t0_ms=5000 * i, source="rgb",
-                             frame_indices=idx, truth=truth, split="train")
+                             frame_indices=idx, truth=truth, split="train",
+                             frame_ops=[OPERATION_IDS[i % 4 + (k > 99)] for k in idx])
             jpegs = [encode_jpeg(Image.fromarray(np.full((336, 336, 3), 20 * (i % 4) + (k < 100) * 100, np.uint8)))
                      for k in idx]
             w.write(rec, jpegs)

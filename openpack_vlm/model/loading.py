@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..io_utils import one_line
+from . import frame_head
+from .frame_head import FRAME_HEAD
 from .pretrain import pretrained_cached
 from .tiny import TINY_MODEL_ID, TINY_PRETRAINED_ID, TINY_REAL_ID, tiny_cached
 
@@ -82,6 +84,7 @@ class ModelConfig:
     target_modules: tuple[str, ...] = LM_LINEAR  # language-model projections
     vision_lora: bool = False  # also LoRA on the vision tower's attention + MLP and the merger (VISION_LINEAR_RE)
     modules_to_save: tuple[str, ...] = ()  # e.g. ("lm_head",) for the tiny model; never for 2B (233M-param head)
+    frame_head: bool = False  # train a frame head (frame_head.py) with the adapter: 11 x hidden weights, saved in it
     gradient_checkpointing: bool = True  # recompute layer activations: ~5x less activation memory at batch 2
 
     def to_json(self) -> dict:
@@ -158,7 +161,7 @@ def lora_config(cfg: ModelConfig):
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=target,
-        modules_to_save=list(cfg.modules_to_save) or None,
+        modules_to_save=list(cfg.modules_to_save) + ([FRAME_HEAD] if cfg.frame_head else []) or None,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -217,8 +220,11 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
         if adapter is not None:
+            _attach_saved_head(model, adapter)
             model = PeftModel.from_pretrained(model, str(adapter_dir(adapter)), is_trainable=True)
         else:
+            if cfg.frame_head:
+                frame_head.attach(model)
             model = get_peft_model(model, lora_config(cfg))
         for p in model.parameters():  # trainable weights in fp32: AMP's grad scaler refuses fp16 grads
             if p.requires_grad and p.dtype != torch.float32:
@@ -226,11 +232,23 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
     elif adapter is not None:
         from peft import PeftModel
 
+        _attach_saved_head(model, adapter)
         model = PeftModel.from_pretrained(model, str(adapter_dir(adapter)))
         model.eval()
     else:
         model.eval()
     return model, processor
+
+
+def _attach_saved_head(model, adapter) -> None:
+    """An adapter trained with a frame head carries its weights (modules_to_save): the base model needs the module
+    before PEFT can load them into it."""
+    try:
+        conf = json.loads((adapter_dir(adapter) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return  # PEFT's own loading names the problem
+    if frame_head.adapter_has_head(conf):
+        frame_head.attach(model)
 
 
 # a Hub repo id (user or org / name), optionally @revision: letters, digits, - _ . (the Hub's own rule, 96 chars max)

@@ -12,6 +12,11 @@ How an answer is made (the model never gets to write an invalid one):
    from the chosen start on as end, and turns the pair into clip frames (``prompt.clip_span``: each boundary
    half-way to the neighbouring sampled frame); "clip" scores every start frame 0..124, then every end frame
    start..124. Candidate scoring = exact argmax over a closed set of integers, so always 0 ≤ start ≤ end ≤ 124.
+   With a frame head (an adapter trained with ``--frame_loss_weight``; model/frame_head.py), read off step 1's
+   forward: step 2's distribution is weighted by each operation's share of the clip under the head
+   (``frame_head.fuse_dominant``), and the span is the run of shown frames the head most likely puts in the chosen
+   operation (``frame_head.frame_segment``), mapped by ``clip_span`` the same way: no start/end calls (3 calls per
+   clip, ``span_from``).
 4. next operation: the 11 names scored after the prefix built from the chosen values; with a ``Grammar`` the
    model's distribution is fused with P(next | chosen dominant op) (``grammar.fuse``).
 5. ``raw_text``: free greedy generation (bounded tokens, after the prompt in the same cache), kept for the record;
@@ -54,6 +59,7 @@ from ..prompt import DEFAULT_SPAN, check_span_format, clip_span
 from ..schema import CLIP_FRAMES, Prediction
 from .answers import (PredictError, best, check_raw_text, end_candidates, next_candidates, softmax,
                       start_candidates)
+from .frame_head import frame_segment, frame_shares, fuse_dominant
 from .scorer import CachedScorer
 
 DEFAULT_FUSE_WEIGHT = 0.3  # used only when no tuned weight is given or stored in the grammar's meta
@@ -79,6 +85,10 @@ class PredictConfig:
     span: str = DEFAULT_SPAN  # how the model writes the span (prompt.SPAN_FORMATS); set from the run contract
     temperature: float | None = None  # of the reported confidence (softmax(log p / T) of the chosen operation; the
     #                                   answer never changes); None = the run contract's (evaluate.py fits it), else 1
+    span_from: str = "auto"  # "frames": the span is the run of shown frames the frame head puts in the dominant
+    #                          operation (frame_head.frame_segment; no extra call, 2 calls fewer) | "answer": the
+    #                          answer's frame numbers, scored as closed sets | "auto": frames when the adapter has a
+    #                          frame head, else the answer
     time_bar: bool = False  # predict_clip draws the time bar into the sampled frames (data/timebar.py), as the run's
     #                         data pipeline did; set from the run contract
 
@@ -236,10 +246,12 @@ class Predictor(CachedScorer):
     def predict(self, images: list, frame_indices: list[int], clip_id: str) -> PredictResult:
         """Answer for one clip's sampled frames (PIL images or HxWx3 uint8 arrays, in frame order).
 
-        ``scores``: ``dominant`` / ``next_model`` / ``next_grammar`` / ``next_fused`` ({name: prob}),
-        ``fuse_weight``, ``span_logprob`` (start + end), ``span_format`` and ``span_answered`` (the pair the model
-        chose, before ``clip_span``), ``frame_indices``, ``seconds``, ``model_calls``,
-        ``batch_size``.
+        ``scores``: ``dominant`` / ``next_model`` / ``next_grammar`` / ``next_fused`` ({name: prob}; ``dominant`` is
+        the answer's own (``dominant_answer``) fused with the frame head's shares when the adapter has one),
+        ``fuse_weight``, ``span_logprob`` (start + end, or the frame head's run log-likelihood), ``span_format`` and
+        ``span_answered`` (the pair chosen, before ``clip_span``), ``span_source`` ("frames" | "answer"),
+        ``frame_indices``, ``frames`` (the frame head's {name: p} per shown frame; None without a head),
+        ``seconds``, ``model_calls``, ``batch_size``.
         """
         return self.predict_batch([(images, frame_indices, clip_id)])[0]
 
@@ -259,22 +271,53 @@ class Predictor(CachedScorer):
         with self._lock, self._torch.inference_mode():
             calls0 = self.model_calls
             st = self._prefill_batch(checked)
-            dom_p = [softmax(lp) for lp in self._score_sets(st, [self._dom_cands] * b)]
+            answer_p = [softmax(lp) for lp in self._score_sets(st, [self._dom_cands] * b)]
+            dom_p = [self._dominant(answer_p[r], st.frame_p[r] if st.frame_p else None, checked[r][1])
+                     for r in range(b)]
             ks = [max(range(len(p)), key=lambda i: (p[i], -i)) for p in dom_p]
             doms = [OPERATION_NAMES[k] for k in ks]
-            svals = [self._start_values(idx) for _, idx, _ in checked]
-            st_lp = self._score_sets(st, [start_candidates(d, v) for d, v in zip(doms, svals)])
-            starts = [v[best(lp, later=False)] for v, lp in zip(svals, st_lp)]
-            evals = [[x for x in v if x >= s] for v, s in zip(svals, starts)]
-            en_lp = self._score_sets(st, [end_candidates(d, s, v) for d, s, v in zip(doms, starts, evals)])
-            ends = [v[best(lp)] for v, lp in zip(evals, en_lp)]
-            nx_lp = self._score_sets(st, [next_candidates(d, s, e) for d, s, e in zip(doms, starts, ends)])
+            if self._span_from_frames():
+                spans = [self._frame_span(st.frame_p[r], ks[r], checked[r][1]) for r in range(b)]
+            else:
+                svals = [self._start_values(idx) for _, idx, _ in checked]
+                st_lp = self._score_sets(st, [start_candidates(d, v) for d, v in zip(doms, svals)])
+                starts = [v[best(lp, later=False)] for v, lp in zip(svals, st_lp)]
+                evals = [[x for x in v if x >= s] for v, s in zip(svals, starts)]
+                en_lp = self._score_sets(st, [end_candidates(d, s, v) for d, s, v in zip(doms, starts, evals)])
+                spans = [(s, v[best(lp)], max(a) + max(lp)) for s, v, a, lp in zip(starts, evals, st_lp, en_lp)]
+            nx_lp = self._score_sets(st, [next_candidates(d, s, e) for d, (s, e, _) in zip(doms, spans)])
             raws = self._generate_batch(st) if self.config.free_text else [""] * b
             calls = self.model_calls - calls0
         per_clip = (time.perf_counter() - t0) / b
-        return [self._finish(dom_p[r], ks[r], max(st_lp[r]) + max(en_lp[r]), (starts[r], ends[r]), nx_lp[r], raws[r],
-                             checked[r][1], checked[r][2], seconds=per_clip, model_calls=calls / b, batch_size=b)
+        return [self._finish(dom_p[r], ks[r], spans[r][2], spans[r][:2], nx_lp[r], raws[r], checked[r][1],
+                             checked[r][2], frame_p=st.frame_p[r] if st.frame_p else None, answer_p=answer_p[r],
+                             seconds=per_clip, model_calls=calls / b, batch_size=b)
                 for r in range(b)]
+
+    def _dominant(self, answer_p: list[float], frame_p: list[list[float]] | None, idx: list[int]) -> list[float]:
+        """The dominant operation's distribution: the answer's, fused with the frame head's shares of the clip when
+        the span comes from the frames too (``span_from``)."""
+        if frame_p is None or not self._span_from_frames():
+            return answer_p
+        return fuse_dominant(answer_p, frame_shares(frame_p, idx))
+
+    def _span_from_frames(self) -> bool:
+        how = self.config.span_from
+        if how not in ("auto", "frames", "answer"):
+            raise PredictError(f"unknown span_from {how!r} (auto | frames | answer)")
+        if how == "frames" and not self.has_frame_head:
+            raise PredictError("span_from='frames' needs an adapter trained with a frame head (--frame_loss_weight)")
+        return self.has_frame_head and how != "answer"
+
+    def _frame_span(self, frame_p: list[list[float]], k: int, idx: list[int]) -> tuple[int, int, float]:
+        """(start, end, log-likelihood) of the dominant operation's run of shown frames by the frame head, written
+        as the run's answer format writes spans (so the next operation is scored after the prefix it was trained
+        on): shown frame numbers, or clip frames for a "clip" run."""
+        a, b, ll = frame_segment(frame_p, k)
+        s, e = idx[a], idx[b]
+        if self.config.span != "shown":
+            s, e = clip_span(s, e, idx)
+        return s, e, ll
 
     def _start_values(self, idx: list[int]) -> list[int]:
         """The start frames a clip's answer may name: its sampled frames ("shown") or every clip frame ("clip")."""
@@ -286,23 +329,31 @@ class Predictor(CachedScorer):
         with self._lock, self._torch.inference_mode():
             calls0 = self.model_calls
             state = self._prefill(self._encode_prompt(imgs, idx))
-            dom_p = softmax(self.score_texts(state, self._dom_cands))
+            frame_p = state[4]
+            answer_p = softmax(self.score_texts(state, self._dom_cands))
+            dom_p = self._dominant(answer_p, frame_p, idx)
             k = max(range(len(dom_p)), key=lambda i: (dom_p[i], -i))
             dom = OPERATION_NAMES[k]
-            svals = self._start_values(idx)
-            st_lp = self.score_texts(state, start_candidates(dom, svals))
-            start = svals[best(st_lp, later=False)]
-            evals = [x for x in svals if x >= start]
-            en_lp = self.score_texts(state, end_candidates(dom, start, evals))
-            end = evals[best(en_lp)]
+            if self._span_from_frames():
+                start, end, span_lp = self._frame_span(frame_p, k, idx)
+            else:
+                svals = self._start_values(idx)
+                st_lp = self.score_texts(state, start_candidates(dom, svals))
+                start = svals[best(st_lp, later=False)]
+                evals = [x for x in svals if x >= start]
+                en_lp = self.score_texts(state, end_candidates(dom, start, evals))
+                end = evals[best(en_lp)]
+                span_lp = max(st_lp) + max(en_lp)
             nx_lp = self.score_texts(state, next_candidates(dom, start, end))
             raw = self._generate(state) if self.config.free_text else ""
             calls = self.model_calls - calls0
-        return self._finish(dom_p, k, max(st_lp) + max(en_lp), (start, end), nx_lp, raw, idx, clip_id,
-                            seconds=time.perf_counter() - t0, model_calls=calls, batch_size=1)
+        return self._finish(dom_p, k, span_lp, (start, end), nx_lp, raw, idx, clip_id, frame_p=frame_p,
+                            answer_p=answer_p, seconds=time.perf_counter() - t0, model_calls=calls, batch_size=1)
 
-    def _finish(self, dom_p, k, span_lp, answered, nx_lp, raw, idx, clip_id, **timing) -> PredictResult:
-        """``answered``: the (start, end) the model chose, in the run's span format; ``span_lp``: its log-prob."""
+    def _finish(self, dom_p, k, span_lp, answered, nx_lp, raw, idx, clip_id, frame_p=None, answer_p=None,
+                **timing) -> PredictResult:
+        """``answered``: the (start, end) chosen, in the run's span format; ``span_lp``: its log-prob (the answer's
+        frame numbers) or log-likelihood (the frame head's run); ``frame_p``: the frame head's distributions."""
         dom = OPERATION_NAMES[k]
         # the truth never names Null as the next operation (clips.py skips it): not a candidate. The dominant op
         # stays one: when the model names the clip's second operation as dominant (boundary clips), its "next"
@@ -311,6 +362,7 @@ class Predictor(CachedScorer):
         next_model = {OPERATION_IDS[i]: p for i, p in enumerate(nx_p)}
         scores = {
             "dominant": {OPERATION_NAMES[i]: p for i, p in enumerate(dom_p)},
+            "dominant_answer": {OPERATION_NAMES[i]: p for i, p in enumerate(answer_p if answer_p else dom_p)},
             "next_model": {ID_TO_NAME[i]: p for i, p in next_model.items()},
             "next_grammar": None,
             "next_fused": None,
@@ -319,7 +371,9 @@ class Predictor(CachedScorer):
             "span_logprob": span_lp,
             "span_format": self.config.span,
             "span_answered": list(answered),
+            "span_source": "frames" if self._span_from_frames() else "answer",
             "frame_indices": idx,
+            "frames": None if frame_p is None else [{n: p for n, p in zip(OPERATION_NAMES, row)} for row in frame_p],
         }
         nxt_id = argmax_id(next_model)
         if self.grammar is not None:

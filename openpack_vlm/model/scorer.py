@@ -14,6 +14,7 @@ import numpy as np
 from ..labels import OPERATION_NAMES
 from ..prompt import build_messages
 from ..schema import CLIP_FRAMES
+from . import frame_head
 from .answers import PredictError, dominant_candidates, end_candidates, next_candidates, start_candidates
 
 
@@ -92,6 +93,7 @@ class _Batch:
     last_logp: object  # (B, V) log-probs of the first answer token
     prompt_len: int
     room: int  # cache slots after the prompt
+    frame_p: list | None = None  # per row, per shown frame, the frame head's 11 probabilities (None: no head)
 
 
 class CachedScorer:
@@ -113,6 +115,8 @@ class CachedScorer:
         self._dom_cands = dominant_candidates()
         self._room: int | None = None  # cache slots after the prompt (the largest candidate tree; see _cache_room)
         self.model_calls = 0  # forwards so far (benchmarks and tests read it)
+        self.has_frame_head = frame_head.has_head(model)  # an adapter trained with one (model/frame_head.py)
+        self._vision_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>")]
 
     @property
     def device(self):
@@ -180,10 +184,21 @@ class CachedScorer:
         keys[:, :, :p] = torch.tril(torch.ones(p, p, dtype=torch.bool)) & valid[:, None, :]
         keys[:, :, :p] |= torch.eye(p, dtype=torch.bool)
         inputs["attention_mask"] = self._mask(keys)
-        out = self._call(**inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+        out, frame_p = self._prompt_call(inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
         last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         next_pos = torch.tensor(lens, device=self._device) + delta.reshape(-1).to(self._device)
-        return _Batch(cache=cache, valid=valid, next_pos=next_pos, last_logp=last, prompt_len=p, room=room)
+        return _Batch(cache=cache, valid=valid, next_pos=next_pos, last_logp=last, prompt_len=p, room=room,
+                      frame_p=frame_p)
+
+    def _prompt_call(self, inputs, **kwargs):
+        """The prompt's forward → (output, frame probabilities per row or None): with a frame head, each shown frame's
+        distribution is read off the same forward's hidden states (no extra call)."""
+        if not self.has_frame_head:
+            return self._call(**inputs, **kwargs), None
+        with frame_head.final_hidden(self.model) as hidden:
+            out = self._call(**inputs, **kwargs)
+        logits = frame_head.frame_logits(self.model, hidden[0], inputs["input_ids"], *self._vision_ids)
+        return out, [self._torch.softmax(lg, dim=-1).tolist() for lg in logits]
 
     def _score_sets(self, st: "_Batch", sets: list[list[str]]) -> list[list[float]]:
         """Summed log-prob of every candidate of each row's closed set (row r: ``sets[r]``), all rows in ONE call:
@@ -273,13 +288,15 @@ class CachedScorer:
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
     def _prefill(self, inputs):
-        """One forward over the prompt → (cache, last-position log-probs, prompt length, rope delta)."""
+        """One forward over the prompt → (cache, last-position log-probs, prompt length, rope delta, frame head
+        probabilities or None)."""
         torch = self._torch
         rope_kwargs = {k: inputs[k] for k in ("image_grid_thw", "attention_mask", "mm_token_type_ids") if k in inputs}
         pos, delta = self._core.get_rope_index(inputs["input_ids"], **rope_kwargs)
-        out = self._call(**inputs, position_ids=pos, use_cache=True, logits_to_keep=1)
+        out, frame_p = self._prompt_call(inputs, position_ids=pos, use_cache=True, logits_to_keep=1)
         last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        return out.cache, last, int(inputs["input_ids"].shape[1]), int(delta.reshape(-1)[0])
+        return (out.cache, last, int(inputs["input_ids"].shape[1]), int(delta.reshape(-1)[0]),
+                frame_p[0] if frame_p else None)
 
     def _forward_cached(self, cache, ids, delta, keep: int = 0):
         """Run (B, L) token ids after a copy of the prompt cache → fp32 logits of the last ``keep`` positions (all
@@ -300,7 +317,7 @@ class CachedScorer:
         """Summed log-prob of each assistant text's tokens after their common token prefix (the prefix is fed but
         not scored: it is the same for all candidates)."""
         torch = self._torch
-        cache, last_logp, _, delta = state
+        cache, last_logp, _, delta, _ = state
         toks = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         cp = common_prefix(toks)
         first = max(cp, 1)  # first token index scored from this forward (token 0 comes from the prompt's logits)
@@ -329,7 +346,7 @@ class CachedScorer:
     def _generate(self, state) -> str:
         """Greedy free answer from the prompt cache, stopping at <|im_end|> or max_new_tokens."""
         torch = self._torch
-        cache, last_logp, prompt_len, delta = state
+        cache, last_logp, prompt_len, delta, _ = state
         c = copy.deepcopy(cache)
         out_ids: list[int] = []
         nxt = int(torch.argmax(last_logp))

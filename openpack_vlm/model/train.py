@@ -40,6 +40,7 @@ from pathlib import Path
 from ..cli import build_parser, setting
 from ..contract import RUN_FILE, ContractError, RunContract, TrainingSection, assumed_contract
 from ..io_utils import atomic_path, write_atomic, write_json
+from . import frame_head
 from .loading import REAL_MODEL_ID, ModelConfig, ModelLoadError
 from ..platform_check import peak_memory
 from ..prompt import DEFAULT_SPAN, build_messages, check_span_format
@@ -95,11 +96,14 @@ class TrainConfig:
     save_total_limit: int = setting(3, "checkpoints kept")
     logging_steps: int = setting(10, "log every N steps")
     seed: int = setting(42, "seed of the model init, the shuffle and dropout")
-    shuffle_labels: bool = setting(False, "NEGATIVE CONTROL: train each clip on the answer of another training clip "
-                                   "(a fixed seeded permutation of the split's answers); a recipe that still beats "
-                                   "the majority class learns from a leak, not from the frames")
+    shuffle_labels: bool = setting(False, "NEGATIVE CONTROL: train each clip on the answer (and frame labels) of "
+                                   "another training clip (a fixed seeded permutation of the split's); a recipe "
+                                   "that still beats the majority class learns from a leak, not from the frames")
     span_loss_weight: float = setting(1.0, "loss weight of the answer's digit tokens (its frame numbers) against "
                                       "its other tokens; 1 = the plain token average (needs the answer-only loss)")
+    frame_loss_weight: float = setting(1.0, "weight of the frame head's loss (which operation each shown frame "
+                                       "shows; model/frame_head.py) beside the answer's token loss; 0 = no frame "
+                                       "head (the span then comes from the answer's frame numbers)")
     shuffle_buffer: int = setting(256, "samples held for shuffling (~256 x 8 JPEG frames decoded: ~0.3 GB)")
     num_workers: int = setting(2, "dataloader processes decoding JPEGs and running the processor")
     gradient_checkpointing: bool = setting(True, "recompute activations (~5x less memory; required for batch 2 on a "
@@ -124,6 +128,14 @@ class TrainConfig:
             raise TrainError(f"span_loss_weight must be a positive number (got {self.span_loss_weight})")
         if self.span_loss_weight != 1.0 and self.full_logits:
             raise TrainError("--span_loss_weight needs the answer-only loss (drop --full_logits)")
+        if not (self.frame_loss_weight >= 0 and math.isfinite(self.frame_loss_weight)):
+            raise TrainError(f"frame_loss_weight must be a number >= 0 (got {self.frame_loss_weight})")
+        if self.frame_loss_weight > 0 and self.full_logits:
+            raise TrainError("the frame head needs the answer-only loss (drop --full_logits, or --frame_loss_weight 0)")
+
+    @property
+    def frame_head(self) -> bool:
+        return self.frame_loss_weight > 0
 
     @property
     def answer_logits_only(self) -> bool:
@@ -132,7 +144,7 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         """The ModelConfig fields this run sets (same names), the rest at ModelConfig's defaults."""
         shared = {f.name: getattr(self, f.name) for f in fields(ModelConfig) if f.name in TRAIN_FIELDS}
-        return ModelConfig(**{**shared, "modules_to_save": tuple(self.modules_to_save)})
+        return ModelConfig(**{**shared, "modules_to_save": tuple(self.modules_to_save), "frame_head": self.frame_head})
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -228,18 +240,24 @@ def make_stream(paths: list[Path], **kw):
     return _TorchShardStream(paths, **kw)
 
 
-def shuffled_truths(data: Path, seed: int) -> dict[str, dict]:
-    """clip_id -> the answer of another clip of the train split (a seeded permutation of the manifest's answers, so
-    the class frequencies stay those of the split): the shuffled-label control's targets."""
+def shuffled_rows(data: Path, seed: int) -> dict[str, dict]:
+    """clip_id -> the manifest row of another clip of the train split (a seeded permutation of the manifest, so the
+    class frequencies stay those of the split): the shuffled-label control trains each clip on that row's answer
+    (``truth``) and per-frame operations (``frame_ops``)."""
     path = data / "train" / "manifest.jsonl"
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as e:
         raise TrainError(f"--shuffle_labels needs the train split's manifest ({path}): {e}") from None
     rows.sort(key=lambda r: r["clip_id"])
-    truths = [r["truth"] for r in rows]
-    random.Random(seed).shuffle(truths)
-    return {r["clip_id"]: t for r, t in zip(rows, truths)}
+    others = list(rows)
+    random.Random(seed).shuffle(others)
+    return {r["clip_id"]: o for r, o in zip(rows, others)}
+
+
+def shuffled_truths(data: Path, seed: int) -> dict[str, dict]:
+    """clip_id -> the answer of another clip (``shuffled_rows``)."""
+    return {c: o["truth"] for c, o in shuffled_rows(data, seed).items()}
 
 
 class Collator:
@@ -247,10 +265,13 @@ class Collator:
     ``truth_of``: clip_id -> the answer to train instead of the record's own (the shuffled-label control); ``span``:
     how the answer's span is written (the data contract's ``answer_span``)."""
 
-    def __init__(self, processor, truth_of: dict[str, dict] | None = None, span: str = DEFAULT_SPAN):
+    def __init__(self, processor, truth_of: dict[str, dict] | None = None, span: str = DEFAULT_SPAN,
+                 frame_targets: bool = False, frame_ops_of: dict[str, list[int] | None] | None = None):
         self.processor = processor
         self.truth_of = truth_of
+        self.frame_ops_of = frame_ops_of  # clip_id -> the frame labels to train instead of the record's own
         self.span = check_span_format(span)
+        self.frame_targets = frame_targets  # also (B, K) "frame_targets": each shown frame's operation row
         tok = processor.tokenizer
         self.im_start = tok.convert_tokens_to_ids("<|im_start|>")
         self.im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -270,7 +291,27 @@ class Collator:
         images = [im for _, frames in examples for im in frames]
         batch = self.processor(text=self.texts(records), images=images, padding=True, return_tensors="pt")
         batch["labels"] = self.labels(batch["input_ids"], batch["attention_mask"], [r.clip_id for r in records])
+        if self.frame_targets:
+            batch["frame_targets"] = self.frame_rows(records)
         return dict(batch)
+
+    def frame_rows(self, records: list[ClipRecord]):
+        """(B, K) operation rows of each clip's shown frames (-100 = padding): the frame head's targets (for the
+        shuffled-label control, another clip's, as its answer is)."""
+        import torch
+
+        from .frame_head import op_index
+
+        k = max(len(r.frame_indices) for r in records)
+        out = torch.full((len(records), k), IGNORE_INDEX, dtype=torch.long)
+        for row, r in enumerate(records):
+            ops = self.frame_ops_of[r.clip_id] if self.frame_ops_of is not None else r.frame_ops
+            if ops is None or len(ops) != len(r.frame_indices):
+                raise TrainError(f"{r.clip_id}: no per-frame operations for its {len(r.frame_indices)} frames in the "
+                                 "shards (data written before the frame head existed): rerun data_pipeline.py, or "
+                                 "train with --frame_loss_weight 0")
+            out[row, :len(ops)] = torch.tensor([op_index(o) for o in ops])
+        return out
 
     def labels(self, input_ids, attention_mask, clip_ids: list[str]):
         labels = input_ids.clone().fill_(IGNORE_INDEX)
@@ -427,8 +468,11 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
     # a resumed run draws a fresh shuffle of the (infinite) stream instead of replaying the consumed batches
     stream = make_stream(paths, buffer=cfg.shuffle_buffer, seed=cfg.seed + resumed_step,
                          rank=args.process_index, world_size=args.world_size)
-    collator = Collator(processor, truth_of=shuffled_truths(data, cfg.seed) if cfg.shuffle_labels else None,
-                        span=contract.data.answer_span)
+    others = shuffled_rows(data, cfg.seed) if cfg.shuffle_labels else None
+    collator = Collator(processor, truth_of={c: o["truth"] for c, o in others.items()} if others else None,
+                        span=contract.data.answer_span, frame_targets=cfg.frame_head,
+                        frame_ops_of={c: o.get("frame_ops") for c, o in others.items()} if others else None)
+    vision_ids = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>")]
 
     span_ids = digit_token_ids(processor.tokenizer) if cfg.span_loss_weight != 1.0 else None
 
@@ -437,10 +481,29 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
             if not cfg.answer_logits_only or return_outputs:
                 self.loss_is_scaled_for_ga = None  # the Trainer's own rule
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = answer_only_loss(model, inputs, num_items_in_batch, weighted_ids=span_ids,
-                                    weight=cfg.span_loss_weight)
-            self.loss_is_scaled_for_ga = num_items_in_batch is not None  # sum / items of the whole accumulated batch
+            targets = inputs.pop("frame_targets", None)
+            with frame_head.final_hidden(model) as hidden:
+                loss = answer_only_loss(model, inputs, num_items_in_batch, weighted_ids=span_ids,
+                                        weight=cfg.span_loss_weight)
+            scaled = num_items_in_batch is not None  # sum / items of the whole accumulated batch
+            if scaled and self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+                # the items were counted over every process and DDP averages the gradients: undo its 1/W (as the
+                # Trainer's own compute_loss does)
+                loss = loss * self.accelerator.num_processes
+            if targets is not None:
+                f_loss, f_acc = frame_head.frame_loss(model, hidden[0], inputs["input_ids"], targets, *vision_ids)
+                self._frame_log.append((float(f_loss.detach()), float(f_acc)))
+                # a per-micro-batch mean: averaged over the accumulation steps here when the Trainer will not
+                loss = loss + cfg.frame_loss_weight * f_loss / (self.current_gradient_accumulation_steps if scaled else 1)
+            self.loss_is_scaled_for_ga = scaled
             return loss
+
+        def log(self, logs, *args, **kwargs):
+            if self._frame_log and "loss" in logs:  # the frame head's share, beside the Trainer's total loss
+                logs["frame_loss"] = round(sum(x for x, _ in self._frame_log) / len(self._frame_log), 4)
+                logs["frame_acc"] = round(sum(a for _, a in self._frame_log) / len(self._frame_log), 4)
+                self._frame_log.clear()
+            super().log(logs, *args, **kwargs)
 
         def get_train_dataloader(self):
             # our stream splits itself across processes and workers; accelerate's IterableDatasetShard on top
@@ -458,6 +521,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
 
     trainer = StreamTrainer(model=model, args=args, train_dataset=stream, data_collator=collator,
                             callbacks=callbacks)
+    trainer._frame_log = []
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
