@@ -129,3 +129,13 @@ def clip_span(start: int, end: int, frame_indices) -> tuple[int, int]:
     s = min(max(s, 0), CLIP_FRAMES - 1)
     e = min(max(e, s), CLIP_FRAMES - 1)
     return s, e
+
+
+def frame_cells(frame_indices) -> list[int]:
+    """Clip frames each sampled frame stands for, in order: from half-way to its left neighbour to half-way to its
+    right one (the clip's edges beyond the first and the last), as ``clip_span`` places a span's ends; a partition
+    of the 125 frames (a midpoint frame that ``clip_span`` gives to both neighbours belongs to the right-hand cell).
+    The frame head's clip shares and the timeline's per-frame seconds use them."""
+    idx = _sorted_frames(frame_indices)
+    cuts = [0] + [(a + b + 1) // 2 for a, b in zip(idx, idx[1:])] + [CLIP_FRAMES]
+    return [b - a for a, b in zip(cuts, cuts[1:])]

@@ -426,6 +426,24 @@ def test_shown_span_names_sampled_frames_and_clip_span_returns_to_clip_frames():
         assert abs(a - s) <= gap_s / 2 + 1 and abs(b - e) <= gap_e / 2 + 1, (idx, s, e, a, b)
 
 
+def test_frame_cells_partition_the_clip_where_clip_span_puts_the_ends():
+    """Each sampled frame's cell (the frame head's share of the clip, the timeline's per-frame seconds) holds the
+    frame, the cells tile 0..124, and a run of shown frames covers the clip frames ``clip_span`` gives it (within
+    the one midpoint frame clip_span hands to both neighbours)."""
+    from openpack_vlm.prompt import frame_cells
+
+    rng = np.random.RandomState(1)
+    for _ in range(300):
+        idx = sorted(set(rng.choice(125, rng.randint(1, 12), replace=False).tolist()))
+        cells = frame_cells(idx)
+        assert sum(cells) == 125 and all(c > 0 for c in cells)
+        edges = np.cumsum([0] + cells)
+        assert all(edges[i] <= f < edges[i + 1] for i, f in enumerate(idx))
+        a, b = sorted(rng.choice(len(idx), 2).tolist())
+        s, e = clip_span(idx[a], idx[b], idx)
+        assert s == edges[a] and edges[b + 1] - 1 <= e <= edges[b + 1]
+
+
 def test_parse_raw_text_reads_a_shown_span_as_clip_frames():
     text = ('{"dominant_operation": "Picking", "temporal_segment": {"start_frame": 0, "end_frame": 35}, '
             '"anticipated_next_operation": "Relocate Item Label"}')

@@ -164,6 +164,31 @@ def test_merge_recovers_segments_and_outvotes_one_wrong_window():
     assert ("Close Box" in votes["seconds"]) and votes["seconds"][:10] == ["Picking"] * 10
 
 
+def test_frame_head_readings_place_the_change_inside_a_window():
+    """Windows whose adapter has a frame head carry each shown frame's reading (analyse._frame_records): a second
+    inside a frame's cell takes that frame's distribution, so a change at 13 s is placed at 13 s even though every
+    window's answer (dominant over the whole clip) says one operation only; the answers alone put it at 15 s."""
+    from openpack_vlm.prompt import frame_cells
+    from openpack_vlm.timeline.analyse import _frame_records
+
+    idx = [0, 18, 36, 54, 72, 90, 108, 124]
+    wins = []
+    for k in range(9):
+        s = 2.5 * k
+        t = [s + i / 25 for i in idx]
+        frames = [_dist("Picking" if ti < 13 else "Close Box", 0.9) for ti in t]
+        w = _win(s, "Picking" if s + 2.5 < 13 else "Close Box")  # the answer: one operation, the whole clip
+        w["frames"] = _frame_records(s, {"frames": frames, "frame_indices": idx})
+        wins.append(w)
+    assert wins[0]["frames"][0]["span_s"][0] == 0.0 and wins[0]["frames"][-1]["span_s"][1] == 5.0
+    assert [round((f["span_s"][1] - f["span_s"][0]) * 25) for f in wins[0]["frames"]] == frame_cells(idx)
+    got = merge_windows(wins, 25.0, cfg=MergeConfig(hmm=False))
+    assert got["seconds"] == ["Picking"] * 13 + ["Close Box"] * 12
+    for w in wins:  # the same windows without their frames
+        w["frames"] = None
+    assert merge_windows(wins, 25.0, cfg=MergeConfig(hmm=False))["seconds"] == ["Picking"] * 15 + ["Close Box"] * 10
+
+
 def test_hmm_removes_a_short_flicker_the_votes_keep():
     """Unsure Picking windows (p=0.4) and one confident Close Box window over seconds 8-9: the votes alone make a 2-s
     Close Box segment; the HMM does not (two switches cost more than two seconds of weak evidence)."""

@@ -22,6 +22,7 @@ import contextlib
 import math
 
 from ..labels import OPERATION_IDS
+from ..prompt import frame_cells
 from ..schema import CLIP_FRAMES
 
 FRAME_HEAD = "frame_head"  # module name on the base model (and in the adapter's modules_to_save)
@@ -167,14 +168,6 @@ def frame_segment(probs: list[list[float]], k: int) -> tuple[int, int, float]:
     if best is None:
         raise ValueError("no frames")
     return best[1], best[2], best[0][0]
-
-
-def frame_cells(frame_indices: list[int]) -> list[int]:
-    """Clip frames each shown frame stands for: from half-way to its left neighbour to half-way to its right one (the
-    clip's edges beyond the first and the last), as ``prompt.clip_span`` draws a span's ends; they sum to 125."""
-    idx = sorted(int(i) for i in frame_indices)
-    cuts = [0] + [(a + b + 1) // 2 for a, b in zip(idx, idx[1:])] + [CLIP_FRAMES]
-    return [b - a for a, b in zip(cuts, cuts[1:])]
 
 
 def frame_shares(probs: list[list[float]], frame_indices: list[int]) -> list[float]:

@@ -23,6 +23,7 @@ from ..data.pose_estimate import (PoseEstimateConfig, estimate_recording, parse_
                                   track_from_keypoint_file)
 from ..io_utils import one_line
 from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_ID
+from ..prompt import frame_cells
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
 from .merge import NO_WORKER, MergeConfig, mark_no_worker, merge_windows
 from .windows import (Window, expected_windows, iter_windows, stride_ticks, track_windows,
@@ -111,7 +112,21 @@ def window_record(win: Window, result) -> dict:
         "confidence": round(float(pred.confidence), 4),
         "dominant": _rounded(scores.get("dominant")),
         "next": _rounded(scores.get("next_fused") or scores.get("next_model")),
+        "frames": _frame_records(start_s, scores),
     }
+
+
+def _frame_records(start_s: float, scores: dict) -> list[dict] | None:
+    """The frame head's reading of each shown frame on the recording's clock: the seconds the frame stands for
+    (``frame_head.frame_cells``) and its distribution; None without a frame head."""
+    frames, idx = scores.get("frames"), scores.get("frame_indices")
+    if not frames or not idx:
+        return None
+    out, t = [], start_s
+    for cell, dist in zip(frame_cells(idx), frames):
+        out.append({"span_s": [round(t, 3), round(t + cell / FPS, 3)], "p": _rounded(dist)})
+        t += cell / FPS
+    return out
 
 
 def box_cycles(segments: list[dict], duration_s: float) -> tuple[list[dict], dict]:

@@ -5,7 +5,9 @@ The rule (documented in ARCHITECTURE.md §5, tested on recordings whose true tim
 1. **Evidence per second.** Second j is the interval [j, j+1) s; its centre c = j + 0.5 s. Every window that covers c
    gives a distribution q over the 11 classes: inside the window's predicted span → the window's dominant-operation
    distribution (the scores behind ``confidence``); after the span → its next-operation distribution (what the
-   model expects to follow); before the span → uniform (the window says nothing about what came before). The
+   model expects to follow); before the span → uniform (the window says nothing about what came before). A window
+   whose adapter has a frame head (model/frame_head.py) says more: c inside the seconds one of its shown frames
+   stands for → that frame's own distribution (``frames``: its ``span_s`` and ``p``). The
    evidence e_j is the MEAN of the covering windows' q (a vote: each window weighs 1/n; at a 2.5-s stride n = 2,
    so a confident wrong window can still win its seconds — rule 2 removes such flickers), floored at ``floor`` and
    renormalised.
@@ -60,7 +62,8 @@ def _dist_vector(dist: dict | None) -> np.ndarray:
 
 def second_evidence(windows: list[dict], n_seconds: int, fps: int = 25, floor: float = 1e-3) -> np.ndarray:
     """(n_seconds, 11) evidence e_j (rule 1). A window dict has ``start_s``, ``end_s``, ``span_s`` ([a, b) s of its
-    predicted span in the recording), ``dominant`` and ``next`` ({name: p})."""
+    predicted span in the recording), ``dominant`` and ``next`` ({name: p}), and optionally ``frames`` (the frame
+    head's [{"span_s": [a, b), "p": {name: p}}] per shown frame)."""
     acc = np.zeros((n_seconds, N))
     cnt = np.zeros(n_seconds)
     uniform = np.full(N, 1.0 / N)
@@ -73,7 +76,8 @@ def second_evidence(windows: list[dict], n_seconds: int, fps: int = 25, floor: f
             c = j + 0.5
             if not w["start_s"] <= c < w["end_s"]:
                 continue
-            acc[j] += dom if a <= c < b else (nxt if c >= b else uniform)
+            seen = [f["p"] for f in w.get("frames") or () if f["span_s"][0] <= c < f["span_s"][1]]
+            acc[j] += _dist_vector(seen[0]) if seen else dom if a <= c < b else (nxt if c >= b else uniform)
             cnt[j] += 1
     e = np.where(cnt[:, None] > 0, acc / np.maximum(cnt, 1)[:, None], uniform)
     e = np.maximum(e, floor)
