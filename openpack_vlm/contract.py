@@ -120,6 +120,8 @@ class TrainingSection:
     data_dir: str | None = None
     vision_lora: bool = False  # the adapter also changes the vision tower + merger (loading.VISION_LINEAR_RE): a
     #                            server that merges or swaps adapters must apply it to the tower too
+    frame_head: bool = False  # the adapter carries a frame head (model/frame_head.py): the predictor reads the span
+    #                           and weighs the dominant operation from it; a server without it answers from text only
 
 
 @dataclass
@@ -262,6 +264,7 @@ class RunContract:
                 "time_bar": self.data.time_bar,
                 "model_id": self.training.model_id if self.training else None,
                 "vision_lora": self.training.vision_lora if self.training else None,
+                "frame_head": self.training.frame_head if self.training else None,
                 "fuse_weight": e.fuse_weight if e else None, "fuse_mode": e.fuse_mode if e else None,
                 "temperature": e.temperature if e else None,
                 "tuned_on": e.tuned_on if e else None}

@@ -131,6 +131,7 @@ def test_frame_head_learns_the_frames_and_gives_the_span(colour_data, tiny_model
                  logging_steps=10))
     conf = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert FH.adapter_has_head(conf)
+    assert json.loads((out / "run.json").read_text())["training"]["frame_head"] is True
     state = json.loads((out / "checkpoint-60" / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if "frame_loss" in h]
     assert logged and logged[-1]["frame_acc"] > logged[0]["frame_acc"]
@@ -187,6 +188,7 @@ def test_old_data_without_frame_labels_is_refused_by_name(tiny_model_dir, tmp_pa
     T.train(_cfg(data, tmp_path / "r0", tiny_model_dir, max_steps=1, save_steps=1, frame_loss_weight=0.0))
     conf = json.loads((tmp_path / "r0" / "adapter" / "adapter_config.json").read_text())
     assert not FH.adapter_has_head(conf)
+    assert json.loads((tmp_path / "r0" / "run.json").read_text())["training"]["frame_head"] is False
     with pytest.raises(T.TrainError, match="frame_loss_weight must be"):
         T.TrainConfig(data="d", frame_loss_weight=-1.0)
 

@@ -534,7 +534,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
         if (data / "grammar.json").is_file():
             write_atomic(out / "grammar.json", (data / "grammar.json").read_bytes())
         contract.training = TrainingSection(model_id=cfg.model_id, quantization=cfg.quantization,
-                                            settings=cfg.to_json(), data_dir=str(data), vision_lora=cfg.vision_lora)
+                                            settings=cfg.to_json(), data_dir=str(data), vision_lora=cfg.vision_lora,
+                                            frame_head=cfg.frame_head)
         contract.evaluation = None  # a new adapter: any earlier tuned weight belonged to other weights
         contract.save(out)
         write_json(out / "config.json", {
