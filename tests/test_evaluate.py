@@ -43,8 +43,9 @@ def test_output_files_and_results_shape(eval_out, capsys):
     for system in ("base_model", "finetuned_model"):
         assert set(r[system]) == {"OCA", "tIoU@0.5", "AA@1"}  # exactly the assignment's shape
         assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in r[system].values())
+    # (the adapter was trained with a frame head: its text-only answers are a variant too)
     assert set(r["variants"]) == {"base_model", "finetuned_model", "finetuned_grammar", "base_model_free_text",
-                                  "finetuned_model_free_text"}
+                                  "finetuned_model_free_text", "finetuned_answer_only"}
     # constrained answers always carry a valid span; free text is scored as written
     assert r["variants"]["finetuned_model"]["span_valid_rate"] == 1.0
     assert {"majority_class", "whole_clip_span", "grammar_given_predicted_op", "grammar_given_true_op"} <= set(

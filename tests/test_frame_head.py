@@ -153,6 +153,7 @@ def test_frame_head_learns_the_frames_and_gives_the_span(colour_data, tiny_model
     print(f"\nframe head: {got}; answer's numbers: {ans}; best constant span's mean tIoU {constant:.3f}")
     assert got["frame_acc"] >= 0.9
     assert got["calls"] == ans["calls"] - 2
+    assert ans["frame_acc"] is None  # span_from="answer" does not read the head at all (the base model's way)
     # given the operation, the head's run beats every constant span; and the head's shares lift the dominant guess
     # over the answer's own (this short run's answer barely knows which of the two colours fills the clip)
     assert got["mean_tIoU_given_op"] > constant + 0.1

@@ -8,6 +8,8 @@ Systems (one model load: the base model is the fine-tuned model with its LoRA di
                      is tuned on the val split's first ``val_clips`` clips (or given)
   *_free_text        each model's free greedy answer read as is (predict.parse_raw_text): invalid JSON, unknown
                      names and bad spans count as misses, so here the span valid rate means something
+  finetuned_answer_only  (an adapter with a frame head) the same adapter answering from its text alone: dominant
+                     operation and span scored as the answer's tokens, the frame head unread — what the head adds
 Baselines (no model): majority class of the train split (dominant and next op, whole-clip span), grammar-only next op
 given the fine-tuned model's dominant op and given the TRUE dominant op, whole-clip span [0, 124].
 Outputs in ``out``: results.json (the assignment's shape + extras), predictions.jsonl (per clip: truth, each system's
@@ -311,8 +313,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     # base = the same weights with the LoRA switched off: one load, and exactly the base model
     # ... asked in the run's span format, as the fine-tuned model is
+    # ... and never reading a frame head (with the LoRA off, its weights are the untrained ones)
     pcfg = dataclasses.replace(pcfg, span=predictor.config.span)
-    base = Predictor(predictor.model, predictor.processor, grammar=None, config=pcfg)
+    base = Predictor(predictor.model, predictor.processor, grammar=None,
+                     config=dataclasses.replace(pcfg, span_from="answer"))
+    answer_only = Predictor(predictor.model, predictor.processor, grammar=None,
+                            config=dataclasses.replace(pcfg, span_from="answer", free_text=False)
+                            ) if predictor.has_frame_head else None
     done: dict[str, tuple] = {}
     with tqdm(total=len(rows), desc=f"{cfg.split} clips (base + fine-tuned)", unit="clip") as bar:
         for batch in batches(iter_clips(data, cfg.split, rows), cfg.batch_clips):
@@ -320,12 +327,15 @@ def evaluate(cfg: EvalConfig) -> dict:
             with predictor.model.disable_adapter():
                 bs = base.predict_batch(items)
             fs = predictor.predict_batch(items)
-            for (rec, _), b, f in zip(batch, bs, fs):
-                done[rec.clip_id] = (rec, {"clip_id": rec.clip_id, "result": b}, {"clip_id": rec.clip_id, "result": f})
+            fa = answer_only.predict_batch(items) if answer_only else [None] * len(items)
+            for (rec, _), b, f, a in zip(batch, bs, fs, fa):
+                done[rec.clip_id] = (rec, {"clip_id": rec.clip_id, "result": b}, {"clip_id": rec.clip_id, "result": f},
+                                     {"clip_id": rec.clip_id, "result": a})
             bar.update(len(batch))
     recs = [done[r["clip_id"]][0] for r in rows]  # clip_id order
     base_runs = [done[r["clip_id"]][1] for r in rows]
     ft_runs = [done[r["clip_id"]][2] for r in rows]
+    ao_runs = [done[r["clip_id"]][3] for r in rows] if answer_only else []
     truths = [_truth(rec) for rec in recs]
 
     # the fine-tuned model on val clips: the grammar fusion weight (unless given) and the confidence temperature
@@ -359,6 +369,11 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     # per-system records
     systems: dict[str, list[dict]] = {s: [] for s in SYSTEMS + (FREE_TEXT_SYSTEMS if cfg.free_text else ())}
+    for t, a in zip(truths, ao_runs):
+        p = a["result"].prediction
+        systems.setdefault("finetuned_answer_only", []).append(_record(
+            t, NAME_TO_ID[p.dominant_operation], (p.temporal_segment.start_frame, p.temporal_segment.end_frame),
+            NAME_TO_ID[p.anticipated_next_operation]))
     anticipation: dict[str, tuple[list, list]] = {"finetuned_model": ([], []), "finetuned_grammar": ([], [])}
     per_clip = []
     for t, b, f in zip(truths, base_runs, ft_runs):
@@ -403,10 +418,11 @@ def evaluate(cfg: EvalConfig) -> dict:
                  for name in ("base_model", "finetuned_model")}
 
     metrics = {name: evaluate_predictions(recs, n_boot=cfg.n_boot, seed=cfg.seed) for name, recs in systems.items()}
-    for name in ("base_model", "finetuned_model"):
-        runs = base_runs if name == "base_model" else ft_runs
+    for name, runs in (("base_model", base_runs), ("finetuned_model", ft_runs), ("finetuned_answer_only", ao_runs)):
+        if not runs:
+            continue
         metrics[name]["free_text_valid_rate"] = (sum(r["result"].repair is None for r in runs) / len(runs)
-                                                 if cfg.free_text else None)
+                                                 if cfg.free_text and name != "finetuned_answer_only" else None)
         metrics[name]["mean_confidence"] = sum(r["result"].prediction.confidence for r in runs) / len(runs)
         metrics[name]["seconds_per_clip"] = sum(r["result"].scores["seconds"] for r in runs) / len(runs)
         metrics[name]["model_calls_per_clip"] = sum(r["result"].scores["model_calls"] for r in runs) / len(runs)
@@ -486,7 +502,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         else:
             tl_cfg = dataclasses.replace(predictor.config, free_text=False, fuse=True)  # the windows answer as served
             ft_tl = Predictor(predictor.model, predictor.processor, grammar=grammar, fuse_weight=weight, config=tl_cfg)
-            base_tl = Predictor(predictor.model, predictor.processor, grammar=None, config=tl_cfg)
+            base_tl = Predictor(predictor.model, predictor.processor, grammar=None,
+                                config=dataclasses.replace(tl_cfg, span_from="answer"))
             timeline = evaluate_timelines(cfg, data, contract, {"base_model": (base_tl, predictor.model.disable_adapter),
                                                                 "finetuned_model": (ft_tl, None)},
                                           root, out, rows=select_clips(data, cfg.split, None))

@@ -301,6 +301,9 @@ class Predictor(CachedScorer):
             return answer_p
         return fuse_dominant(answer_p, frame_shares(frame_p, idx))
 
+    def _reads_frames(self) -> bool:
+        return self._span_from_frames()
+
     def _span_from_frames(self) -> bool:
         how = self.config.span_from
         if how not in ("auto", "frames", "answer"):

@@ -118,6 +118,10 @@ class CachedScorer:
         self.has_frame_head = frame_head.has_head(model)  # an adapter trained with one (model/frame_head.py)
         self._vision_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>")]
 
+    def _reads_frames(self) -> bool:
+        """Whether answers read the frame head (the predictor's ``span_from``); here: whenever there is one."""
+        return True
+
     @property
     def device(self):
         """The torch device the model's inputs go to (cuda:0, cpu)."""
@@ -193,7 +197,7 @@ class CachedScorer:
     def _prompt_call(self, inputs, **kwargs):
         """The prompt's forward → (output, frame probabilities per row or None): with a frame head, each shown frame's
         distribution is read off the same forward's hidden states (no extra call)."""
-        if not self.has_frame_head:
+        if not (self.has_frame_head and self._reads_frames()):
             return self._call(**inputs, **kwargs), None
         with frame_head.final_hidden(self.model) as hidden:
             out = self._call(**inputs, **kwargs)
