@@ -210,6 +210,21 @@ def test_predict_include_frames_gives_the_frames_the_model_saw(tmp_path, tiny_mo
 
         img = Image.open(io.BytesIO(base64.b64decode(frames[0]["jpeg"].split(",", 1)[1])))
         assert img.size == (336, 336) and img.format == "JPEG"
+        assert all(f["operation"] is None and f["operation_p"] is None for f in frames)  # no frame head here
+
+
+def test_frame_previews_carry_the_frame_heads_reading():
+    """With a frame head the page gets each shown frame's reading: its most probable operation and that
+    probability."""
+    import numpy as np
+
+    from openpack_vlm.serving.app import FramePreview, frame_previews
+
+    clip = np.zeros((125, 336, 336, 3), np.uint8)
+    readings = [{"Picking": 0.7, "Close Box": 0.3}, {"Picking": 0.2, "Close Box": 0.8}]
+    got = frame_previews(clip, [0, 100], readings)
+    assert [(f["index"], f["operation"], f["operation_p"]) for f in got] == [(0, "Picking", 0.7), (100, "Close Box", 0.8)]
+    assert all(FramePreview.model_validate(f) for f in got)
 
 
 def test_page_is_self_contained(tmp_path):

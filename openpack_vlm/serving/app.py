@@ -186,6 +186,8 @@ class FramePreview(BaseModel):
     index: int  # frame of the normalised clip (0-124)
     t_s: float  # its time in the clip (s)
     jpeg: str  # data:image/jpeg;base64,...
+    operation: str | None = None  # the frame head's reading of this frame (model/frame_head.py); None without one
+    operation_p: float | None = None  # its probability
 
 
 class PredictionWithFrames(Prediction):
@@ -201,8 +203,9 @@ SSE_RESPONSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}
 PREVIEW_QUALITY = 80  # JPEG quality of the frames /predict returns with include_frames (~15 KB each at 336x336)
 
 
-def frame_previews(clip, indices) -> list[dict]:
-    """The frames the model saw, for the page: ``{index, t_s, jpeg}`` (a data URL)."""
+def frame_previews(clip, indices, readings: list[dict] | None = None) -> list[dict]:
+    """The frames the model saw, for the page: ``{index, t_s, jpeg}`` (a data URL), with ``operation`` /
+    ``operation_p`` from the frame head's ``readings`` ({name: p} per frame) when the adapter has one."""
     import base64
     import io
 
@@ -213,7 +216,11 @@ def frame_previews(clip, indices) -> list[dict]:
         buf = io.BytesIO()
         Image.fromarray(clip[int(i)]).save(buf, format="JPEG", quality=PREVIEW_QUALITY)
         out.append({"index": int(i), "t_s": round(int(i) / FPS, 2),
-                    "jpeg": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()})
+                    "jpeg": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(),
+                    "operation": None, "operation_p": None})
+    for f, dist in zip(out, readings or ()):
+        f["operation"] = max(dist, key=dist.get)
+        f["operation_p"] = round(float(dist[f["operation"]]), 4)
     return out
 
 
@@ -322,7 +329,8 @@ async def predict(
     file: UploadFile = File(..., description="the video (any container/codec libav reads)"),
     clip_id: str | None = Form(None, description="id echoed in the answer; default: the file name"),
     include_frames: bool = Form(False, description="also return the frames the model saw (`frames`: index, time, "
-                                "JPEG data URL) — for the web page; off: the answer is exactly the Prediction"),
+                                "JPEG data URL, and the frame head's reading of each frame when the adapter has "
+                                "one) — for the web page; off: the answer is exactly the Prediction"),
     model: ModelState = Depends(get_model),
     cfg: ServeConfig = Depends(get_settings),
 ):
@@ -366,7 +374,8 @@ async def predict(
         if getattr(result, "repair", None):  # the model's text needed repair to fit the schema (predict.py)
             response.headers["X-Output-Repair"] = one_line(Exception(result.repair), 200)
         if include_frames:
-            previews = await anyio.to_thread.run_sync(frame_previews, clip, result.scores["frame_indices"])
+            previews = await anyio.to_thread.run_sync(frame_previews, clip, result.scores["frame_indices"],
+                                                      result.scores.get("frames"))
             body = pred.model_dump() | {"frames": previews}
             return JSONResponse(body, headers=dict(response.headers))
         return pred

@@ -72,7 +72,8 @@ async function predictClip(file) {
   $("frames-note").textContent = `(${frames.length} of ${CLIP_FRAMES}, chosen by the run's sampler; outlined: inside the predicted span)`;
   $("frames").innerHTML = frames.map((f) => {
     const inside = f.index >= seg.start_frame && f.index <= seg.end_frame ? "inspan" : "";
-    return `<figure><img class="${inside}" src="${f.jpeg}" alt="frame ${f.index}"><figcaption>frame ${f.index} · ${f.t_s.toFixed(2)} s</figcaption></figure>`;
+    const read = f.operation ? `<br>reads: ${f.operation} (${f.operation_p.toFixed(2)})` : "";
+    return `<figure><img class="${inside}" src="${f.jpeg}" alt="frame ${f.index}"><figcaption>frame ${f.index} · ${f.t_s.toFixed(2)} s${read}</figcaption></figure>`;
   }).join("");
   $("clip-result").classList.remove("hidden");
   $("status").textContent = `answered in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
