@@ -25,7 +25,7 @@ How an answer is made (the model never gets to write an invalid one):
 Each closed set is scored in ONE model call (the "trie" scorer): the candidates' token sequences are merged into a
 prefix tree, flattened into one sequence after the prompt, and each node attends to the prompt and its own ancestors
 only (a 4-D attention mask), at the M-RoPE position of its depth; only the tree's inner nodes go through the output
-head. A clip costs 5 calls (prefill + 4 sets) and several clips are answered together (``predict_batch``: left-padded
+head. A clip costs 5 calls (prefill + 4 sets; 3 with a frame head) and several clips are answered together (``predict_batch``: left-padded
 prompts, per-clip M-RoPE offsets). The scores are the same full-vocabulary log-probs as scoring each candidate on
 its own (``PredictConfig.scorer="rows"`` keeps that reference path: a copy of the prompt cache per batch of
 candidates, 11 calls per clip; tests and ``scripts/bench_predict.py`` compare the two).

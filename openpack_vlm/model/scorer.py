@@ -2,7 +2,7 @@
 as one prefix tree per model call (the "trie" scorer), bounded greedy generation after the same cache.
 
 ``CachedScorer`` holds the model plumbing; ``predict.Predictor`` builds answers on it (see predict.py's docstring for
-the scheme: 5 calls per clip, several clips per batch, 3-D M-RoPE positions passed explicitly).
+the scheme: 5 calls per clip, 3 with a frame head, several clips per batch, 3-D M-RoPE positions passed explicitly).
 """
 from __future__ import annotations
 
