@@ -3,6 +3,7 @@ one run; with the FLOPs per clip of the real 2B model and the evaluation time th
 
     OMP_NUM_THREADS=2 python scripts/bench_predict.py --out docs/figures/bench_predict_cpu.json   # CPU, tiny-real
     python scripts/bench_predict.py --model 2b --device cuda --quantization 4bit --out docs/gpu/bench_predict.json
+    ... --frame-head      the path of an adapter with a frame head (span from the prefill: 3 calls per clip)
 
 ``--model tiny-real`` (default): tiny layers with the real Qwen2-VL-2B-Instruct tokenizer and processor (151,936-wide
 output head, 144 visual tokens per frame, one token per digit), so the call structure and the candidate token counts
@@ -41,7 +42,7 @@ def make_clips(n: int, k: int, seed: int = 0) -> list:
     return clips
 
 
-def load(model: str, device: str, quantization: str, work: Path):
+def load(model: str, device: str, quantization: str, work: Path, with_frame_head: bool = False):
     import torch
 
     from openpack_vlm.model.predict import PredictConfig, Predictor
@@ -56,8 +57,15 @@ def load(model: str, device: str, quantization: str, work: Path):
                                     device="cpu")
     else:
         model_dir = resolve_model_id(model)
-    return Predictor.from_pretrained(str(model_dir), quantization=quantization, device=device, run=None,
-                                     grammar=None, config=PredictConfig(free_text=False))
+    predictor = Predictor.from_pretrained(str(model_dir), quantization=quantization, device=device, run=None,
+                                          grammar=None, config=PredictConfig(free_text=False))
+    if with_frame_head:  # the served path of an adapter trained with one: span from the prefill, 2 calls fewer
+        from openpack_vlm.model import frame_head
+
+        head = frame_head.attach(predictor.model)
+        torch.nn.init.normal_(head.weight, std=0.02)  # untrained but not uniform: the span decoder sees real choices
+        predictor.has_frame_head = True
+    return predictor
 
 
 def run_path(predictor, clips, scorer: str, batch: int, free_text: bool) -> dict:
@@ -149,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=8, help="frames per clip")
     ap.add_argument("--batches", default="4,8", help="batch sizes of the batched trie runs")
     ap.add_argument("--free-text", action="store_true")
+    ap.add_argument("--frame-head", action="store_true", help="time the frame-head path (an adapter trained with "
+                    "--frame_loss_weight): a random head attached, the span read from the prefill, 3 calls a clip")
     ap.add_argument("--out", default=None, help="JSON report")
     ap.add_argument("--commit", default=None, help="the commit measured, recorded in the report (a device machine's "
                                                    "copy of the tree may hold a stale .git)")
@@ -157,7 +167,7 @@ def main(argv=None) -> int:
     import torch
 
     with tempfile.TemporaryDirectory() as work:
-        predictor = load(args.model, args.device, args.quantization, Path(work))
+        predictor = load(args.model, args.device, args.quantization, Path(work), args.frame_head)
         clips = make_clips(args.clips + 1, args.k)  # the first one warms up each path
         runs = [run_path(predictor, clips, "rows", 1, args.free_text)]
         runs.append(run_path(predictor, clips, "trie", 1, args.free_text))
@@ -179,7 +189,7 @@ def main(argv=None) -> int:
                            "all_U0108_h": [round((U0108_CLIPS * per_eval_clip + 30) * x / 3600, 2) for x in (lo, hi)]}
     report = {
         "model": args.model, "device": args.device, "quantization": args.quantization, "k": args.k,
-        "free_text": args.free_text, "threads": torch.get_num_threads(),
+        "free_text": args.free_text, "frame_head": args.frame_head, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__, "prompt_tokens": prompt_tokens, "real_2b_token_counts": counts,
@@ -191,7 +201,8 @@ def main(argv=None) -> int:
                       **estimates},
     }
     print(f"{args.model} on {report['gpu'] or report['cpu']} ({report['threads']} threads), K={args.k}, "
-          f"{args.clips} clips, free_text={args.free_text}, prompt {prompt_tokens} tokens")
+          f"{args.clips} clips, free_text={args.free_text}, frame_head={args.frame_head}, prompt {prompt_tokens} "
+          "tokens")
     print(f"{'path':<18}{'calls/clip':>11}{'ms/clip':>10}{'clips/s':>9}{'peak GiB':>10}{'same':>7}{'x rows':>8}")
     for r in runs:
         name = f"{r['scorer']} b={r['batch_clips']}"

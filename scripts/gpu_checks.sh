@@ -5,9 +5,10 @@
 #     DRY=1 OUT=/tmp/gpu bash scripts/gpu_checks.sh                                   # here: the same steps on CPU
 #
 # 1. gpu_smoke.py: 4-bit QLoRA steps of the tiny Qwen2-VL through train.py, fp16 and bf16, with and without vision
-#    LoRA (loss finite, only LoRA weights change, the adapter generates).
+#    LoRA (loss finite, only the adapter's weights change — LoRA and the frame head —, the adapter generates).
 # 2. bench_predict.py --model 2b: the predictor's model time on Qwen2-VL-2B's architecture (random weights, the real
-#    tokenizer and processor) in 4-bit: reference rows path vs trie, one clip and batched, answers compared.
+#    tokenizer and processor) in 4-bit, on the served path of an adapter with a frame head (3 calls per clip):
+#    reference rows path vs trie, one clip and batched, answers compared.
 # 3. gpu_vram_check.py: 4-bit QLoRA steps of the 2B architecture (checkpointing on/off, answer-only vs full logits,
 #    vision LoRA, a T4-sized memory cap), measured peak beside the VRAM estimate.
 #
@@ -44,7 +45,7 @@ if [ -n "${DRY:-}" ]; then
     --out "$OUT/bench_predict.json"
 else
   step gpu_smoke 130 python3 scripts/gpu_smoke.py --steps 4 --json "$OUT/gpu_smoke.json"
-  step bench_predict 170 python3 scripts/bench_predict.py --model 2b --device cuda --quantization 4bit --clips 8 \
-    --batches 4,8 --commit "${COMMIT:-unknown}" --out "$OUT/bench_predict.json"
+  step bench_predict 170 python3 scripts/bench_predict.py --model 2b --device cuda --quantization 4bit --frame-head \
+    --clips 8 --batches 4,8 --commit "${COMMIT:-unknown}" --out "$OUT/bench_predict.json"
   step gpu_vram_check 250 python3 scripts/gpu_vram_check.py --steps 3 --json "$OUT/gpu_vram_check.json"
 fi

@@ -480,3 +480,8 @@ def test_bench_predict_reports_calls_and_ratios(tmp_path, capsys):
     assert all(run["same_answers_as_rows"] == 3 for run in r["runs"])
     assert r["runs"][0]["speedup_vs_rows"] == 1.0 and r["flops_2b_per_clip"]["prefill"] > 5e12
     assert "ESTIMATE" in r["estimates"]["note"] and "x rows" in capsys.readouterr().out
+    # --frame-head: the path of an adapter with a frame head, 2 calls fewer on both scorers
+    assert bench.main(["--model", "tiny", "--clips", "2", "--batches", "", "--frame-head", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["frame_head"] is True and [run["model_calls_per_clip"] for run in r["runs"]] == [3, 3]
+    assert all(run["same_answers_as_rows"] == 2 for run in r["runs"])
