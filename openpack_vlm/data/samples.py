@@ -41,9 +41,10 @@ def spread(specs: list, n: int | None) -> list:
 SAMPLES_README = """# Training data samples
 
 {n} examples exported by the data pipeline, frames exactly as stored in the shards (336x336 JPEG) plus the training
-pair. `{{clip_id}}.json` holds the clip's record (`record`: truth, sampled frame indices, source) and the chat
-messages (`messages`); `{{clip_id}}.fNN.jpg` are its K sampled frames in order (image items in `messages` name them).
-The examples are spread evenly over the train, val and test manifests.
+pair. `{{clip_id}}.json` holds the clip's record (`record`: truth, sampled frame indices, source, and `frame_ops`: the
+operation at each sampled frame, which the frame head is trained on) and the chat messages (`messages`);
+`{{clip_id}}.fNN.jpg` are its K sampled frames in order (image items in `messages` name them). The examples are spread
+evenly over the train, val and test manifests.
 
 {span}
 
