@@ -1,8 +1,9 @@
 """Does the VLM learn, and from the frames? Controls of the training signal (issue #21), each CI-sized (<= 3 min on 2
 cores once the cached ``tiny-pretrained`` base exists):
 
-* positive control: the demo's recipe (LoRA + lm_head on ``tiny-pretrained``, skeleton frames of calibrated synthetic
-  keypoints) learns the pose task well above the majority class on held-out users;
+* positive control: the demo's recipe (LoRA + lm_head + frame head on ``tiny-pretrained``, skeleton frames of
+  calibrated synthetic keypoints) learns the pose task well above the majority class on held-out users, and where it
+  names the operation right its span beats the whole clip's;
 * negative control: the same recipe trained on shuffled answers (``--shuffle_labels``) does not beat the majority
   class — so the gain comes from the frames, not from a leak (clip id, time, position) that encodes the answer;
 * the learning check itself fails on a model that answers one constant class (run against one here).
@@ -21,7 +22,7 @@ from openpack_vlm.data.shards import iter_samples, shard_paths
 from openpack_vlm.model import train as T
 
 #: the controls' budget: steps of 2 clips (~0.45 s a step on 2 cores), the same for both so they differ only in labels
-STEPS = 300
+STEPS = 250
 #: how far above the majority class the positive control must land on the held-out users' clips (OCA)
 MARGIN = 0.2
 
@@ -45,16 +46,31 @@ def _train_majority(data: Path) -> tuple[str, str]:
     return ops.most_common(1)[0][0], nxt.most_common(1)[0][0]
 
 
-def scores(answers: list[tuple[str, str]], clips) -> dict:
-    """OCA and AA@1 of (dominant, next) answers on clips [(record, frames)]."""
+WHOLE = (0, 124)
+
+
+def scores(answers: list[tuple], clips) -> dict:
+    """OCA, AA@1 and mean tIoU of (dominant, next[, span]) answers on clips [(record, frames)] (no span: the whole
+    clip)."""
+    from openpack_vlm.metrics import span_iou
+
     n = len(clips)
-    return {"OCA": sum(a == r.truth["dominant_operation"] for (a, _), (r, _) in zip(answers, clips)) / n,
-            "AA@1": sum(b == r.truth["anticipated_next_operation"] for (_, b), (r, _) in zip(answers, clips)) / n}
+    spans = [a[2] if len(a) > 2 else WHOLE for a in answers]
+    truth = [(r.truth["temporal_segment"]["start_frame"], r.truth["temporal_segment"]["end_frame"]) for r, _ in clips]
+    right = [i for i, (a, (r, _)) in enumerate(zip(answers, clips)) if a[0] == r.truth["dominant_operation"]]
+    return {"OCA": len(right) / n,
+            "AA@1": sum(a[1] == r.truth["anticipated_next_operation"] for a, (r, _) in zip(answers, clips)) / n,
+            "mean_tIoU": sum(span_iou(s, t) for s, t in zip(spans, truth)) / n,
+            # where the operation is right, how much better its span is than the whole clip's (0 for a whole-clip
+            # answer): the span's own skill, apart from the operation's
+            "span_gain": (sum(span_iou(spans[i], truth[i]) - span_iou(WHOLE, truth[i]) for i in right) / len(right)
+                          if right else 0.0)}
 
 
 def learned(s: dict, majority: dict) -> bool:
-    """The positive control's verdict: OCA at least MARGIN above the majority class's on the same clips."""
-    return s["OCA"] >= majority["OCA"] + MARGIN
+    """The positive control's verdict: OCA at least MARGIN above the majority class's on the same clips, and on the
+    clips whose operation is right a span better than the whole clip by MARGIN / 4 of tIoU on average."""
+    return s["OCA"] >= majority["OCA"] + MARGIN and s["span_gain"] >= MARGIN / 4
 
 
 def _answers(run: Path, clips) -> list[tuple[str, str]]:
@@ -66,7 +82,9 @@ def _answers(run: Path, clips) -> list[tuple[str, str]]:
     for i in range(0, len(clips), 8):
         part = clips[i:i + 8]
         for res in pred.predict_batch([(fr, r.frame_indices, r.clip_id) for r, fr in part]):
-            out.append((res.prediction.dominant_operation, res.prediction.anticipated_next_operation))
+            seg = res.prediction.temporal_segment
+            out.append((res.prediction.dominant_operation, res.prediction.anticipated_next_operation,
+                        (seg.start_frame, seg.end_frame)))
     return out
 
 
@@ -81,12 +99,18 @@ def _train(data: Path, out: Path, **kw) -> Path:
 
 def test_learning_check_fails_on_a_constant_answer(pose_data, held_out):
     """The verdict used below, on a model that answers the train split's majority class for every clip: not learned
-    (so the positive control cannot pass by answering one class)."""
+    (so the positive control cannot pass by answering one class); nor on one that names every operation right but
+    answers one constant span (so it cannot pass without a span either)."""
     maj_op, maj_next = _train_majority(pose_data)
     majority = scores([(maj_op, maj_next)] * len(held_out), held_out)
     assert not learned(majority, majority)
     for op in {r.truth["dominant_operation"] for r, _ in held_out}:  # nor any other constant class
         assert not learned(scores([(op, maj_next)] * len(held_out), held_out), majority)
+    # nor a model that knows every operation but answers one constant span, whichever it is
+    for s in range(0, 125, 8):
+        for e in range(s, 125, 8):
+            oracle_op = [(r.truth["dominant_operation"], maj_next, (s, e)) for r, _ in held_out]
+            assert not learned(scores(oracle_op, held_out), majority), (s, e)
 
 
 @pytest.mark.slow
