@@ -43,6 +43,15 @@ def test_frame_segment_is_the_most_likely_run():
         FH.frame_segment([], 0)
 
 
+def test_frame_span_is_written_as_the_runs_answer_writes_spans():
+    """The head's run as the answer's prefix needs it: shown frame numbers for a "shown" run, clip frames (half-way to
+    the neighbours, as clip_span maps a shown answer) for a "clip" run."""
+    idx = [0, 18, 36, 54, 72, 90, 108, 124]
+    probs = _p([0, 0, 0, 4, 4, 4, 4, 4])
+    assert FH.frame_span(probs, 4, idx, "shown")[:2] == (54, 124)
+    assert FH.frame_span(probs, 4, idx, "clip")[:2] == clip_span(54, 124, idx) == (45, 124)
+
+
 def test_frame_token_spans_find_every_frame_of_the_real_prompt(tiny_real_model_dir):
     """On the real tokenizer and processor: K spans of 144 visual tokens each, in prompt order."""
     from openpack_vlm.model.loading import load_processor

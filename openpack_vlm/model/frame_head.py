@@ -22,7 +22,7 @@ import contextlib
 import math
 
 from ..labels import OPERATION_IDS
-from ..prompt import frame_cells
+from ..prompt import clip_span, frame_cells
 from ..schema import CLIP_FRAMES
 
 FRAME_HEAD = "frame_head"  # module name on the base model (and in the adapter's modules_to_save)
@@ -187,3 +187,15 @@ def fuse_dominant(answer_p: list[float], shares: list[float]) -> list[float]:
     if not z > 0:
         return list(answer_p)
     return [x / z for x in w]
+
+
+def frame_span(probs: list[list[float]], k: int, frame_indices: list[int], span_format: str = "shown"
+               ) -> tuple[int, int, float]:
+    """(start, end, log-likelihood) of operation ``k``'s run of shown frames (``frame_segment``), written as the run's
+    answer writes spans, so the next operation is scored after the prefix it was trained on: shown frame numbers
+    ("shown"), or clip frames (``clip_span``) for a "clip" run."""
+    a, b, ll = frame_segment(probs, k)
+    s, e = frame_indices[a], frame_indices[b]
+    if span_format != "shown":
+        s, e = clip_span(s, e, frame_indices)
+    return s, e, ll

@@ -59,7 +59,7 @@ from ..prompt import DEFAULT_SPAN, check_span_format, clip_span
 from ..schema import CLIP_FRAMES, Prediction
 from .answers import (PredictError, best, check_raw_text, end_candidates, next_candidates, softmax,
                       start_candidates)
-from .frame_head import frame_segment, frame_shares, fuse_dominant
+from .frame_head import frame_shares, frame_span, fuse_dominant
 from .scorer import CachedScorer
 
 DEFAULT_FUSE_WEIGHT = 0.3  # used only when no tuned weight is given or stored in the grammar's meta
@@ -277,7 +277,7 @@ class Predictor(CachedScorer):
             ks = [max(range(len(p)), key=lambda i: (p[i], -i)) for p in dom_p]
             doms = [OPERATION_NAMES[k] for k in ks]
             if self._span_from_frames():
-                spans = [self._frame_span(st.frame_p[r], ks[r], checked[r][1]) for r in range(b)]
+                spans = [frame_span(st.frame_p[r], ks[r], checked[r][1], self.config.span) for r in range(b)]
             else:
                 svals = [self._start_values(idx) for _, idx, _ in checked]
                 st_lp = self._score_sets(st, [start_candidates(d, v) for d, v in zip(doms, svals)])
@@ -312,16 +312,6 @@ class Predictor(CachedScorer):
             raise PredictError("span_from='frames' needs an adapter trained with a frame head (--frame_loss_weight)")
         return self.has_frame_head and how != "answer"
 
-    def _frame_span(self, frame_p: list[list[float]], k: int, idx: list[int]) -> tuple[int, int, float]:
-        """(start, end, log-likelihood) of the dominant operation's run of shown frames by the frame head, written
-        as the run's answer format writes spans (so the next operation is scored after the prefix it was trained
-        on): shown frame numbers, or clip frames for a "clip" run."""
-        a, b, ll = frame_segment(frame_p, k)
-        s, e = idx[a], idx[b]
-        if self.config.span != "shown":
-            s, e = clip_span(s, e, idx)
-        return s, e, ll
-
     def _start_values(self, idx: list[int]) -> list[int]:
         """The start frames a clip's answer may name: its sampled frames ("shown") or every clip frame ("clip")."""
         return list(idx) if self.config.span == "shown" else list(range(CLIP_FRAMES))
@@ -338,7 +328,7 @@ class Predictor(CachedScorer):
             k = max(range(len(dom_p)), key=lambda i: (dom_p[i], -i))
             dom = OPERATION_NAMES[k]
             if self._span_from_frames():
-                start, end, span_lp = self._frame_span(frame_p, k, idx)
+                start, end, span_lp = frame_span(frame_p, k, idx, self.config.span)
             else:
                 svals = self._start_values(idx)
                 st_lp = self.score_texts(state, start_candidates(dom, svals))
