@@ -41,8 +41,8 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the log, record the exit sta
 
 if [ -n "${DRY:-}" ]; then
   step gpu_smoke 300 python3 scripts/gpu_smoke.py --device cpu --steps 2 --json "$OUT/gpu_smoke.json"
-  step bench_predict 300 python3 scripts/bench_predict.py --clips 2 --batches 2 --commit "${COMMIT:-unknown}" \
-    --out "$OUT/bench_predict.json"
+  step bench_predict 300 python3 scripts/bench_predict.py --frame-head --clips 2 --batches 2 \
+    --commit "${COMMIT:-unknown}" --out "$OUT/bench_predict.json"
 else
   step gpu_smoke 130 python3 scripts/gpu_smoke.py --steps 4 --json "$OUT/gpu_smoke.json"
   step bench_predict 170 python3 scripts/bench_predict.py --model 2b --device cuda --quantization 4bit --frame-head \
