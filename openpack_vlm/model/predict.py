@@ -296,8 +296,8 @@ class Predictor(CachedScorer):
 
     def _dominant(self, answer_p: list[float], frame_p: list[list[float]] | None, idx: list[int]) -> list[float]:
         """The dominant operation's distribution: the answer's, fused with the frame head's shares of the clip when
-        the span comes from the frames too (``span_from``)."""
-        if frame_p is None or not self._span_from_frames():
+        the head was read (``frame_p``; only when the span comes from the frames too: ``span_from``)."""
+        if frame_p is None:
             return answer_p
         return fuse_dominant(answer_p, frame_shares(frame_p, idx))
 

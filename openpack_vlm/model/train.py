@@ -27,6 +27,7 @@ The effective batch is per_device_train_batch_size x gradient_accumulation_steps
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -482,7 +483,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> Path:
                 self.loss_is_scaled_for_ga = None  # the Trainer's own rule
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             targets = inputs.pop("frame_targets", None)
-            with frame_head.final_hidden(model) as hidden:
+            # the LM's final hidden states are captured only when a frame head reads them
+            with frame_head.final_hidden(model) if targets is not None else contextlib.nullcontext([]) as hidden:
                 loss = answer_only_loss(model, inputs, num_items_in_batch, weighted_ids=span_ids,
                                         weight=cfg.span_loss_weight)
             scaled = num_items_in_batch is not None  # sum / items of the whole accumulated batch

@@ -118,7 +118,7 @@ def window_record(win: Window, result) -> dict:
 
 def _frame_records(start_s: float, scores: dict) -> list[dict] | None:
     """The frame head's reading of each shown frame on the recording's clock: the seconds the frame stands for
-    (``frame_head.frame_cells``) and its distribution; None without a frame head."""
+    (``prompt.frame_cells``) and its distribution; None without a frame head."""
     frames, idx = scores.get("frames"), scores.get("frame_indices")
     if not frames or not idx:
         return None
