@@ -39,7 +39,7 @@ def write_bench_root(root: Path, user: str, session: str, seconds: float) -> Non
     """A synthetic session at the real frame size plus an H.264 video of its RGB frames."""
     import av
 
-    from openpack_vlm.data.synthetic import SyntheticConfig, write_synthetic_root
+    from openpack_vlm.testing.synthetic import SyntheticConfig, write_synthetic_root
 
     write_synthetic_root(root, SyntheticConfig(users=(user,), sessions=(session,), session_seconds=seconds))
     ts, paths = openpack.rgb_frames(root, user, session)

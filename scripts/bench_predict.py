@@ -47,7 +47,7 @@ def load(model: str, device: str, quantization: str, work: Path, with_frame_head
 
     from openpack_vlm.model.predict import PredictConfig, Predictor
     from openpack_vlm.model.loading import resolve_model_id
-    from openpack_vlm.model.tiny import TINY_REAL_ID
+    from openpack_vlm.testing.tiny import TINY_REAL_ID
 
     if model == "2b":
         from openpack_vlm.model.vram import build_random_2b
@@ -109,7 +109,7 @@ def real_token_counts(clip, answer: dict) -> dict:
     the shared prefix (``logits_to_keep``)."""
     from openpack_vlm.model.answers import dominant_candidates, end_candidates, next_candidates, start_candidates
     from openpack_vlm.model.scorer import Trie, common_prefix
-    from openpack_vlm.model.tiny import real_processor
+    from openpack_vlm.testing.tiny import real_processor
     from openpack_vlm.prompt import build_messages
 
     proc = real_processor()

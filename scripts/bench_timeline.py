@@ -4,7 +4,7 @@ session videos of 1, 5 and 10 minutes (and the real vtest.avi), each in a fresh 
 
     python scripts/bench_timeline.py [--minutes 1 5 10] [--model tiny-real] [--out docs/figures/bench_timeline.json]
 
-The videos are written by ``openpack_vlm.data.synthetic --video`` (15 fps, 640x360 H.264; cached in --work).
+The videos are written by ``openpack_vlm.testing.synthetic --video`` (15 fps, 640x360 H.264; cached in --work).
 Prints one line per run and the ratios; writes the JSON and, for the longest video, its Gantt chart PNG.
 ``--server``: also each video through ``POST /timeline`` of a fresh ``serve.py`` (the same model), sampling the
 resident memory of the server and its decoder processes every 0.2 s while the job runs (psutil).
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     for m in args.minutes:
         video = work / f"synthetic_{m:g}min.mp4"
         if not video.is_file():
-            subprocess.run([sys.executable, "-m", "openpack_vlm.data.synthetic", "--video", str(video),
+            subprocess.run([sys.executable, "-m", "openpack_vlm.testing.synthetic", "--video", str(video),
                             "--seconds", str(m * 60), "--seed", "3"], cwd=REPO, check=True, capture_output=True)
         extra = ["--truth", str(video.with_suffix(".truth.json"))]
         if m == longest and args.plot:
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
                           "command": "python scripts/bench_timeline.py " + " ".join(argv or sys.argv[1:]),
                           "commit": git, "machine": f"{platform.processor() or platform.machine()}, "
                           f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
-                          "videos": "synthetic session videos (openpack_vlm.data.synthetic --video, seed 3, 15 fps "
+                          "videos": "synthetic session videos (openpack_vlm.testing.synthetic --video, seed 3, 15 fps "
                                     "640x360 H.264) and the real tests/data/videos/vtest.avi (79.5 s, 10 fps)"})
     print(f"wrote {args.out}")
     return 0

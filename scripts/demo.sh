@@ -39,14 +39,14 @@ step() { printf '\n== %s\n' "$*"; }
 
 if [ "$MODEL" = tiny-pretrained ]; then
   step "0/4 the tiny base that already sees: tiny-pretrained (built once into the cache, ~7 min; then instant)"
-  python -m openpack_vlm.model.pretrain --cached
+  python -m openpack_vlm.testing.pretrain --cached
 fi
 
 step "1/4 synthetic OpenPack root -> $OUT/root"
 if [ "$SOURCE" = rgb ]; then
-  python -m openpack_vlm.data.synthetic --out "$OUT/root"
+  python -m openpack_vlm.testing.synthetic --out "$OUT/root"
 else
-  python -m openpack_vlm.data.synthetic --out "$OUT/root" --no-rgb   # keypoints + annotations, as published
+  python -m openpack_vlm.testing.synthetic --out "$OUT/root" --no-rgb   # keypoints + annotations, as published
 fi
 
 step "2/4 data pipeline ($SOURCE frames, skeleton renderer $POSE_RENDER) -> $OUT/data"

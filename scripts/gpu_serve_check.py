@@ -107,7 +107,7 @@ def run(requests: int, dry: bool, work: Path, free_text: bool = False) -> dict:
 
     import bench_serve as bs
     from openpack_vlm.model.vram import build_random_2b
-    from openpack_vlm.model.tiny import build_tiny_model
+    from openpack_vlm.testing.tiny import build_tiny_model
     from openpack_vlm.schema import Prediction
 
     device = "cpu" if dry else "cuda"

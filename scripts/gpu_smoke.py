@@ -117,7 +117,7 @@ def _ours(name: str) -> bool:
 
 
 def main(argv=None) -> int:
-    from openpack_vlm.data.shards import write_smoke_shards
+    from openpack_vlm.testing.smoke import write_smoke_shards
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=4)
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from openpack_vlm.model.tiny import build_tiny_model
+    from openpack_vlm.testing.tiny import build_tiny_model
 
     if a.device.startswith("cuda"):
         if not torch.cuda.is_available():

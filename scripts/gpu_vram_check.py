@@ -83,9 +83,9 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("gpu_vram_check: needs a CUDA GPU", file=sys.stderr)
         return 2
-    from openpack_vlm.data.shards import write_smoke_shards
+    from openpack_vlm.testing.smoke import write_smoke_shards
 
-    from openpack_vlm.model.tiny import build_tiny_model
+    from openpack_vlm.testing.tiny import build_tiny_model
 
     dt = {"fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
     gpu = torch.cuda.get_device_name(0)

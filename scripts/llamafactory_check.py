@@ -4,7 +4,7 @@ Runs in a SEPARATE venv with LLaMA-Factory (its pins differ from ours), against 
 
     python -m venv /tmp/lf && /tmp/lf/bin/pip install torch==2.13.0 && /tmp/lf/bin/pip install llamafactory
     python -m openpack_vlm.data.export --data out/demo/data --out /tmp/llava_demo
-    python -c "from openpack_vlm.model.tiny import build_tiny_model; build_tiny_model('/tmp/tinyreal', tokenizer='real')"
+    python -c "from openpack_vlm.testing.tiny import build_tiny_model; build_tiny_model('/tmp/tinyreal', tokenizer='real')"
     /tmp/lf/bin/python scripts/llamafactory_check.py /tmp/tinyreal /tmp/llava_demo [openpack_val]
 
 Prints the number of examples, the first one's token count, image-pad tokens, images and the trained (label) text,

@@ -3,8 +3,8 @@
     python scripts/pose_calibration.py [--root SYNTHETIC_ROOT] [--markdown]
 
 Real: tests/data/openpack-keypoints (U0102/S0100, 100 frames at 15 Hz). Synthetic: every user/session of ``--root``
-(default: a fresh root written by openpack_vlm.data.synthetic with its defaults, keypoints only), the median of the
-per-session statistics. Statistics, tolerances and the rule are openpack_vlm.data.synthetic's ``pose_stats`` and
+(default: a fresh root written by openpack_vlm.testing.synthetic with its defaults, keypoints only), the median of the
+per-session statistics. Statistics, tolerances and the rule are openpack_vlm.testing.synthetic's ``pose_stats`` and
 ``CALIBRATION``; tests/test_synthetic.py runs the same comparison. Exit 1 when a statistic is out of tolerance.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ REAL = REPO / "tests" / "data" / "openpack-keypoints" / "U0102-S0100-mmpose-100f
 
 def compare(root: Path | None = None) -> list[dict]:
     from openpack_vlm.data import openpack
-    from openpack_vlm.data.synthetic import SyntheticConfig, calibration_table, pose_stats, write_synthetic_root
+    from openpack_vlm.testing.synthetic import SyntheticConfig, calibration_table, pose_stats, write_synthetic_root
 
     real = pose_stats(*openpack.keypoints_from_json(REAL))
     with tempfile.TemporaryDirectory() as tmp:

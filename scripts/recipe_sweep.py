@@ -45,7 +45,7 @@ torch.manual_seed(a.seed); random.seed(a.seed); np.random.seed(a.seed)
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-from openpack_vlm.model.tiny import real_processor, QWEN_SPECIAL_TOKENS
+from openpack_vlm.testing.tiny import real_processor, QWEN_SPECIAL_TOKENS
 import copy
 proc = copy.deepcopy(real_processor())
 if a.px:

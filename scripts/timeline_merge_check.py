@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stride", type=float, default=2.5)
     ap.add_argument("--out", default="docs/figures/timeline_merge.json")
     args = ap.parse_args(argv)
-    from openpack_vlm.data.synthetic import write_session_video
+    from openpack_vlm.testing.synthetic import write_session_video
     from openpack_vlm.grammar import Grammar, op_sequence
     from openpack_vlm.io_utils import write_json
     from openpack_vlm.labels import NAME_TO_ID

@@ -33,7 +33,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     Only the JPEG size differs from the default (320x180 instead of the real 1280x720): ~5 s instead of ~20 s to
     write; keypoints stay in 1280x720 px and frame sources resize to 336x336 either way."""
-    from openpack_vlm.data.synthetic import SyntheticConfig, write_synthetic_root
+    from openpack_vlm.testing.synthetic import SyntheticConfig, write_synthetic_root
 
     root = tmp_path_factory.mktemp("openpack_root")
     return write_synthetic_root(root, SyntheticConfig(rgb_size=(320, 180)))
@@ -77,7 +77,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny random Qwen2-VL, built offline and saved with save_pretrained. Its tokenizer is a 512-token BPE
     trained in code (4 visual tokens per frame): ~20x cheaper per clip than ``tiny_real_model_dir``, so it serves the
     tests where the tokenizer does not matter (training mechanics, serving, evaluation plumbing)."""
-    from openpack_vlm.model.tiny import build_tiny_model
+    from openpack_vlm.testing.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
 
@@ -87,7 +87,7 @@ def tiny_real_model_dir(tmp_path_factory) -> Path:
     """The tiny random Qwen2-VL with the REAL Qwen2-VL-2B-Instruct tokenizer, chat template and processor settings
     (vocabulary 151936, 144 visual tokens per 336x336 frame): for the tests where the tokenizer matters. The other
     tests use ``tiny_model_dir`` (a 512-token BPE, 4 visual tokens per frame) because it is ~20x cheaper per clip."""
-    from openpack_vlm.model.tiny import build_tiny_model
+    from openpack_vlm.testing.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_real_model"), seed=0, tokenizer="real")
 

@@ -91,7 +91,7 @@ def test_closing_the_event_stream_cancels_the_job_and_health_answers_meanwhile(p
 
     import httpx2 as httpx
 
-    from openpack_vlm.data.synthetic import write_session_video
+    from openpack_vlm.testing.synthetic import write_session_video
 
     _, base, log = page
     video = tmp_path / "s60.mp4"

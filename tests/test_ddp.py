@@ -12,7 +12,7 @@ import pytest
 
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path, repo_root):
-    from openpack_vlm.data.shards import write_smoke_shards
+    from openpack_vlm.testing.smoke import write_smoke_shards
 
     data = write_smoke_shards(tmp_path / "data", n=16)
     out = tmp_path / "run"

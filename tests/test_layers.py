@@ -15,6 +15,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("labels", "schema", "io_utils", "cli", "platform_check"),  # core: names, output contracts, writers, CLI
     ("prompt", "grammar", "contract", "metrics"),  # the rules every phase shares
     ("data",),
+    ("testing",),  # stand-ins in the real formats: synthetic root, tiny models, smoke shards
     ("model",),
     ("timeline",),
     ("evaluation",),
@@ -121,7 +122,7 @@ def test_the_checks_catch_what_they_look_for():
     """The rules fail on a made-up graph with an upward arrow and a circle (a test that cannot fail proves nothing)."""
     g = {"openpack_vlm.data.a": [("openpack_vlm.serving.app", 3)], "openpack_vlm.serving.app": [],
          "openpack_vlm.model.x": [("openpack_vlm.model.y", 1)], "openpack_vlm.model.y": [("openpack_vlm.model.x", 2)]}
-    assert upward(g) == ["openpack_vlm.data.a:3 imports openpack_vlm.serving.app (serving… layer 6 > 2)"]
+    assert upward(g) == ["openpack_vlm.data.a:3 imports openpack_vlm.serving.app (serving… layer 7 > 2)"]
     assert cycles(g) == [["openpack_vlm.model.x", "openpack_vlm.model.y"]]
 
 

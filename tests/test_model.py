@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from openpack_vlm.model import loading as M
-from openpack_vlm.model import tiny
+from openpack_vlm.testing import tiny
 from openpack_vlm.model import vram
 from openpack_vlm.prompt import build_messages, target_text
 
@@ -206,7 +206,7 @@ def test_param_counts_of_the_real_qwen25vl_3b_config_match_its_module_tree(repo_
 def test_vram_counts_text_tokens_with_the_real_tokenizer_offline():
     """The budget's text tokens are the real Qwen2-VL-2B-Instruct tokenizer's count of a training sample (vendored
     files, no network): the prompt and target JSON, without the one image placeholder per frame."""
-    from openpack_vlm.model.tiny import real_processor
+    from openpack_vlm.testing.tiny import real_processor
     from openpack_vlm.prompt import build_messages
 
     tok = real_processor().tokenizer

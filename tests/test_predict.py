@@ -76,7 +76,7 @@ def test_candidates_tokenise_as_prefixes_of_the_training_target(predictor):
 def test_every_candidate_tokenises_as_its_training_target_with_the_real_tokenizer():
     """Each closed-set candidate the predictor scores is, token for token, the start of the training target that
     names the same value — with the real Qwen2-VL-2B-Instruct BPE (one token per digit, merges across the quote)."""
-    from openpack_vlm.model.tiny import real_processor
+    from openpack_vlm.testing.tiny import real_processor
 
     tok = real_processor().tokenizer
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731

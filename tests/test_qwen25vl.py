@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny25_dir(tmp_path_factory) -> Path:
-    from openpack_vlm.model.tiny import build_tiny_model
+    from openpack_vlm.testing.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny25"), family="qwen2_5_vl", base_config=REAL_CONFIG,
                             tokenizer="real")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from openpack_vlm.data.synthetic import write_session_video
+from openpack_vlm.testing.synthetic import write_session_video
 from openpack_vlm.schema import Prediction
 from media import make_video
 from oracle import OraclePredictor

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from openpack_vlm.data import openpack as op
-from openpack_vlm.data import synthetic as sy
+from openpack_vlm.testing import synthetic as sy
 from openpack_vlm.labels import NULL_ID, OPERATION_IDS
 
 FIXTURE_SIZE = (320, 180)  # tests/conftest.py::synthetic_root
@@ -247,7 +247,7 @@ def test_synthetic_pose_is_calibrated_to_the_real_keypoints(synthetic_root):
     out = [r for r in rows if not r["ok"]]
     assert not out, f"synthetic pose drifted from the real sample: {out}"
     # and the check can fail: the old generator's body (1.5x too large, never a low score) is out
-    from openpack_vlm.data.synthetic import calibration_table
+    from openpack_vlm.testing.synthetic import calibration_table
 
     real = {r["stat"]: r["real"] for r in rows}
     bad = dict(real, box_h_px=real["box_h_px"] * 1.5, **{"score_below_0.3": 0.0})

@@ -15,7 +15,7 @@ import pytest
 
 from openpack_vlm.data import video
 from openpack_vlm.data.errors import FrameError, VideoDecodeError
-from openpack_vlm.data.synthetic import write_session_video
+from openpack_vlm.testing.synthetic import write_session_video
 from openpack_vlm.grammar import Grammar, op_sequence
 from openpack_vlm.labels import NAME_TO_ID
 from openpack_vlm.timeline import (MergeConfig, TimelineCancelled, TimelineConfig, TimelineError, analyse_video,

@@ -441,7 +441,7 @@ def test_answer_only_loss_equals_the_models_full_loss(tiny_model_dir, tmp_path):
     from openpack_vlm.model.loading import ModelConfig, load_model
     from openpack_vlm.data.shards import iter_samples, shard_paths
 
-    from openpack_vlm.data.shards import write_smoke_shards
+    from openpack_vlm.testing.smoke import write_smoke_shards
 
     data = write_smoke_shards(tmp_path / "data", n=4)
     model, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none", dtype="fp32",

@@ -62,9 +62,9 @@ def _describe_input(root: Path, flags: str = "") -> tuple[str, str]:
     if meta.is_file():
         c = json.loads(meta.read_text())["config"]
         w, h = c["rgb_size"]
-        what = (f"synthetic OpenPack root (openpack_vlm.data.synthetic, seed {c['seed']}, users {' '.join(c['users'])}, "
+        what = (f"synthetic OpenPack root (openpack_vlm.testing.synthetic, seed {c['seed']}, users {' '.join(c['users'])}, "
                 f"sessions {' '.join(c['sessions'])}, {c['session_seconds']:g} s, RGB frames {w}x{h}); not real data.")
-        cmd = (f"    python -m openpack_vlm.data.synthetic --out /tmp/openpack-synth --seed {c['seed']} "
+        cmd = (f"    python -m openpack_vlm.testing.synthetic --out /tmp/openpack-synth --seed {c['seed']} "
                f"--users {' '.join(c['users'])} --sessions {' '.join(c['sessions'])} "
                f"--seconds {c['session_seconds']:g} --rgb-size {w}x{h}" + ("" if c["rgb"] else " --no-rgb") + "\n"
                "    python data_pipeline.py --root /tmp/openpack-synth --out /tmp/openpack-data "

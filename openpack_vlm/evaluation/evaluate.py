@@ -457,7 +457,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     prov = data_provenance(data)
     from ..model.loading import tiny_pretrain_meta
-    from ..model.tiny import is_tiny
+    from ..testing.tiny import is_tiny
 
     tiny = is_tiny(cfg.model_id)
     pretraining = tiny_pretrain_meta(cfg.model_id) if tiny else None  # the tiny base's pre-training record

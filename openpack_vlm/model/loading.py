@@ -27,8 +27,8 @@ from pathlib import Path
 from ..io_utils import one_line
 from . import frame_head
 from .frame_head import FRAME_HEAD
-from .pretrain import pretrained_cached
-from .tiny import TINY_MODEL_ID, TINY_PRETRAINED_ID, TINY_REAL_ID, tiny_cached
+from ..testing.pretrain import pretrained_cached
+from ..testing.tiny import TINY_MODEL_ID, TINY_PRETRAINED_ID, TINY_REAL_ID, tiny_cached
 
 REAL_MODEL_ID = "Qwen/Qwen2-VL-2B-Instruct"
 

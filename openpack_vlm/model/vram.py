@@ -190,7 +190,7 @@ def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
     """Text tokens of one training sample (chat template, timestamps, target JSON; image pads excluded), counted
     exactly with ``tokenizer``, by default the real Qwen2-VL-2B-Instruct tokenizer vendored with the package (offline).
     Returns (count, True): the flag says the count is exact (kept for callers that print it)."""
-    from .tiny import QWEN2VL_CHAT_TEMPLATE, real_processor
+    from ..testing.tiny import QWEN2VL_CHAT_TEMPLATE, real_processor
 
     frame_indices = list(frame_indices) if frame_indices is not None else [0, 17, 33, 50, 66, 83, 100, 124]
     msgs = build_messages(frame_indices, _sample_truth())

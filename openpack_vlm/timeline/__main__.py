@@ -3,7 +3,7 @@
     python -m openpack_vlm.timeline VIDEO --out T.json [--plot T.png] [--stride 2.5] [--truth VIDEO.truth.json] \
         [--model Qwen/Qwen2-VL-2B-Instruct --adapter R/adapter --quantization 4bit]
     python -m openpack_vlm.timeline U0108-S0100.csv --adapter R/adapter --out T.json   # skeleton run, Zenodo CSV
-    python -m openpack_vlm.data.synthetic --video /tmp/s.mp4 --seconds 600      # a 10-min video with a known timeline
+    python -m openpack_vlm.testing.synthetic --video /tmp/s.mp4 --seconds 600      # a 10-min video with a known timeline
     python -m openpack_vlm.timeline /tmp/s.mp4 --truth /tmp/s.truth.json --model tiny-real --quantization none \
         --out /tmp/s.timeline.json --plot /tmp/s.png
 
@@ -31,7 +31,7 @@ class TimelineRunConfig(TimelineConfig):
     out: str = setting(None, "timeline JSON to write")
     plot: str | None = setting(None, "Gantt chart PNG to write")
     truth: str | None = setting(None, "true timeline JSON ({segments: [{start_s, end_s, operation}]}) to score "
-                                      "against (written by openpack_vlm.data.synthetic --video)")
+                                      "against (written by openpack_vlm.testing.synthetic --video)")
     model_id: str = setting("Qwen/Qwen2-VL-2B-Instruct", 'base model: hub id, local dir, "tiny" or "tiny-real"',
                             aliases=["--model"])
     adapter: str | None = setting(None, "LoRA adapter dir (R/adapter); its run.json sets K, sampler, grammar")

@@ -1,6 +1,6 @@
 """Write a synthetic OpenPack root in exactly the real file formats, for tests and CPU dry runs.
 
-    python -m openpack_vlm.data.synthetic --out /tmp/openpack_synth [--users U0101 U0102] [--sessions S0100] [--seed 0]
+    python -m openpack_vlm.testing.synthetic --out /tmp/openpack_synth [--users U0101 U0102] [--sessions S0100] [--seed 0]
                                      [--seconds 90] [--rgb-size 1280x720] [--no-rgb]
 
 Per user/session it writes (see ``openpack_vlm.data.openpack`` for the layouts, which read it back):
@@ -55,8 +55,8 @@ from tqdm import tqdm
 from ..grammar import REAL_DURATIONS_S  # the real session's per-class durations (mean, std s)
 from ..io_utils import atomic_path, write_atomic, write_json
 from ..labels import ID_TO_NAME, NULL_ID
-from .timegrid import at_or_before
-from .openpack import (
+from ..data.timegrid import at_or_before
+from ..data.openpack import (
     KINECT_FPS,
     KINECT_SIZE,
     KPT_COLUMNS,
@@ -491,7 +491,7 @@ def write_synthetic_root(root: str | Path, cfg: SyntheticConfig | None = None) -
     for u, s in tqdm(pairs, desc="synthetic sessions", unit="session", disable=len(pairs) < 2, leave=False):
         summary.append(write_session(root, cfg, u, s))
     meta = {"config": asdict(cfg), "sessions": summary,
-            "note": "synthetic OpenPack root written by openpack_vlm.data.synthetic; not real data"}
+            "note": "synthetic OpenPack root written by openpack_vlm.testing.synthetic; not real data"}
     write_atomic(root / "synthetic_config.json", json.dumps(meta, indent=1))
     return root
 
@@ -549,7 +549,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m openpack_vlm.data.synthetic", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m openpack_vlm.testing.synthetic", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="root folder to write")
     ap.add_argument("--video", metavar="FILE.mp4", help="instead of a root: one session as a camera video with a known "
                     "timeline (--seconds long; its truth beside it as FILE.truth.json)")

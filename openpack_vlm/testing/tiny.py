@@ -25,7 +25,7 @@ TINY_MODEL_ID = "tiny"
 TINY_DIRNAME = "tiny-qwen2vl"
 TINY_REAL_ID = "tiny-real"  # tiny random layers + the real Qwen2-VL-2B-Instruct tokenizer, template and processor
 TINY_REAL_DIRNAME = "tiny-real-qwen2vl"
-REAL_FILES = Path(__file__).parent / "assets" / "qwen2-vl-2b-instruct"  # vendored hub files (PROVENANCE.md there)
+REAL_FILES = Path(__file__).parents[1] / "model" / "assets" / "qwen2-vl-2b-instruct"  # vendored hub files (PROVENANCE.md there)
 TINY_PRETRAINED_ID = "tiny-pretrained"  # tiny-real + a vision tower pre-trained on its own corpus (pretrain.py)
 TINY_VERSION = 1  # bump when the tiny recipe changes: the cache is rebuilt
 

@@ -1,8 +1,8 @@
 """A tiny base that already sees: ``tiny-pretrained``, the ``tiny-real`` layers whose vision tower is pre-trained on a
 separate synthetic corpus, as the real 2B's tower was pre-trained before anyone fine-tunes it on OpenPack.
 
-    python -m openpack_vlm.model.pretrain [--out DIR] [--steps 1200]     # (re)build it
-    python -m openpack_vlm.model.pretrain --cached                       # build into the cache unless it is there
+    python -m openpack_vlm.testing.pretrain [--out DIR] [--steps 1200]     # (re)build it
+    python -m openpack_vlm.testing.pretrain --cached                       # build into the cache unless it is there
     (any use of the model id "tiny-pretrained" builds it once into the cache, as --cached does)
 
 Why (ARCHITECTURE.md §3, "Does the VLM learn?"): the random, frozen vision tower of ``tiny-real`` keeps where the
@@ -46,7 +46,7 @@ STEPS = 1200  # pre-training steps (~6 min on 2 cores; the read-out's R^2 still 
 def corpus_frames(work: Path) -> list:
     """The corpus' training frames (PIL, 336x336 skeleton renders), made by the synthetic root + data pipeline."""
     from ..data.pipeline import PipelineConfig, run
-    from ..data.synthetic import SyntheticConfig, write_synthetic_root
+    from .synthetic import SyntheticConfig, write_synthetic_root
     from ..data.shards import iter_samples, shard_paths
 
     root = write_synthetic_root(work / "root", SyntheticConfig(users=CORPUS["users"], seed=CORPUS["seed"],
@@ -151,7 +151,7 @@ def pretrained_cached() -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m openpack_vlm.model.pretrain", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m openpack_vlm.testing.pretrain", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="folder to write (default: the cache, replacing what is there)")
     ap.add_argument("--steps", type=int, default=STEPS, help="pre-training steps of 32 frames")
     ap.add_argument("--objective", default="token", choices=["token", "mean"],
