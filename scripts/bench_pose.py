@@ -103,7 +103,7 @@ def main(argv=None) -> int:
             print(f"  decode_clip, 5-s H.264 {w}x{h} at 30 fps: camera frames {rgb:.2f} s, skeletons {pose:.2f} s "
                   f"(x{pose / rgb:.1f}; of it keypoints {got.pose['pose_s']:.2f} s)")
     if args.json:
-        from openpack_vlm.evaluation.evaluate import git_provenance
+        from openpack_vlm.evaluation.report import git_provenance
         from openpack_vlm.io_utils import write_json
 
         write_json(Path(args.json), report | git_provenance())

@@ -216,7 +216,7 @@ def main(argv=None) -> int:
               f"evaluate first 30 clips {est['first_30_clips_s'][0]}-{est['first_30_clips_s'][1]} s; "
               f"--all U0108 {est['all_U0108_h'][0]}-{est['all_U0108_h'][1]} h")
     if args.out:
-        from openpack_vlm.evaluation.evaluate import git_provenance
+        from openpack_vlm.evaluation.report import git_provenance
         from openpack_vlm.io_utils import write_json
 
         provenance = git_provenance() if args.commit is None else {"git_commit": args.commit, "git_dirty": None}

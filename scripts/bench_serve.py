@@ -134,7 +134,7 @@ def provenance() -> dict:
 
     import av
 
-    from openpack_vlm.evaluation.evaluate import git_provenance
+    from openpack_vlm.evaluation.report import git_provenance
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def val_scores(model, processor, clips, batch: int = 8) -> dict:
     """OCA / AA@1 / tIoU@0.5 / mean tIoU of ``model`` (the training model, in eval mode) on ``clips``."""
-    from openpack_vlm.evaluation.evaluate import _truth
+    from openpack_vlm.evaluation.selection import truth_ids
     from openpack_vlm.metrics import evaluate_predictions
     from openpack_vlm.model.predict import Predictor
 
@@ -39,7 +39,7 @@ def val_scores(model, processor, clips, batch: int = 8) -> dict:
     for i in range(0, len(clips), batch):
         part = clips[i:i + batch]
         for (rec, _), res in zip(part, pred.predict_batch([(fr, r.frame_indices, r.clip_id) for r, fr in part])):
-            t, p = _truth(rec), res.prediction
+            t, p = truth_ids(rec), res.prediction
             recs.append({"true_op": t["op"], "pred_op": p.dominant_operation, "true_span": t["span"],
                          "pred_span": (p.temporal_segment.start_frame, p.temporal_segment.end_frame),
                          "true_next": t["next"], "pred_next": p.anticipated_next_operation})
@@ -93,10 +93,10 @@ def _slug(name: str) -> str:
 
 def majority(data: Path, val) -> dict:
     """The train split's majority answer scored on the same validation clips (the line a learner must clear)."""
-    from openpack_vlm.evaluation.evaluate import _majority_from_train, _truth
+    from openpack_vlm.evaluation.selection import train_majority, truth_ids
 
-    op, nxt, _ = _majority_from_train(data)
-    truths = [_truth(r) for r, _ in val]
+    op, nxt, _ = train_majority(data)
+    truths = [truth_ids(r) for r, _ in val]
     return {"OCA": sum(t["op"] == op for t in truths) / len(truths),
             "AA@1": sum(t["next"] == nxt for t in truths) / len(truths)}
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         ap.error("give --data, --out and at least one --run (or --regenerate OUT)")
     if any(":" not in r for r in a.run):
         ap.error('each --run is "NAME: TRAIN FLAGS"')
-    from openpack_vlm.evaluation.evaluate import load_clips, select_clips
+    from openpack_vlm.evaluation.selection import load_clips, select_clips
     from openpack_vlm.io_utils import write_json
 
     data, out = Path(a.data), Path(a.out)

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
             Image.fromarray(grid).save(tmp, format="PNG")
         print(f"wrote {args.png} (frames {pick.tolist()}: whole-frame renderer above, person-centred below)")
     if args.json:
-        from openpack_vlm.evaluation.evaluate import git_provenance
+        from openpack_vlm.evaluation.report import git_provenance
         from openpack_vlm.io_utils import write_json
 
         write_json(args.json, {"keypoints": str(args.keypoints), "render": PoseRender().to_json(),

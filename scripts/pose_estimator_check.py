@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     for k in keys:
         print(f"| {k} | " + " | ".join(f"{c[k]:.3g}" for c in cols.values()) + " |")
     if args.json:
-        from openpack_vlm.evaluation.evaluate import git_provenance
+        from openpack_vlm.evaluation.report import git_provenance
         from openpack_vlm.io_utils import write_json
 
         write_json(Path(args.json), {"columns": cols} | git_provenance())

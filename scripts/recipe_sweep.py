@@ -16,7 +16,7 @@ import argparse, json, time, random, math, sys, os
 from pathlib import Path
 import torch, numpy as np
 
-from openpack_vlm.evaluation.evaluate import select_clips, load_clips, _truth
+from openpack_vlm.evaluation.selection import select_clips, load_clips, truth_ids
 from openpack_vlm.model.train import Collator, answer_only_loss
 from openpack_vlm.model.predict import Predictor
 from openpack_vlm.labels import to_id
@@ -110,7 +110,7 @@ def evaluate():
         b = val[i:i + 8]
         res = pr.predict_batch([(fr, r.frame_indices, r.clip_id) for r, fr in b])
         for (r, _), x in zip(b, res):
-            t = _truth(r)
+            t = truth_ids(r)
             pd = x.prediction
             oca += to_id(pd.dominant_operation) == t["op"]
             aa += to_id(pd.anticipated_next_operation) == t["next"]

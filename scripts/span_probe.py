@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from openpack_vlm.evaluation.evaluate import iter_clips, select_clips  # noqa: E402
+from openpack_vlm.evaluation.selection import iter_clips, select_clips  # noqa: E402
 from openpack_vlm.io_utils import write_json  # noqa: E402
 from openpack_vlm.model.answers import end_candidates, start_candidates  # noqa: E402
 from openpack_vlm.model.predict import PredictConfig, Predictor  # noqa: E402

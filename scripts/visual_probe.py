@@ -30,7 +30,7 @@ def features(model, processor, clips) -> tuple[dict, list]:
     import numpy as np
     import torch
 
-    from openpack_vlm.evaluation.evaluate import _truth
+    from openpack_vlm.evaluation.selection import truth_ids
     from openpack_vlm.model.train import Collator
 
     col = Collator(processor)
@@ -51,7 +51,7 @@ def features(model, processor, clips) -> tuple[dict, list]:
         feats.setdefault("visual tokens, mean", []).append(per_frame.mean(0))
         for layer, h in enumerate(out.hidden_states):
             feats.setdefault(f"LM answer position, layer {layer}", []).append(h[0, pos].numpy())
-        ys.append(_truth(rec)["op"])
+        ys.append(truth_ids(rec)["op"])
     return {k: np.array(v) for k, v in feats.items()}, ys
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoModelForImageTextToText
 
-    from openpack_vlm.evaluation.evaluate import load_clips, select_clips
+    from openpack_vlm.evaluation.selection import load_clips, select_clips
     from openpack_vlm.model.loading import load_processor
     from openpack_vlm.model.loading import resolve_model_id
 

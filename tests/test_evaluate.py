@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from openpack_vlm.evaluation.evaluate import data_provenance
+from openpack_vlm.evaluation.report import data_provenance
 from openpack_vlm.grammar import Grammar
 from openpack_vlm.labels import NAME_TO_ID
 from openpack_vlm.metrics import evaluate_predictions, majority_class
@@ -75,7 +75,7 @@ def test_output_files_and_results_shape(eval_out, capsys):
         mine = [x for x in rows if x["truth"]["dominant_operation"] == name]
         assert s["recall"] == round(sum(x["finetuned_model"]["prediction"]["dominant_operation"] == name
                                         for x in mine) / len(mine), 4)
-    from openpack_vlm.evaluation.evaluate import format_table
+    from openpack_vlm.evaluation.report import format_table
 
     table = format_table(r)  # what evaluate.py prints
     assert "confidence calibration (ECE, 10 bins)" in table and "per class, finetuned_model" in table
@@ -229,7 +229,7 @@ def test_data_provenance_real_synthetic_unknown(tmp_path, synthetic_root):
 
 def test_base_model_is_exactly_the_base(eval_out, pipeline_out, tiny_model_dir):
     """The base system runs the fine-tuned model with its LoRA disabled: it must answer like the plain base model."""
-    from openpack_vlm.evaluation.evaluate import load_clips, select_clips
+    from openpack_vlm.evaluation.selection import load_clips, select_clips
     from openpack_vlm.model.predict import Predictor
 
     rows = _rows(eval_out / "predictions.jsonl")[:2]
