@@ -17,7 +17,8 @@ from pathlib import Path
 import torch, numpy as np
 
 from openpack_vlm.evaluation.selection import select_clips, load_clips, truth_ids
-from openpack_vlm.model.train import Collator, answer_only_loss
+from openpack_vlm.model.train import answer_only_loss
+from openpack_vlm.model.train_data import Collator
 from openpack_vlm.model.predict import Predictor
 from openpack_vlm.labels import to_id
 from openpack_vlm.metrics import span_iou as temporal_iou

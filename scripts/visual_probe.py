@@ -31,7 +31,7 @@ def features(model, processor, clips) -> tuple[dict, list]:
     import torch
 
     from openpack_vlm.evaluation.selection import truth_ids
-    from openpack_vlm.model.train import Collator
+    from openpack_vlm.model.train_data import Collator
 
     col = Collator(processor)
     marker = processor.tokenizer('{"dominant_operation": "', add_special_tokens=False)["input_ids"]

@@ -86,7 +86,7 @@ def test_both_formats_give_the_text_training_renders(pipeline_out, exported, tin
     """What each trainer feeds the model equals what this repo trains on (real Qwen2-VL chat template)."""
     from transformers import AutoProcessor
 
-    from openpack_vlm.model.train import Collator
+    from openpack_vlm.model.train_data import Collator
 
     processor = AutoProcessor.from_pretrained(tiny_real_model_dir)
     system = (exported / "system_prompt.txt").read_text().rstrip("\n")

@@ -20,6 +20,7 @@ import pytest
 
 from openpack_vlm.data.shards import iter_samples, shard_paths
 from openpack_vlm.model import train as T
+from openpack_vlm.model import train_data as TD
 
 #: the controls' budget: steps of 2 clips (~0.45 s a step on 2 cores), the same for both so they differ only in labels
 STEPS = 250
@@ -140,13 +141,13 @@ def test_negative_control_shuffled_labels_do_not_beat_the_majority(pose_data, he
 def test_shuffled_truths_are_a_permutation_of_the_split(pose_data):
     """--shuffle_labels trains every clip on another clip's answer, keeping the split's answer frequencies."""
     rows = [json.loads(line) for line in (pose_data / "train" / "manifest.jsonl").read_text().splitlines() if line]
-    got = T.shuffled_truths(pose_data, seed=42)
+    got = TD.shuffled_truths(pose_data, seed=42)
     assert set(got) == {r["clip_id"] for r in rows}
     key = lambda t: json.dumps(t, sort_keys=True)  # noqa: E731
     assert Counter(map(key, got.values())) == Counter(key(r["truth"]) for r in rows)
     own = sum(key(got[r["clip_id"]]) == key(r["truth"]) for r in rows)
     assert own < len(rows) * 0.3  # most clips get another clip's answer
-    assert got == T.shuffled_truths(pose_data, seed=42) != T.shuffled_truths(pose_data, seed=1)
+    assert got == TD.shuffled_truths(pose_data, seed=42) != TD.shuffled_truths(pose_data, seed=1)
 
 
 def test_compare_results_sees_a_changed_metric_and_ignores_timing(repo_root, tmp_path):

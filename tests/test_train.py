@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from openpack_vlm.model import train as T
+from openpack_vlm.model import train_data as TD
 from openpack_vlm.labels import NAME_TO_ID, OPERATION_NAMES
 from openpack_vlm.prompt import target_text
 from openpack_vlm.data.shards import ClipRecord, ShardWriter, encode_jpeg, iter_samples, shard_paths
@@ -80,18 +81,18 @@ def _cfg(data: Path, out: Path, model: Path, **kw) -> T.TrainConfig:
 
 # ------------------------------------------------------------------------------------------------------------ masking
 def _check_label_mask(samples, processor, patches_per_frame: int) -> None:
-    col = T.Collator(processor)
+    col = TD.Collator(processor)
     batch = col(samples)
     tok = processor.tokenizer
     assert batch["input_ids"].shape == batch["labels"].shape
     assert batch["pixel_values"].shape[0] == len(samples) * 8 * patches_per_frame
     for row, (rec, _) in enumerate(samples):
         ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
-        kept = [i for i, lab in zip(ids, labels) if lab != T.IGNORE_INDEX]
+        kept = [i for i, lab in zip(ids, labels) if lab != TD.IGNORE_INDEX]
         # token by token: the kept labels equal the input ids at the same positions ...
-        assert all(lab in (T.IGNORE_INDEX, i) for i, lab in zip(ids, labels))
+        assert all(lab in (TD.IGNORE_INDEX, i) for i, lab in zip(ids, labels))
         # ... are one contiguous run ...
-        pos = [k for k, lab in enumerate(labels) if lab != T.IGNORE_INDEX]
+        pos = [k for k, lab in enumerate(labels) if lab != TD.IGNORE_INDEX]
         assert pos == list(range(pos[0], pos[-1] + 1))
         # ... that is exactly the target JSON (its span: the first and last sampled frame inside the operation)
         # followed by <|im_end|>
@@ -101,9 +102,9 @@ def _check_label_mask(samples, processor, patches_per_frame: int) -> None:
         # the token before the run is the assistant header's newline; nothing of the prompt/images is trained
         assert tok.decode(ids[pos[0] - 3 : pos[0]]) == "<|im_start|>assistant\n"
         image_id = tok.convert_tokens_to_ids("<|image_pad|>")
-        assert image_id in ids and all(labels[k] == T.IGNORE_INDEX for k, i in enumerate(ids) if i == image_id)
+        assert image_id in ids and all(labels[k] == TD.IGNORE_INDEX for k, i in enumerate(ids) if i == image_id)
     # padding positions are masked
-    assert (batch["labels"][batch["attention_mask"] == 0] == T.IGNORE_INDEX).all()
+    assert (batch["labels"][batch["attention_mask"] == 0] == TD.IGNORE_INDEX).all()
 
 
 def test_labels_cover_exactly_the_answer_and_im_end(data_dir, processor):
@@ -130,7 +131,7 @@ def test_collator_text_is_the_pipelines_chat_pair(pipeline_out, processor):
     for line in (pipeline_out / "train" / "pairs.jsonl").read_text().splitlines():
         d = json.loads(line)
         pairs[d["clip_id"]] = d["messages"]
-    col = T.Collator(processor)
+    col = TD.Collator(processor)
     samples = list(iter_samples(shard_paths(pipeline_out / "train")))
     assert len(samples) == len(pairs)
     for rec, _ in samples[:20]:
@@ -140,7 +141,7 @@ def test_collator_text_is_the_pipelines_chat_pair(pipeline_out, processor):
 
 
 def test_collator_rejects_text_without_answer(processor):
-    col = T.Collator(processor)
+    col = TD.Collator(processor)
     ids = processor.tokenizer("<|im_start|>user\nhi<|im_end|>\n", add_special_tokens=False, return_tensors="pt")
     with pytest.raises(T.TrainError, match="no assistant turn"):
         col.labels(ids["input_ids"], ids["attention_mask"], ["clipX"])
@@ -154,7 +155,7 @@ def test_stream_splits_readers_disjointly_and_covers_all(data_dir):
     for world in (2, len(paths) + 1):  # by shard, and by sample when readers outnumber shards
         seen = []
         for rank in range(world):
-            s = T.ShardStream(paths, buffer=4, seed=0, rank=rank, world_size=world, passes=1)
+            s = TD.ShardStream(paths, buffer=4, seed=0, rank=rank, world_size=world, passes=1)
             seen.append([r.clip_id for r, _ in s])
         flat = [c for part in seen for c in part]
         assert sorted(flat) == sorted(all_ids)  # disjoint and complete
@@ -164,11 +165,11 @@ def test_stream_splits_readers_disjointly_and_covers_all(data_dir):
 
     for shards in (paths, paths[:1]):
         shards_ids = [r.clip_id for r, _ in iter_samples(shards)]
-        dl = DataLoader(T.make_stream(shards, buffer=4, seed=0, rank=0, world_size=1, passes=1),
+        dl = DataLoader(TD.make_stream(shards, buffer=4, seed=0, rank=0, world_size=1, passes=1),
                         batch_size=None, num_workers=2, collate_fn=lambda x: x)
         got = [r.clip_id for r, _ in dl]
         assert sorted(got) == sorted(shards_ids), (len(got), len(shards_ids))
-    one = [r.clip_id for r, _ in T.ShardStream(paths, buffer=16, seed=0, rank=0, world_size=1, passes=1)]
+    one = [r.clip_id for r, _ in TD.ShardStream(paths, buffer=16, seed=0, rank=0, world_size=1, passes=1)]
     assert one != all_ids and sorted(one) == sorted(all_ids)  # shuffled
 
 
@@ -446,8 +447,8 @@ def test_answer_only_loss_equals_the_models_full_loss(tiny_model_dir, tmp_path):
     data = write_smoke_shards(tmp_path / "data", n=4)
     model, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none", dtype="fp32",
                                          device="cpu", lora_dropout=0.0), for_training=True)
-    batch = T.Collator(proc)(list(iter_samples(shard_paths(data / "train")))[:2])
-    n_items = int((batch["labels"][:, 1:] != T.IGNORE_INDEX).sum())
+    batch = TD.Collator(proc)(list(iter_samples(shard_paths(data / "train")))[:2])
+    n_items = int((batch["labels"][:, 1:] != TD.IGNORE_INDEX).sum())
 
     def grads(loss):
         model.zero_grad()
@@ -463,7 +464,7 @@ def test_answer_only_loss_equals_the_models_full_loss(tiny_model_dir, tmp_path):
     # with num_items_in_batch (gradient accumulation): sum / items, as transformers' ForCausalLMLoss
     summed = T.answer_only_loss(model, batch, num_items_in_batch=torch.tensor(2 * n_items))
     assert torch.allclose(summed * 2, part, rtol=1e-5)
-    bad = dict(batch, labels=torch.full_like(batch["labels"], T.IGNORE_INDEX))
+    bad = dict(batch, labels=torch.full_like(batch["labels"], TD.IGNORE_INDEX))
     with pytest.raises(T.TrainError, match="no trained answer tokens"):
         T.answer_only_loss(model, bad)
     # --span_loss_weight: the frame-number digits count W times; weight 1 is the plain loss, bit for bit
@@ -472,9 +473,9 @@ def test_answer_only_loss_equals_the_models_full_loss(tiny_model_dir, tmp_path):
     with torch.no_grad():
         plain = T.answer_only_loss(model, batch)
         assert torch.equal(T.answer_only_loss(model, batch, weighted_ids=ids, weight=1.0), plain)
-        targets = batch["labels"][:, 1:][batch["labels"][:, 1:] != T.IGNORE_INDEX]
+        targets = batch["labels"][:, 1:][batch["labels"][:, 1:] != TD.IGNORE_INDEX]
         keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
-        keep[:, :-1] = batch["labels"][:, 1:] != T.IGNORE_INDEX
+        keep[:, :-1] = batch["labels"][:, 1:] != TD.IGNORE_INDEX
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=keep).logits.float()
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
         digit = torch.isin(targets, torch.tensor(ids))
