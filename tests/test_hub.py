@@ -22,7 +22,7 @@ SHA = "4c5d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f70819"  # the snapshot's commit hash (
 ANSWER = r"""
 import json, sys
 from openpack_vlm.data.shards import iter_samples, shard_paths
-from openpack_vlm.serving.app import load_predictor
+from openpack_vlm.serving.state import load_predictor
 from openpack_vlm.serving.settings import ServeConfig
 
 model, adapter, data = sys.argv[1:4]

@@ -244,7 +244,8 @@ def client(tiny_model_dir, upload_dir, gate):
     from fastapi.testclient import TestClient
 
     from openpack_vlm.serving.settings import ServeConfig
-    from openpack_vlm.serving.app import create_app, load_predictor
+    from openpack_vlm.serving.app import create_app
+    from openpack_vlm.serving.state import load_predictor
 
     torch.set_num_threads(1)
     cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", max_upload_mb=0.5,
@@ -391,7 +392,8 @@ def test_model_load_failure_is_reported_not_fatal(tmp_path):
     from fastapi.testclient import TestClient
 
     from openpack_vlm.serving.settings import ServeConfig
-    from openpack_vlm.serving.app import create_app, load_predictor
+    from openpack_vlm.serving.app import create_app
+    from openpack_vlm.serving.state import load_predictor
 
     cfg = ServeConfig(model_id=str(tmp_path / "no_such_model"), quantization="none", device="cpu", decode_workers=1)
     with TestClient(create_app(cfg, predictor_factory=load_predictor)) as c:
@@ -411,7 +413,8 @@ def test_free_text_setting_decides_generation(tiny_model_dir, tmp_path, free_tex
     from fastapi.testclient import TestClient
 
     from openpack_vlm.serving.settings import ServeConfig
-    from openpack_vlm.serving.app import create_app, load_predictor
+    from openpack_vlm.serving.app import create_app
+    from openpack_vlm.serving.state import load_predictor
 
     seen = []
 
@@ -443,7 +446,8 @@ def test_busy_and_health_during_prediction(tiny_model_dir, tmp_path):
     from fastapi.testclient import TestClient
 
     from openpack_vlm.serving.settings import ServeConfig
-    from openpack_vlm.serving.app import create_app, load_predictor
+    from openpack_vlm.serving.app import create_app
+    from openpack_vlm.serving.state import load_predictor
 
     release, entered = threading.Event(), threading.Event()
 

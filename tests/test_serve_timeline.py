@@ -188,7 +188,9 @@ def test_timeline_errors_are_clear(tmp_path, videos):
 def test_predict_include_frames_gives_the_frames_the_model_saw(tmp_path, tiny_model_dir, videos):
     from fastapi.testclient import TestClient
 
-    from openpack_vlm.serving.app import create_app, load_predictor
+    from openpack_vlm.serving.app import create_app
+
+    from openpack_vlm.serving.state import load_predictor
     from openpack_vlm.serving.settings import ServeConfig
 
     cfg = ServeConfig(model_id=str(tiny_model_dir), quantization="none", device="cpu", upload_dir=str(tmp_path),

@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir, tmp_path_factory):
-    from openpack_vlm.serving.app import load_predictor
+    from openpack_vlm.serving.state import load_predictor
     from openpack_vlm.serving.settings import ServeConfig
     from openpack_vlm.serving.space import build_demo
 

@@ -50,7 +50,7 @@ def build_demo(cfg: ServeConfig | None = None, predictor=None):
 
     from ..timeline.analyse import TimelineConfig, TimelineError, analyse_video
     from ..timeline.plot import plot_timeline
-    from .app import load_predictor
+    from .state import load_predictor
 
     cfg = cfg or ServeConfig.from_env()
     predictor = predictor if predictor is not None else load_predictor(cfg)
