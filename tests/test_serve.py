@@ -701,10 +701,63 @@ def test_decoder_pool_close_is_bounded_by_a_hung_decoder():
     from openpack_vlm.serving.decoders import DecoderPool
 
     pool = DecoderPool(workers=1, timeout_s=60, memory_mb=1024).start()
-    slot = pool._slots[0]
-    proc = next(iter(slot.executor._processes.values()))
-    slot.executor.submit(time.sleep, 120)  # a decode that would outlast any shutdown
+    worker = pool._all[0]
+    proc = worker.proc
+    worker.submit(time.sleep, (120,))  # a decode that would outlast any shutdown
     time.sleep(0.5)
     t0 = time.perf_counter()
-    slot.close(timeout=1.0)
+    pool.close(timeout=1.0)
     assert time.perf_counter() - t0 < 10 and not proc.is_alive()
+
+
+def _emit_pid(*, io):
+    io.emit(os.getpid())
+
+
+def _crash(*, io):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _hold_blocks(*, io):
+    """A stream that keeps asking for free blocks until its job stops (None)."""
+    while io.take_block() is not None:
+        io.emit("block")
+
+
+def test_one_decoder_pool_serves_uploads_and_timeline_streams():
+    """/predict's decodes and /timeline's streams run in one pool: a bounded set of processes (here 1 + 1), a stream
+    process reused by the next job, its crash mapped like an upload's (422 decoder_crashed) and replaced, a stopped
+    stream's process given back, and a job waiting for a stream process can be cancelled."""
+    from openpack_vlm.serving.decoders import Cancelled, DecoderPool
+    from openpack_vlm.serving.uploads import UploadError
+
+    never = lambda: False  # noqa: E731
+    pool = DecoderPool(workers=1, timeout_s=10.0, memory_mb=2048, stream_workers=1).start()
+    try:
+        upload_pid = pool.run(os.getpid)
+        pids = []
+        for _ in range(2):
+            s = pool.stream(_emit_pid, (), never)
+            pids.append(s.next(60)[0])
+            assert s.next(60) is None  # the task ended
+            s.close()
+        assert pids[0] == pids[1] != upload_pid  # the stream process is kept between jobs
+        s = pool.stream(_crash, (), never)
+        with pytest.raises(UploadError) as ei:
+            s.next(60)
+        assert (ei.value.status, ei.value.error) == (422, "decoder_crashed")
+        s.close()
+        s = pool.stream(_hold_blocks, (), never)  # the crashed process was replaced
+        assert s.next(60) == ("block",) and s.next(60) == ("block",)  # two blocks, then it waits for one
+        with pytest.raises(Cancelled):  # the only stream process is held: a second job waits, and can be stopped
+            pool.stream(_emit_pid, (), lambda: True)
+        s.close()  # stopped mid-stream: the task returns, the process goes back to the pool
+        s = pool.stream(_emit_pid, (), never)
+        new_pid = s.next(60)[0]
+        assert new_pid not in (pids[0], upload_pid) and s.next(60) is None
+        s.close()
+        assert len(pool._all) == 2 and pool.run(os.getpid) == upload_pid  # bounded; the upload process untouched
+    finally:
+        pool.close()

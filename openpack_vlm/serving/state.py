@@ -74,7 +74,8 @@ class ModelState:
         t0 = time.perf_counter()
         try:
             cfg = self.cfg
-            self.decoders = DecoderPool(cfg.decode_workers, cfg.decode_timeout_s, cfg.decode_memory_mb).start()
+            self.decoders = DecoderPool(cfg.decode_workers, cfg.decode_timeout_s, cfg.decode_memory_mb,
+                                        stream_workers=cfg.max_timeline_jobs).start()
             log.info("%d decoder processes up; loading model %s (adapter=%s)", cfg.decode_workers, cfg.model_id,
                      cfg.adapter_path)
             self.predictor = self.factory(cfg)

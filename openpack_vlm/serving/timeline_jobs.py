@@ -1,13 +1,14 @@
 """Timeline jobs behind ``POST /timeline``: a long recording analysed in the background, watched, cancelled.
 
-A job's way: the upload is saved (``save_upload``, its own size cap) → a job thread starts a decoder PROCESS that
-probes the file (415/422 as for /predict, ``MAX_TIMELINE_SECONDS``) and decodes it one window at a time
-(``timeline.windows.iter_windows`` over ``video.iter_video``); each 125-frame window comes back through one of two
-shared-memory slots (the decoder waits for a free slot, so at most two windows are in flight) → the job thread
+A job's way: the upload is saved (``save_upload``, its own size cap) → a job thread leases a stream process of the
+server's decoder pool (``decoders.DecoderPool.stream``: up to ``MAX_TIMELINE_JOBS`` of them, started on the first job
+and kept) that probes the file (415/422 as for /predict, ``MAX_TIMELINE_SECONDS``) and decodes it one window at a time
+(``timeline.windows.iter_windows`` over ``video.iter_video``); each 125-frame window comes back through one of the
+process's two shared-memory blocks (it waits for a free one, so at most two windows are in flight) → the job thread
 answers ``TIMELINE_BATCH_WINDOWS`` windows at a time with the shared Predictor (thread-safe; a /predict request waits
 for at most one batch) → ``timeline.analyse`` merges them. Memory per job: two slots + one batch of windows, whatever
-the video's length. The decoder process has /predict's limits (address-space cap, per-window timeout); its crash is
-the job's 422, never the server's.
+the video's length. The process has /predict's limits (address-space cap, per-window timeout) and the same mapping of
+its failures to errors; its crash is the job's 422, never the server's.
 
 A job is cancelled by ``DELETE /timeline/{id}``, by the disconnect of the client that streams it (``POST`` with
 ``Accept: text/event-stream``), or when nobody has asked about it for ``TIMELINE_ABANDON_S`` (a polling client that
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -27,158 +27,110 @@ import numpy as np
 
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
-from .decoders import CLIP_BYTES, CLIP_SHAPE, worker_init
+from .decoders import START_S, Cancelled, DecoderPool, WorkerIO
 from .settings import ServeConfig
 from .uploads import UploadError, probe_input
 
 log = logging.getLogger("openpack_vlm.serving")
 
-SLOTS = 2  # shared-memory windows per job: the decoder fills one while the model reads the other
-POLL_S = 0.25  # how often a waiting job thread checks for cancellation (s)
-
-
 # ------------------------------------------------------------------------------------------------ decoder process
-def _stream_worker(path: str, stride: int, cfg: ServeConfig, shm_names: list[str], free_q, out_q,
-                   frames: str = "rgb", render: dict | None = None) -> None:
-    """In a decoder process: probe, then decode window by window into the shared slots (blocking on a free one).
-    Skeleton runs (``frames="pose"``): the recording's keypoints first (progress messages per chunk), the seconds'
-    worker shares, then the skeleton windows with their motion."""
-    max_seconds, memory_mb, pose_cfg = cfg.max_timeline_seconds, cfg.decode_memory_mb, cfg.pose_config()
-    worker_init(memory_mb)
-    from multiprocessing import shared_memory
-
-    from ..data.errors import FrameError, VideoDecodeError
-    from ..data.video import iter_video
+def _stream_windows(path: str, stride: int, cfg: ServeConfig, frames: str = "rgb", render: dict | None = None, *,
+                    io: WorkerIO) -> None:
+    """In a decoder process of the pool: probe, then decode window by window into the process's two shared blocks
+    (waiting for a free one; None = the job stopped). Skeleton runs (``frames="pose"``): the recording's keypoints
+    first (progress messages per chunk), the seconds' worker shares, then the skeleton windows with their motion.
+    Failures are raised: the pool maps them to the upload's error (``decoders._failure``)."""
     from ..timeline.windows import expected_windows, iter_windows
 
-    blocks = [shared_memory.SharedMemory(name=n) for n in shm_names]
-    try:
-        info, track, truth = probe_input(Path(path), cfg, frames, route="/timeline")
-        total = expected_windows(int(round(info.duration_s * FPS)), stride) if info.duration_s else None
-        out_q.put(("info", info.codec, info.width, info.height, info.duration_s, total))
-        limit = int(round(max_seconds * FPS))
-        if frames == "pose":
-            from ..data.pose_estimate import KEYPOINT_HZ, PoseUnavailableError, estimate_recording
-            from ..timeline.windows import track_windows, worker_share_per_second
+    max_seconds, pose_cfg = cfg.max_timeline_seconds, cfg.pose_config()
+    info, track, truth = probe_input(Path(path), cfg, frames, route="/timeline")
+    total = expected_windows(int(round(info.duration_s * FPS)), stride) if info.duration_s else None
+    io.emit("info", info.codec, info.width, info.height, info.duration_s, total)
+    limit = int(round(max_seconds * FPS))
+    if frames == "pose":
+        from ..data.pose_estimate import KEYPOINT_HZ, PoseUnavailableError, estimate_recording
+        from ..timeline.windows import track_windows, worker_share_per_second
 
-            if track is None:  # a video: its keypoints first (an uploaded keypoint file brings its own)
-                try:
-                    track = estimate_recording(path, pose_cfg, size=(info.width, info.height),
-                                               on_chunk=lambda s: out_q.put(("pose_progress", s)))
-                except PoseUnavailableError as e:
-                    raise UploadError(503, "pose_unavailable", one_line(e)) from None
-                if len(track.kpts) / KEYPOINT_HZ > max_seconds + 1 / KEYPOINT_HZ:
-                    raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
-            out_q.put(("pose", worker_share_per_second(track).tolist(), track.summary() | track.stats, truth))
-            wins = track_windows(track, stride, render)
-        else:
-            wins = iter_windows(iter_video(path), stride)
-        for win in wins:
-            if win.start_tick + CLIP_FRAMES - win.padded > limit + 1:
+        if track is None:  # a video: its keypoints first (an uploaded keypoint file brings its own)
+            try:
+                track = estimate_recording(path, pose_cfg, size=(info.width, info.height),
+                                           on_chunk=lambda s: io.emit("pose_progress", s))
+            except PoseUnavailableError as e:
+                raise UploadError(503, "pose_unavailable", one_line(e)) from None
+            if len(track.kpts) / KEYPOINT_HZ > max_seconds + 1 / KEYPOINT_HZ:
                 raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
-            slot = free_q.get()
-            if slot is None:  # the job was cancelled
-                return
-            np.ndarray(CLIP_SHAPE, np.uint8, buffer=blocks[slot].buf)[...] = win.frames
-            out_q.put(("window", win.index, win.start_tick, win.padded, slot, win.motion))
-        out_q.put(("end",))
-    except UploadError as e:
-        out_q.put(("error", e.status, e.error, e.detail))
-    except MemoryError:
-        out_q.put(("error", 422, "decode_memory", f"decoding needs more than DECODE_MEMORY_MB={memory_mb} MB"))
-    except FrameError as e:
-        out_q.put(("error", 422, "too_short", one_line(e)))
-    except (VideoDecodeError, Exception) as e:  # noqa: BLE001 - any decoder failure is the upload's 422
-        why = one_line(e).replace(str(path), "upload").replace(Path(path).name, "upload")
-        out_q.put(("error", 422, "undecodable", f"video could not be decoded: {why}"))
-    finally:
-        for b in blocks:
-            b.close()
+        io.emit("pose", worker_share_per_second(track).tolist(), track.summary() | track.stats, truth)
+        wins = track_windows(track, stride, render)
+    else:
+        from ..data.video import iter_video
+
+        wins = iter_windows(iter_video(path), stride)
+    for win in wins:
+        if win.start_tick + CLIP_FRAMES - win.padded > limit + 1:
+            raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
+        block = io.take_block()
+        if block is None:  # the job was cancelled
+            return
+        io.frames_in(block)[...] = win.frames
+        io.emit("window", win.index, win.start_tick, win.padded, block, win.motion)
 
 
 class WindowStream:
-    """The windows of one upload, decoded in a separate process (see the module docstring)."""
+    """The windows of one upload, decoded by a stream process of the server's decoder pool (see the module
+    docstring)."""
 
-    def __init__(self, path: Path, cfg: ServeConfig, stride: int, frames: str = "rgb", render: dict | None = None):
-        import multiprocessing as mp
-        from multiprocessing import shared_memory
-
+    def __init__(self, pool: DecoderPool, path: Path, cfg: ServeConfig, stride: int, stop, frames: str = "rgb",
+                 render: dict | None = None):
         self.cfg = cfg
-        ctx = mp.get_context("spawn")
-        self.blocks = [shared_memory.SharedMemory(create=True, size=CLIP_BYTES) for _ in range(SLOTS)]
-        self.free_q, self.out_q = ctx.Queue(), ctx.Queue()
-        for i in range(SLOTS):
-            self.free_q.put(i)
-        self.proc = ctx.Process(target=_stream_worker, name="timeline-decoder", daemon=True,
-                                args=(str(path), stride, cfg, [b.name for b in self.blocks], self.free_q,
-                                      self.out_q, frames, render))
-        self.proc.start()
         self.info: tuple | None = None
         self.pose: dict | None = None  # skeleton runs: the track's summary, per-second worker shares, progress
+        self.stream = None
+        self.stream = self._cancellable(pool.stream, _stream_windows, (str(path), stride, cfg, frames, render), stop,
+                                        str(path))
 
-    def _next(self, stop) -> tuple:
-        """The decoder's next message; cancellation, a dead decoder or a window slower than DECODE_TIMEOUT_S end
-        the wait (imports and the probe get 120 s more on the first message)."""
+    @staticmethod
+    def _cancellable(fn, *args):
         from ..timeline import TimelineCancelled
 
-        deadline = time.monotonic() + self.cfg.decode_timeout_s + (120.0 if self.info is None else 0.0)
-        while True:
-            try:
-                return self.out_q.get(timeout=POLL_S)
-            except queue.Empty:
-                pass
-            if stop():
-                raise TimelineCancelled("timeline cancelled")
-            if not self.proc.is_alive():
-                try:
-                    return self.out_q.get(timeout=1.0)  # a message sent just before exiting
-                except queue.Empty:
-                    raise UploadError(422, "decoder_crashed", "the decoder process crashed on this upload "
-                                      f"(exit code {self.proc.exitcode}; damaged or hostile file)") from None
-            if time.monotonic() > deadline:
-                raise UploadError(422, "decode_timeout",
-                                  f"decoding a window took longer than DECODE_TIMEOUT_S={self.cfg.decode_timeout_s:g} s")
+        try:
+            return fn(*args)
+        except Cancelled:
+            raise TimelineCancelled("timeline cancelled") from None
 
-    def start(self, stop) -> tuple:
+    def _next(self) -> tuple | None:
+        """The decoder's next message (None: it is done); a window slower than DECODE_TIMEOUT_S fails the job (the
+        probe, and a new process's imports, get START_S more on the first message)."""
+        return self._cancellable(self.stream.next, self.cfg.decode_timeout_s + (START_S if self.info is None else 0.0))
+
+    def start(self) -> tuple:
         """Wait for the probe: (codec, width, height, stated duration s or None, expected windows or None)."""
-        msg = self._next(stop)
-        if msg[0] == "error":
-            raise UploadError(*msg[1:])
+        msg = self._next()
+        if msg is None or msg[0] != "info":
+            raise UploadError(422, "undecodable", "video could not be decoded (no stream information)")
         self.info = msg[1:]
         return self.info
 
-    def windows(self, stop):
+    def windows(self):
         from ..timeline.windows import Window
 
         while True:
-            msg = self._next(stop)
-            if msg[0] == "end":
+            msg = self._next()
+            if msg is None:
                 return
-            if msg[0] == "error":
-                raise UploadError(*msg[1:])
             if msg[0] == "pose_progress":
                 self.pose = {**(self.pose or {}), "seconds_done": round(msg[1], 2)}
                 continue
             if msg[0] == "pose":
                 self.pose = {**(self.pose or {}), "worker_share": msg[1], "summary": msg[2], "truth": msg[3]}
                 continue
-            _, index, start_tick, padded, slot, motion = msg
-            frames = np.ndarray(CLIP_SHAPE, np.uint8, buffer=self.blocks[slot].buf).copy()
-            self.free_q.put(slot)
+            _, index, start_tick, padded, block, motion = msg
+            frames = self.stream.frames(block)
+            self.stream.release(block)
             yield Window(index, start_tick, frames, padded, motion=motion)
 
     def close(self) -> None:
-        self.free_q.put(None)  # a decoder waiting for a slot returns
-        self.proc.join(2.0)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5.0)
-        for q in (self.free_q, self.out_q):
-            q.cancel_join_thread()
-            q.close()
-        for b in self.blocks:
-            b.close()
-            b.unlink()
+        if self.stream is not None:
+            self.stream.close()
 
 
 # ------------------------------------------------------------------------------------------------------- jobs
@@ -295,14 +247,15 @@ class TimelineJobs:
         try:
             stop = lambda: self._stop(job)  # noqa: E731
             frames = getattr(self.model, "frames", "rgb")
-            stream = WindowStream(path, self.cfg, stride, frames, getattr(self.model, "render", None))
-            codec, width, height, duration, total = stream.start(stop)
+            stream = WindowStream(self.model.decoders, path, self.cfg, stride, stop, frames,
+                                  getattr(self.model, "render", None))
+            codec, width, height, duration, total = stream.start()
             job.video = {"codec": codec, "width": width, "height": height, "duration_s": duration}
             job.total = total
             job.stream = stream
             tcfg = TimelineConfig(stride=stride_s, batch_windows=self.cfg.timeline_batch_windows,
                                   max_seconds=self.cfg.max_timeline_seconds, min_worker_share=self.cfg.min_worker_share)
-            windows = stream.windows(stop)
+            windows = stream.windows()
             if frames == "pose":  # the keypoints come first: their per-second worker shares mark "no worker"
                 first = next(windows, None)
                 windows = itertools.chain([] if first is None else [first], windows)
