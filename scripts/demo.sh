@@ -11,7 +11,8 @@
 #        learns the pose task at this budget; tiny: the 512-token BPE, ~10x cheaper), ANSWER_SPAN=shown|clip (how the
 #        answer names its span: a sampled frame, or an exact clip frame), TIME_BAR=0|1 (draw each frame's time into
 #        it) — the last two are the span rows of ARCHITECTURE.md §3; TRAIN_FLAGS="..." (extra training flags, e.g.
-#        "--span_loss_weight 5")
+#        "--span_loss_weight 5"); EVAL_FLAGS="..." (extra evaluate.py flags; the suite's short chain: fewer val clips,
+#        a shorter timeline)
 #   Deterministic: every random source is seeded and the thread count is fixed (2), so two runs on one machine write
 #   the same metrics and intervals.
 #
@@ -63,4 +64,4 @@ python -m openpack_vlm.model.train --data "$OUT/data" --out "$OUT/run" --model "
 
 step "4/4 evaluation on the held-out user U0108 -> $OUT/eval"
 python evaluate.py --data "$OUT/data" --out "$OUT/eval" --model "$MODEL" --adapter "$OUT/run/adapter" \
-    --quantization none --n-clips "$N_CLIPS"
+    --quantization none --n-clips "$N_CLIPS" ${EVAL_FLAGS:-}

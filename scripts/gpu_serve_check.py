@@ -105,6 +105,8 @@ def run(requests: int, dry: bool, work: Path, free_text: bool = False) -> dict:
     import httpx2 as httpx
     import torch
 
+    if str(Path(__file__).resolve().parent) not in sys.path:  # bench_serve lives beside this script, however it runs
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_serve as bs
     from openpack_vlm.model.vram import build_random_2b
     from openpack_vlm.testing.tiny import build_tiny_model

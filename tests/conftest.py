@@ -1,8 +1,16 @@
-"""Shared fixtures. Each engineer adds only their own fixture here (small, targeted edits)."""
+"""Shared fixtures. Each engineer adds only their own fixture here (small, targeted edits).
+
+The suite runs in one process per core (pytest-xdist, ``make test`` / ``make test-fast``): every session fixture that
+builds files is built ONCE for the whole run (``built_once``: the first worker builds it under a file lock, the others
+reuse it), each worker runs torch on its share of the cores, and the tests marked slow are handed out first, so the
+long ones do not end up last on one worker.
+"""
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +22,70 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLES = REPO / "tests" / "data" / "openpack"  # real OpenPack files (CC BY-NC-SA 4.0, see PROVENANCE.tsv there)
+
+
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def pytest_configure(config):
+    if WORKERS > 1:  # one process per core already: torch in each would otherwise spin a thread per core
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
+
+
+#: rough seconds of the longest tests (2 cores): only the ORDER of the run uses them (longest first, spread over the
+#: workers); a stale number costs balance, never a result
+HEAVY_S = {"test_demo.py::test_short_demo_chain": 90, "test_learning.py::test_positive_control": 130,
+           "test_learning.py::test_negative_control": 130, "test_qwen25vl.py::test_qwen25vl_trains": 60,
+           "test_train.py::test_finetuned_beats_untrained": 50, "test_notebook.py::test_notebook_runs": 32,
+           "test_hub.py::test_loaded_by_id": 26, "test_ddp.py::": 25}
+
+
+def _weight(item) -> int:
+    nodeid = item.nodeid.split("tests/", 1)[-1]
+    hint = next((v for k, v in HEAVY_S.items() if nodeid.startswith(k)), None)
+    return hint if hint is not None else 10 if item.get_closest_marker("slow") else 1
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, spread over the workers (longest first, each to the least-loaded worker), the others in
+    file order after them. ``--dist worksteal`` hands worker i the i-th consecutive chunk of the list (then balances
+    the tails by stealing), so each chunk starts with its share of the long tests: no worker starts a minutes-long
+    test while the others have nothing left."""
+    heavy = sorted((it for it in items if _weight(it) >= 10), key=_weight, reverse=True)
+    light = [it for it in items if _weight(it) < 10]
+    bins, loads = [[] for _ in range(WORKERS)], [0] * WORKERS
+    for it in heavy:
+        i = loads.index(min(loads))
+        bins[i].append(it)
+        loads[i] += _weight(it)
+    out, rest, left = [], iter(light), len(items)
+    for i, chunk in enumerate(bins):
+        size = left // (WORKERS - i)  # what worksteal sends worker i first
+        out += chunk + [next(rest) for _ in range(max(0, size - len(chunk)))]
+        left -= size
+    items[:] = out + list(rest)
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)``'s result for the whole test run: built by the first worker that asks (file lock; a failed
+    build leaves no mark, so the next asker retries), reused by the others. Without xdist, simply built."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above every worker's own
+    base = base / "built_once"
+    base.mkdir(exist_ok=True)
+    mark = base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not mark.exists():
+            folder = base / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            mark.write_text(str(build(folder)))
+    return Path(mark.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +107,8 @@ def synthetic_root(tmp_path_factory) -> Path:
     write; keypoints stay in 1280x720 px and frame sources resize to 336x336 either way."""
     from openpack_vlm.testing.synthetic import SyntheticConfig, write_synthetic_root
 
-    root = tmp_path_factory.mktemp("openpack_root")
-    return write_synthetic_root(root, SyntheticConfig(rgb_size=(320, 180)))
+    return built_once(tmp_path_factory, "openpack_root",
+                      lambda d: write_synthetic_root(d, SyntheticConfig(rgb_size=(320, 180))))
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +120,15 @@ def pose_samples(synthetic_root, tmp_path_factory) -> Path:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     data_pipeline = importlib.import_module("data_pipeline")
-    out = tmp_path_factory.mktemp("pose_pipeline") / "data"
-    rc = data_pipeline.main(["--root", str(synthetic_root), "--out", str(out), "--source", "pose",
-                             "--samples-out", str(out / "samples"), "--n-samples", "20"])
-    assert rc == 0, "data_pipeline.py --source pose failed on the synthetic root"
-    return out / "samples"
+
+    def build(folder: Path) -> Path:
+        out = folder / "data"
+        rc = data_pipeline.main(["--root", str(synthetic_root), "--out", str(out), "--source", "pose",
+                                 "--samples-out", str(out / "samples"), "--n-samples", "20"])
+        assert rc == 0, "data_pipeline.py --source pose failed on the synthetic root"
+        return out / "samples"
+
+    return built_once(tmp_path_factory, "pose_pipeline", build)
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +141,15 @@ def pipeline_out(synthetic_root, tmp_path_factory) -> Path:
     if str(REPO) not in sys.path:  # top-level scripts live in the repo root
         sys.path.insert(0, str(REPO))
     data_pipeline = importlib.import_module("data_pipeline")
-    out = tmp_path_factory.mktemp("pipeline") / "data"
-    rc = data_pipeline.main(["--root", str(synthetic_root), "--out", str(out),
-                             "--samples-out", str(out / "samples"), "--n-samples", "20"])
-    assert rc == 0, "data_pipeline.py failed on the synthetic root"
-    return out
+
+    def build(folder: Path) -> Path:
+        out = folder / "data"
+        rc = data_pipeline.main(["--root", str(synthetic_root), "--out", str(out),
+                                 "--samples-out", str(out / "samples"), "--n-samples", "20"])
+        assert rc == 0, "data_pipeline.py failed on the synthetic root"
+        return out
+
+    return built_once(tmp_path_factory, "pipeline", build)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +159,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tests where the tokenizer does not matter (training mechanics, serving, evaluation plumbing)."""
     from openpack_vlm.testing.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
+    return built_once(tmp_path_factory, "tiny_model", lambda d: build_tiny_model(d, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +169,7 @@ def tiny_real_model_dir(tmp_path_factory) -> Path:
     tests use ``tiny_model_dir`` (a 512-token BPE, 4 visual tokens per frame) because it is ~20x cheaper per clip."""
     from openpack_vlm.testing.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_real_model"), seed=0, tokenizer="real")
+    return built_once(tmp_path_factory, "tiny_real_model", lambda d: build_tiny_model(d, seed=0, tokenizer="real"))
 
 
 @pytest.fixture(scope="session")
@@ -97,23 +177,31 @@ def run_dir(pipeline_out, tiny_model_dir, tmp_path_factory) -> Path:
     """A real (short) training run: R/adapter, R/grammar.json (copied from D/grammar.json), R/config.json."""
     from openpack_vlm.model import train
 
-    out = tmp_path_factory.mktemp("run") / "run"
-    rc = train.main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
-                     "--quantization", "none", "--max-steps", "3", "--save-steps", "3", "--batch-size", "2",
-                     "--num-workers", "0", "--report-to", "none"])
-    assert rc == 0 and (out / "adapter" / "adapter_config.json").is_file() and (out / "grammar.json").is_file()
-    return out
+    def build(folder: Path) -> Path:
+        out = folder / "run"
+        rc = train.main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
+                         "--quantization", "none", "--max-steps", "3", "--save-steps", "3", "--batch-size", "2",
+                         "--num-workers", "0", "--report-to", "none"])
+        assert rc == 0 and (out / "adapter" / "adapter_config.json").is_file() and (out / "grammar.json").is_file()
+        return out
+
+    return built_once(tmp_path_factory, "run", build)
 
 
 @pytest.fixture(scope="session")
 def eval_out(pipeline_out, tiny_model_dir, run_dir, tmp_path_factory) -> Path:
     """evaluate.py on 5 test clips of ``pipeline_out`` with the adapter of ``run_dir`` (writes R/run.json's
     evaluation section): E/results.json, predictions, confusion, calibration, timeline."""
-    out = tmp_path_factory.mktemp("eval") / "E"
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    rc = importlib.import_module("evaluate").main([
-        "--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir), "--adapter",
-        str(run_dir / "adapter"), "--quantization", "none", "--n-clips", "5", "--val-clips", "4", "--n-boot", "200"])
-    assert rc == 0
-    return out
+
+    def build(folder: Path) -> Path:
+        out = folder / "E"
+        rc = importlib.import_module("evaluate").main([
+            "--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir), "--adapter",
+            str(run_dir / "adapter"), "--quantization", "none", "--n-clips", "5", "--val-clips", "4",
+            "--n-boot", "200"])
+        assert rc == 0
+        return out
+
+    return built_once(tmp_path_factory, "eval", build)

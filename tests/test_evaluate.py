@@ -167,7 +167,7 @@ def test_given_fuse_weight_and_no_free_text(pipeline_out, tiny_model_dir, run_di
     rc = _evaluate_cli().main(["--data", str(pipeline_out), "--out", str(tmp_path / "E"), "--model",
                                str(tiny_model_dir), "--adapter", str(run_dir), "--quantization", "none",
                                "--n-clips", "2", "--fuse-weight", "1.0", "--no-free-text", "--n-boot", "50",
-                               "--batch-clips", "1"])
+                               "--batch-clips", "1", "--no_keypoint_baseline", "--no_timeline"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "finetuned_grammar" in printed and "NOT OpenPack results" in printed
