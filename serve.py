@@ -8,8 +8,8 @@
     curl -F file=@clip.mp4 http://127.0.0.1:8000/predict
     curl http://127.0.0.1:8000/health ; curl http://127.0.0.1:8000/ready ; open http://127.0.0.1:8000/docs
 
-Settings: the environment variables of openpack_vlm.serving.settings.ServeConfig (README lists them, generated from
-it); each has a flag of the same name (``--max_upload_mb`` / ``--max-upload-mb``) that overrides the environment. The
+Settings: the environment variables of openpack_vlm.serving.settings.ServeConfig (docs/serving.md lists them,
+generated from it); each has a flag of the same name (``--max_upload_mb`` / ``--max-upload-mb``) that overrides the environment. The
 run contract (RUN_CONFIG, else run.json beside ADAPTER_PATH) sets K, the sampler, the JPEG round trip, the grammar and
 its tuned weight. The model loads
 after the server starts (``/ready`` is 503 until then); importing this module loads nothing.

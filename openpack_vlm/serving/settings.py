@@ -1,6 +1,6 @@
 """Serving settings: one pydantic-settings class, read from the environment (names = field names upper-cased).
 
-Each field's ``description`` is its documentation: README's settings table and the docker-compose environment are
+Each field's ``description`` is its documentation: docs/serving.md's settings table and the docker-compose environment are
 generated from / tested against ``ServeConfig.model_fields`` (``settings_table()``), so they cannot drift.
 """
 from __future__ import annotations
@@ -231,7 +231,7 @@ def env_names() -> list[str]:
 
 
 def settings_table() -> str:
-    """The settings as a Markdown table (README's, checked by tests/test_docs.py)."""
+    """The settings as a Markdown table (docs/serving.md's, checked by tests/test_docs.py)."""
     rows = ["| variable | default | what it does |", "| --- | --- | --- |"]
     for name, f in ServeConfig.model_fields.items():
         default = "unset" if f.default is None else ("empty" if f.default == "" else f"`{f.default}`")
