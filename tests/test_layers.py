@@ -145,3 +145,22 @@ def test_every_console_script_is_a_main_of_the_package():
         assert module.startswith("openpack_vlm.") and func == "main", name
         fn = getattr(importlib.import_module(module), func)
         assert callable(fn) and len(inspect.signature(fn).parameters) <= 1, name
+
+
+def test_deferred_imports_say_why():
+    """An import of the package inside a function is deferred on purpose — a heavy library it would load on import,
+    or a cycle — and says so in a comment on its line or the line above; every other import is at module level, where
+    this test's graph and a reader see it."""
+    silent = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        src = path.read_text()
+        lines = src.split("\n")
+        for fn in ast.walk(ast.parse(src)):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("openpack_vlm")):
+                    if "#" not in lines[node.end_lineno - 1] and not lines[node.lineno - 2].lstrip().startswith("#"):
+                        silent.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not silent, "imports inside functions without a reason (move them to module level, or say why):\n" + \
+        "\n".join(sorted(set(silent)))

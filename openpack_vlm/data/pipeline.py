@@ -35,20 +35,24 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from . import clips as clipsmod
-from .skeleton import PoseRender
-from .sources import SOURCE_KINDS, PoseFrameSource, open_source
-from .errors import FrameError, VideoDecodeError
 from ..cli import build_parser, parse, setting
 from ..contract import RUN_FILE, ContractError, DataSection, RunContract, file_sha256
 from ..grammar import Grammar, mean_durations
 from ..io_utils import one_line, write_json, write_jsonl
-from .letterbox import SIZE
 from ..prompt import DEFAULT_SPAN, SPAN_FORMATS, check_span_format
-from .sampling import SamplingConfig, sample_clip
-from .timebar import draw_time_bar
+from . import clips as clipsmod
+from . import openpack
+from .download import DownloadConfig, DownloadError, download
+from .errors import FrameError, VideoDecodeError
+from .export import ExportError, export_llava
+from .letterbox import SIZE
+from .openpack import OpenPackError
 from .samples import export_samples, pair_for, spread
+from .sampling import SamplingConfig, sample_clip
 from .shards import SHARD_PATTERN, ClipRecord, ShardWriter, encode_jpeg
+from .skeleton import PoseRender
+from .sources import SOURCE_KINDS, PoseFrameSource, open_source
+from .timebar import draw_time_bar
 
 log = logging.getLogger("openpack_vlm.pipeline")
 
@@ -157,7 +161,6 @@ class SessionResult:
 
 def process_session(task: SessionTask) -> SessionResult:
     """Frames, sampling and JPEGs for the clips of one session (runs in a worker process)."""
-    from .openpack import OpenPackError
 
     secs = {"open": 0.0, "frames": 0.0, "sampling": 0.0, "encode": 0.0}
     skipped: list[dict] = []
@@ -261,7 +264,6 @@ def read_progress(split_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------------------ the run
 def _plan(cfg: PipelineConfig, root: Path, skipped: list[dict]) -> tuple[dict[str, list], list[list[int]]]:
     """Clip specs per split and session (cheap: timelines only) and the train split's op sequences."""
-    from . import openpack
 
     users_in_root = set(openpack.list_users(root))
     ccfg = clipsmod.ClipConfig(within_share=cfg.within_share, null_boundaries=cfg.null_boundaries, seed=cfg.seed)
@@ -326,12 +328,9 @@ def _check_settings(out: Path, cfg: PipelineConfig) -> RunContract:
 
 def run(cfg: PipelineConfig) -> dict:
     """Run the pipeline; returns the summary (also written to out/summary.json)."""
-    from . import openpack
 
     t_start = time.perf_counter()
     if cfg.download:
-        from .download import DownloadConfig, DownloadError, download
-
         try:
             download(DownloadConfig(out=cfg.download, zenodo_url=cfg.zenodo_url))
         except DownloadError as e:
@@ -465,8 +464,6 @@ def run(cfg: PipelineConfig) -> dict:
                          (["--time_bar"] if cfg.time_bar else []))
         export_samples(out, Path(cfg.samples_out), cfg.n_samples, list(plan), root, flags, span=cfg.answer_span)
     if cfg.export_llava:
-        from .export import ExportError, export_llava
-
         try:
             summary["export_llava"] = export_llava(out, cfg.export_llava)
         except ExportError as e:

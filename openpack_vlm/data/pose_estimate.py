@@ -283,7 +283,7 @@ class KeypointTrack:
 
     def source(self, render=None):
         """A ``PoseFrameSource`` over this track: clips rendered as the data pipeline renders OpenPack keypoints."""
-        from .sources import PoseFrameSource
+        from .sources import PoseFrameSource  # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
 
         return PoseFrameSource(self.ts_ms, self.kpts, render=render)
 
@@ -354,7 +354,7 @@ def video_size(path: str | os.PathLike) -> tuple[int, int]:
 def estimate_video(path: str | os.PathLike, cfg: PoseEstimateConfig = PoseEstimateConfig(),
                    max_seconds: float | None = None, size: tuple[int, int] | None = None) -> KeypointTrack:
     """A video file -> its ``KeypointTrack`` (frames at 15 Hz by timestamp, as ``video.decode_video`` picks them)."""
-    from .video import decode_video
+    from .video import decode_video  # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
 
     w, h = size or video_size(path)
     t0 = time.perf_counter()
@@ -390,7 +390,7 @@ def iter_video_keypoints(path: str | os.PathLike, cfg: PoseEstimateConfig = Pose
     """A long recording's keypoints in chunks of ``chunk_s`` seconds (bounded memory: 20 s of 640-px frames at 15 Hz
     is 370 MB; only the keypoints are kept). The crop search, if needed, runs
     on the first chunk and its crop serves the whole recording."""
-    from .video import iter_video
+    from .video import iter_video  # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
 
     w, h = size or video_size(path)
     per = max(1, int(chunk_s * KEYPOINT_HZ))
@@ -435,9 +435,10 @@ def track_from_keypoint_file(path: str | os.PathLike) -> tuple[KeypointTrack, li
     """An OpenPack keypoint file -> its ``KeypointTrack`` (times from its first frame: 0 ms) and, for a Zenodo CSV
     with its ``operation`` column, the true timeline as segments ``{start_s, end_s, operation}`` (else None).
     Accepts a time slice of either. ``FrameError`` (one line) naming the problem for anything else."""
+    # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
     from .openpack import (OpenPackError, keypoints_from_json, keypoints_from_preprocessed_csv,
                            timeline_from_preprocessed_csv)
-    from ..labels import ID_TO_NAME
+    from ..labels import ID_TO_NAME  # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
 
     path = Path(os.fspath(path))
     kind = sniff_keypoint_file(path)

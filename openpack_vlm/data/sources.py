@@ -23,11 +23,13 @@ import numpy as np
 
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
+from . import openpack
 from .errors import CorruptFrameError, FrameError, VideoDecodeError
 from .letterbox import SIZE, Letterbox, letterbox
 from .sampling import motion_from_keypoints
 from .skeleton import PoseRender, render_pose_clip
 from .timegrid import MAX_GAP_MS, resample_indices, tick_times
+
 
 class FrameSource:
     """Base class: ``name`` and ``clip(t0_ms, n, fps) -> (n, 336, 336, 3) uint8``."""
@@ -185,7 +187,6 @@ def open_source(root, user: str, session: str, kind: str = "auto", pose_render: 
 
     Raises openpack.OpenPackError (one line) when the session has no stream of the requested kind.
     """
-    from . import openpack
 
     if kind not in SOURCE_KINDS:
         raise ValueError(f"unknown frame source {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")

@@ -42,8 +42,11 @@ from ..model.loading import ModelLoadError, adapter_dir, resolve_adapter
 from ..model.predict import PredictConfig, Predictor
 from ..schema import CLIP_FRAMES
 from .calibration import calibration_report, dominant_probs
+from .keypoint_baseline import BaselineConfig, BaselineError
+from .keypoint_baseline import run as run_baseline
 from .report import HEADLINE, definitions, failure_modes, format_table, plot_confusions, provenance
-from .selection import EvalError, train_majority, truth_ids, batches, iter_clips, select_clips
+from .selection import EvalError, batches, iter_clips, select_clips, train_majority, truth_ids
+from .timeline_eval import evaluate_timelines
 
 log = logging.getLogger("openpack_vlm.evaluation")
 
@@ -304,8 +307,6 @@ def _baselines(data: Path, truths: list[dict], systems: dict[str, list[dict]], g
 
 
 def _keypoint_baseline(cfg: EvalConfig, data: Path) -> dict:
-    from .keypoint_baseline import BaselineConfig, BaselineError, run as run_baseline
-
     try:
         return run_baseline(BaselineConfig(data=str(data), split=cfg.split, n_clips=cfg.n_clips,
                                            all_clips=cfg.all_clips, n_boot=cfg.n_boot, seed=cfg.seed))
@@ -316,8 +317,8 @@ def _keypoint_baseline(cfg: EvalConfig, data: Path) -> dict:
 
 def _timeline(cfg: EvalConfig, data: Path, out: Path, predictor: Predictor, weight: float | None) -> dict:
     """Whole sessions of the split as timelines, answered as served (grammar fused with the tuned weight)."""
+    # deferred: a module-level import would shadow a local name or form a cycle
     from .keypoint_baseline import BaselineError, openpack_root
-    from .timeline_eval import evaluate_timelines
 
     try:
         root = openpack_root(data)

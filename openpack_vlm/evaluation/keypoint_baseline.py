@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import build_parser, parse, setting
-from ..labels import NAME_TO_ID, NULL_ID, OPERATION_IDS
-from ..schema import CLIP_FRAMES
-from ..metrics import evaluate_predictions
+from ..data import openpack
+from ..data.clips import frame_labels
 from ..io_utils import one_line
+from ..labels import NAME_TO_ID, NULL_ID, OPERATION_IDS
+from ..metrics import evaluate_predictions
+from ..schema import CLIP_FRAMES
 
 log = logging.getLogger("openpack_vlm.keypoint_baseline")
 N_OPS = len(OPERATION_IDS)
@@ -95,9 +97,7 @@ class ClipKeypoints:
 
     def __call__(self, rec: dict) -> tuple[np.ndarray, np.ndarray]:
         """(125,17,3) keypoints and (125,) per-frame operation indices of a manifest record."""
-        from ..data import openpack
-        from ..data.clips import frame_labels
-        from ..data.sources import PoseFrameSource
+        from ..data.sources import PoseFrameSource  # deferred: would load cv2 on import
 
         key = (rec["user"], rec["session"])
         if key not in self._sources:

@@ -12,6 +12,9 @@ from pathlib import Path
 from ..io_utils import save_figure
 from ..labels import ID_TO_NAME, OPERATION_IDS
 from ..metrics import most_confused_pair, span_iou
+from ..model.loading import tiny_pretrain_meta
+from ..platform_check import peak_memory
+from ..testing.tiny import is_tiny
 
 HEADLINE = ("OCA", "tIoU@0.5", "AA@1")
 
@@ -53,9 +56,6 @@ def git_provenance() -> dict:
 def provenance(cfg, data: Path, recs) -> tuple[dict, str, bool]:
     """(provenance block, note, synthetic?) of a run on ``data`` with ``cfg``'s model over the clips ``recs``: the
     note flags synthetic data and tiny models, whose numbers are never OpenPack results."""
-    from ..model.loading import tiny_pretrain_meta
-    from ..platform_check import peak_memory
-    from ..testing.tiny import is_tiny
 
     prov = data_provenance(data)
     tiny = is_tiny(cfg.model_id)

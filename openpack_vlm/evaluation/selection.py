@@ -39,7 +39,7 @@ def select_clips(data: Path, split: str, n: int | None) -> list[dict]:
 def iter_clips(data: Path, split: str, rows: list[dict]):
     """Stream (record, PIL frames) of the chosen clips in shard order; only one clip's frames in memory at a time.
     Raises EvalError at the end if a manifest clip was not found in the shards."""
-    from ..data.shards import iter_samples, shard_paths
+    from ..data.shards import iter_samples, shard_paths  # deferred: would load PIL on import
 
     want = {r["clip_id"] for r in rows}
     try:

@@ -14,10 +14,11 @@ import logging
 from pathlib import Path
 
 from ..contract import RunContract
+from ..data import openpack
 from ..io_utils import write_json
-from ..schema import FPS
-from ..metrics import SEGMENT_OVERLAPS
 from ..labels import ID_TO_NAME
+from ..metrics import SEGMENT_OVERLAPS
+from ..schema import FPS
 
 SEGMENT_KEYS = ("edit", *(f"F1@{round(k * 100)}" for k in SEGMENT_OVERLAPS))
 
@@ -38,12 +39,11 @@ def evaluate_timelines(cfg, data: Path, contract: RunContract, systems: dict, ro
                        rows: list[dict]) -> dict:
     """``systems``: {name: (predictor, context manager factory or None)} answered on the same windows.
     ``rows``: manifest rows of the evaluated split (their sessions)."""
-    from ..data import openpack
-    from ..data.skeleton import PoseRender
-    from ..data.sources import open_source
-    from ..timeline import TimelineConfig, analyse_windows, session_windows
-    from ..timeline.plot import plot_timeline
-    from ..timeline.windows import stride_ticks
+    from ..data.skeleton import PoseRender  # deferred: would load cv2 on import
+    from ..data.sources import open_source  # deferred: would load cv2 on import
+    from ..timeline import TimelineConfig, analyse_windows, session_windows  # deferred: would load cv2 on import
+    from ..timeline.plot import plot_timeline  # deferred: would load cv2 on import
+    from ..timeline.windows import stride_ticks  # deferred: would load cv2 on import
 
     sessions = sorted({(r["user"], r["session"]) for r in rows})[: cfg.timeline_sessions]
     tcfg = TimelineConfig(stride=cfg.timeline_stride, batch_windows=cfg.batch_clips)

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..io_utils import one_line
-from . import frame_head
-from .frame_head import FRAME_HEAD
+from ..platform_check import explain_no_cuda
 from ..testing.pretrain import pretrained_cached
 from ..testing.tiny import TINY_MODEL_ID, TINY_PRETRAINED_ID, TINY_REAL_ID, tiny_cached
+from . import frame_head
+from .frame_head import FRAME_HEAD
 
 REAL_MODEL_ID = "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -103,8 +104,6 @@ def pick_device(device: str = "auto") -> str:
             return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from ..platform_check import explain_no_cuda
-
         raise ModelLoadError(f"device {device!r} asked for but CUDA is not available: {explain_no_cuda()}")
     return device
 
@@ -177,8 +176,6 @@ def load_model(cfg: ModelConfig, adapter: str | os.PathLike | None = None, for_t
         raise ModelLoadError(f"unknown quantization {cfg.quantization!r}; use 4bit or none")
     device = pick_device(cfg.device)
     if cfg.quantization == "4bit" and cfg.device == "auto" and not device.startswith("cuda"):
-        from ..platform_check import explain_no_cuda
-
         raise ModelLoadError(f"4-bit needs CUDA: {explain_no_cuda()}; or use --quantization none (CPU)")
     dtype = pick_dtype(cfg.dtype, device)
     path = resolve_model_id(cfg.model_id)

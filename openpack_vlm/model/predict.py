@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import RUN_FILE, RunContract, assumed_contract, find_run
+from ..data.letterbox import SIZE
 from ..data.sampling import SamplingConfig, sample_clip
 from ..data.shards import jpeg_round_trip
 from ..data.timebar import draw_time_bar
@@ -57,9 +58,9 @@ from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION
 from ..metrics import temper  # the one formula, shared with the calibration that fits T
 from ..prompt import DEFAULT_SPAN, check_span_format, clip_span
 from ..schema import CLIP_FRAMES, Prediction
-from .answers import (PredictError, best, check_raw_text, end_candidates, next_candidates, softmax,
-                      start_candidates)
+from .answers import PredictError, best, check_raw_text, end_candidates, next_candidates, softmax, start_candidates
 from .frame_head import frame_shares, frame_span, fuse_dominant
+from .loading import ModelConfig, load_model, resolve_adapter
 from .scorer import CachedScorer
 
 DEFAULT_FUSE_WEIGHT = 0.3  # used only when no tuned weight is given or stored in the grammar's meta
@@ -194,8 +195,6 @@ class Predictor(CachedScorer):
         ``grammar="auto"``: the contract's grammar, else the adapter's grammar.json (``find_grammar``), else the data
         dir's; None: no grammar; a path or a Grammar: that one. ``fuse_weight`` overrides the contract's.
         ``adapter`` may be a Hub id (``USER/NAME[@REV]``, fetched once into the HF cache: loading.resolve_adapter)."""
-        from ..data.letterbox import SIZE
-        from .loading import ModelConfig, load_model, resolve_adapter
 
         adapter = resolve_adapter(adapter)
         contract = resolve_contract(adapter, run, data)

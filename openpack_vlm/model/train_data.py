@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..data.shards import ClipRecord, decode_sample
 from ..prompt import DEFAULT_SPAN, build_messages, check_span_format
+from .frame_head import op_index
 
 IGNORE_INDEX = -100  # label value the loss skips
 
@@ -165,8 +166,6 @@ class Collator:
         """(B, K) operation rows of each clip's shown frames (-100 = padding): the frame head's targets (for the
         shuffled-label control, another clip's, as its answer is)."""
         import torch
-
-        from .frame_head import op_index
 
         k = max(len(r.frame_indices) for r in records)
         out = torch.full((len(records), k), IGNORE_INDEX, dtype=torch.long)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..prompt import build_messages, target_text
+from ..testing.tiny import QWEN2VL_CHAT_TEMPLATE, real_processor
 
 GB = 1e9  # decimal GB, as GPU makers count (T4 "16 GB" = 15.1 GiB usable ~ 15.8e9 B)
 
@@ -190,7 +191,6 @@ def text_tokens(frame_indices=None, tokenizer=None) -> tuple[int, bool]:
     """Text tokens of one training sample (chat template, timestamps, target JSON; image pads excluded), counted
     exactly with ``tokenizer``, by default the real Qwen2-VL-2B-Instruct tokenizer vendored with the package (offline).
     Returns (count, True): the flag says the count is exact (kept for callers that print it)."""
-    from ..testing.tiny import QWEN2VL_CHAT_TEMPLATE, real_processor
 
     frame_indices = list(frame_indices) if frame_indices is not None else [0, 17, 33, 50, 66, 83, 100, 124]
     msgs = build_messages(frame_indices, _sample_truth())
@@ -369,7 +369,6 @@ def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", 
     """Qwen2-VL-2B architecture with random weights + the tiny tokenizer (its special-token ids wired in)."""
     import torch
     from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
 
     proc = AutoProcessor.from_pretrained(tiny_dir)
     for sub in (proc.image_processor, getattr(proc, "video_processor", None)):

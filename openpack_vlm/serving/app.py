@@ -30,6 +30,7 @@ from .guard import REQUEST_ID, RequestGuard
 from .guard import error as guard_error
 from .metrics import ServiceMetrics
 from .openapi import API_DESCRIPTION, COMMON_RESPONSES, ERROR_RESPONSES, _to_clip_rule
+from .page import page_html, page_js
 from .settings import ServeConfig
 from .state import ModelState, PredictorFactory, get_model, get_settings, load_predictor
 from .timeline_jobs import TimelineJobs
@@ -223,7 +224,6 @@ async def predict(
 @open_router.get("/", include_in_schema=False)
 async def page(cfg: ServeConfig = Depends(get_settings)):
     """The web page: upload a clip or a recording, see the answer, the frames, the timeline (no CDN, no build)."""
-    from .page import page_html
 
     return HTMLResponse(page_html(cfg))
 
@@ -231,7 +231,6 @@ async def page(cfg: ServeConfig = Depends(get_settings)):
 @open_router.get("/static/page.js", include_in_schema=False)
 async def page_script():
     """The page's script (a file: the page's Content-Security-Policy allows no inline script)."""
-    from .page import page_js
 
     return Response(page_js(), media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from ..platform_check import Platform
 from .app import create_app
 from .settings import ServeConfig
 
@@ -46,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.healthcheck:
         return healthcheck(cfg.port)
     import uvicorn
-
-    from ..platform_check import Platform
 
     platform = Platform.detect()
     problem = platform.problem()

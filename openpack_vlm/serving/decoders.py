@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.errors import FrameError
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES
 from .settings import MIB
@@ -50,7 +51,7 @@ def worker_init(memory_mb: int) -> None:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         cap = memory_mb * MIB
         resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
-    from ..data import video  # noqa: F401  (import cv2/decord/av now, not on the first upload)
+    from ..data import video  # noqa: F401  (deferred on purpose: the codecs load in each decoder process now)
 
 
 # ------------------------------------------------------------------------------------------- in the decoder process
@@ -73,7 +74,6 @@ class WorkerIO:
 
 def _describe(exc: BaseException) -> tuple:
     """A task's exception as it crosses back: an UploadError intact, anything else by kind and one line."""
-    from ..data.errors import FrameError
 
     if isinstance(exc, UploadError):
         return ("upload", exc)

@@ -2,6 +2,7 @@
 and the error responses every route and the upload routes document."""
 from __future__ import annotations
 
+from ..data.video import to_clip
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
 from .uploads import ErrorBody
 
@@ -48,7 +49,6 @@ normalised clip the model was shown.
 
 def _to_clip_rule() -> str:
     """video.to_clip's own statement of the rule, quoted: the API docs cannot drift from the code."""
-    from ..data.video import to_clip
 
     doc = (to_clip.__doc__ or "").strip()
     return "\n".join("> " + line.strip() for line in doc.splitlines() if line.strip())

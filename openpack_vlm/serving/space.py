@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 
 from ..schema import FPS
+from ..timeline.analyse import TimelineConfig, TimelineError, analyse_video
+from ..timeline.plot import plot_timeline
 from .settings import ServeConfig
 from .uploads import UploadError, decode_clip, probe_upload, sanitize_clip_id
 
@@ -48,9 +50,7 @@ def build_demo(cfg: ServeConfig | None = None, predictor=None):
     """The gr.Blocks app; ``predictor``: an already loaded one (tests), else ``load_predictor(cfg)``."""
     import gradio as gr
 
-    from ..timeline.analyse import TimelineConfig, TimelineError, analyse_video
-    from ..timeline.plot import plot_timeline
-    from .state import load_predictor
+    from .state import load_predictor  # deferred: would load fastapi on import
 
     cfg = cfg or ServeConfig.from_env()
     predictor = predictor if predictor is not None else load_predictor(cfg)

@@ -38,7 +38,7 @@ def resolve_quantization(quantization: str) -> str:
 def load_predictor(cfg: ServeConfig):
     """The shared Predictor (openpack_vlm.model.predict) for the configured base model (+ adapter), applying the
     run contract (RUN_CONFIG, else the one beside ADAPTER_PATH); FRAMES_PER_CLIP must agree with it."""
-    from ..model.predict import PredictConfig, Predictor
+    from ..model.predict import PredictConfig, Predictor  # deferred: would load PIL on import
 
     if cfg.openpack_vlm_cache:  # model/loading.py builds and caches the "tiny" model there
         os.environ["OPENPACK_VLM_CACHE"] = cfg.openpack_vlm_cache

@@ -25,8 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.pose_estimate import KEYPOINT_HZ, PoseUnavailableError, estimate_recording
+from ..data.video import iter_video
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
+from ..timeline import TimelineCancelled
+from ..timeline.windows import (
+    Window,
+    expected_windows,
+    iter_windows,
+    stride_ticks,
+    track_windows,
+    worker_share_per_second,
+)
 from .decoders import START_S, Cancelled, DecoderPool, WorkerIO
 from .settings import ServeConfig
 from .uploads import UploadError, probe_input
@@ -40,7 +51,6 @@ def _stream_windows(path: str, stride: int, cfg: ServeConfig, frames: str = "rgb
     (waiting for a free one; None = the job stopped). Skeleton runs (``frames="pose"``): the recording's keypoints
     first (progress messages per chunk), the seconds' worker shares, then the skeleton windows with their motion.
     Failures are raised: the pool maps them to the upload's error (``decoders._failure``)."""
-    from ..timeline.windows import expected_windows, iter_windows
 
     max_seconds, pose_cfg = cfg.max_timeline_seconds, cfg.pose_config()
     info, track, truth = probe_input(Path(path), cfg, frames, route="/timeline")
@@ -48,9 +58,6 @@ def _stream_windows(path: str, stride: int, cfg: ServeConfig, frames: str = "rgb
     io.emit("info", info.codec, info.width, info.height, info.duration_s, total)
     limit = int(round(max_seconds * FPS))
     if frames == "pose":
-        from ..data.pose_estimate import KEYPOINT_HZ, PoseUnavailableError, estimate_recording
-        from ..timeline.windows import track_windows, worker_share_per_second
-
         if track is None:  # a video: its keypoints first (an uploaded keypoint file brings its own)
             try:
                 track = estimate_recording(path, pose_cfg, size=(info.width, info.height),
@@ -62,8 +69,6 @@ def _stream_windows(path: str, stride: int, cfg: ServeConfig, frames: str = "rgb
         io.emit("pose", worker_share_per_second(track).tolist(), track.summary() | track.stats, truth)
         wins = track_windows(track, stride, render)
     else:
-        from ..data.video import iter_video
-
         wins = iter_windows(iter_video(path), stride)
     for win in wins:
         if win.start_tick + CLIP_FRAMES - win.padded > limit + 1:
@@ -90,8 +95,6 @@ class WindowStream:
 
     @staticmethod
     def _cancellable(fn, *args):
-        from ..timeline import TimelineCancelled
-
         try:
             return fn(*args)
         except Cancelled:
@@ -111,8 +114,6 @@ class WindowStream:
         return self.info
 
     def windows(self):
-        from ..timeline.windows import Window
-
         while True:
             msg = self._next()
             if msg is None:
@@ -213,8 +214,6 @@ class TimelineJobs:
         return sum(j.active for j in self.jobs.values())
 
     def submit(self, path: Path, filename: str, stride_s: float, streamed: bool) -> TimelineJob:
-        from ..timeline.windows import stride_ticks
-
         try:
             stride = stride_ticks(stride_s)
         except (ValueError, OverflowError) as e:  # inf / nan reach here only from Python callers (the form refuses)
@@ -239,6 +238,7 @@ class TimelineJobs:
         return job.cancel_event.is_set()
 
     def _run(self, job: TimelineJob, path: Path, stride: int, stride_s: float) -> None:
+        # deferred: a module-level import would shadow a local name or form a cycle
         from ..timeline import TimelineCancelled, TimelineConfig, TimelineError, analyse_windows
 
         stream = None

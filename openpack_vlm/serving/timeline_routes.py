@@ -12,6 +12,7 @@ import anyio
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ..timeline.plot import plot_timeline
 from .guard import REQUEST_ID
 from .openapi import COMMON_RESPONSES, ERROR_RESPONSES, SSE_RESPONSE
 from .settings import ServeConfig
@@ -148,7 +149,6 @@ async def timeline_plot(job_id: str, jobs: TimelineJobs = Depends(get_jobs)):
     job = jobs.get(job_id)
     if job.state != "done":
         raise UploadError(409, "not_done", f"timeline job {job_id} is {job.state}; the chart exists once it is done")
-    from ..timeline.plot import plot_timeline
 
     png = await anyio.to_thread.run_sync(plot_timeline, job.result, None)
     return Response(png, media_type="image/png")

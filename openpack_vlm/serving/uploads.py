@@ -20,7 +20,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..data.pose_estimate import KEYPOINT_HZ
+from ..data.errors import FrameError
+from ..data.pose_estimate import (
+    KEYPOINT_HZ,
+    NoWorkerError,
+    PoseUnavailableError,
+    estimate_video,
+    sniff_keypoint_file,
+    track_from_keypoint_file,
+)
+from ..data.skeleton import PoseRender
+from ..data.video import MIN_CLIP_FRAMES, decode_video, to_clip
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
 from .settings import MIB, ServeConfig
@@ -191,8 +201,6 @@ def probe_input(path: Path, cfg: ServeConfig, frames: str = "rgb", route: str = 
     or, for skeleton runs, an OpenPack keypoint file (mmpose JSON / Zenodo CSV, or a time slice of one) -> (info,
     its KeypointTrack, its true timeline when the CSV has one). A keypoint file for a camera-frame run: 415; a bad
     keypoint file: 422 ``bad_keypoints``; a file over the route's length cap: 422 ``too_long``."""
-    from ..data.errors import FrameError
-    from ..data.pose_estimate import sniff_keypoint_file, track_from_keypoint_file
 
     cap = cfg.max_timeline_seconds if route == "/timeline" else cfg.max_clip_seconds
     try:
@@ -228,10 +236,8 @@ def decode_clip(path: Path, cfg: ServeConfig, frames: str = "rgb", render: dict 
     if frames == "rgb":
         clip, info, n = decode_upload(path, cfg, info)
         return DecodedClip(clip, info, n)
+    # deferred: a module-level import would shadow a local name or form a cycle
     from ..data.errors import FrameError, VideoDecodeError
-    from ..data.pose_estimate import NoWorkerError, PoseUnavailableError, estimate_video
-    from ..data.skeleton import PoseRender
-    from ..data.video import MIN_CLIP_FRAMES
 
     pose_cfg = cfg.pose_config()
     if track is None:
@@ -277,8 +283,8 @@ def decode_upload(path: Path, cfg: ServeConfig, info: UploadInfo | None = None) 
     when the container states its duration (``to_clip`` keeps the first 5 s); otherwise up to ``max_clip_seconds``
     plus one frame, to tell a too-long upload from one exactly at the cap.
     """
+    # deferred: a module-level import would shadow a local name or form a cycle
     from ..data.errors import FrameError, VideoDecodeError
-    from ..data.video import decode_video, to_clip
 
     info = info or probe_upload(path, cfg.max_clip_seconds, cfg.max_frame_pixels)
     limit = CLIP_SECONDS if info.duration_s is not None else cfg.max_clip_seconds + 1.0 / FPS

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from ..io_utils import atomic_path
-
 from .tiny import TINY_PRETRAINED_ID as PRETRAINED_ID
+from .tiny import cache_dir, cached_build, real_processor, tiny_cached
 
 PRETRAINED_DIRNAME = "tiny-pretrained-qwen2vl"
 PRETRAIN_VERSION = 2  # bump when the corpus or the objective changes: the cache is rebuilt
@@ -45,9 +45,9 @@ STEPS = 1200  # pre-training steps (~6 min on 2 cores; the read-out's R^2 still 
 
 def corpus_frames(work: Path) -> list:
     """The corpus' training frames (PIL, 336x336 skeleton renders), made by the synthetic root + data pipeline."""
-    from ..data.pipeline import PipelineConfig, run
-    from .synthetic import SyntheticConfig, write_synthetic_root
-    from ..data.shards import iter_samples, shard_paths
+    from ..data.pipeline import PipelineConfig, run  # deferred: would load PIL, cv2 on import
+    from ..data.shards import iter_samples, shard_paths  # deferred: would load PIL on import
+    from .synthetic import SyntheticConfig, write_synthetic_root  # deferred: would load cv2 on import
 
     root = write_synthetic_root(work / "root", SyntheticConfig(users=CORPUS["users"], seed=CORPUS["seed"],
                                                                session_seconds=CORPUS["seconds"], rgb=False))
@@ -114,8 +114,6 @@ def build_pretrained_tiny(out_dir: str | Path, steps: int = STEPS, seed: int = 0
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from .tiny import real_processor, tiny_cached
-
     torch.manual_seed(seed)
     base = tiny_cached(tokenizer="real")
     model = AutoModelForImageTextToText.from_pretrained(base)
@@ -140,7 +138,6 @@ def build_pretrained_tiny(out_dir: str | Path, steps: int = STEPS, seed: int = 0
 
 def pretrained_cached() -> Path:
     """Build ``tiny-pretrained`` once into the cache (``tiny.cached_build``: lock, temp dir, one rename)."""
-    from .tiny import cached_build
 
     def build(tmp: Path) -> None:
         print(f"building {PRETRAINED_ID} once into the cache (vision tower pre-trained on its own synthetic corpus, "
@@ -169,8 +166,6 @@ def main(argv=None) -> int:
         print(f"error: --steps must be > 0 (got {a.steps})", file=sys.stderr)
         return 2
     if a.out is None:
-        from .tiny import cache_dir
-
         a.out = str(cache_dir() / PRETRAINED_DIRNAME)
     with atomic_path(Path(a.out), directory=True) as tmp:
         build_pretrained_tiny(tmp, steps=a.steps, objective=a.objective)

@@ -21,7 +21,9 @@ from pathlib import Path
 from ..cli import build_parser, parse, setting
 from ..data.pose_estimate import sniff_keypoint_file
 from ..io_utils import one_line, read_json, write_json
+from ..platform_check import peak_memory
 from .analyse import TimelineConfig, TimelineError, analyse_video, probe_seconds
+from .plot import plot_timeline
 
 
 @dataclass
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
         return 2
     from tqdm import tqdm
 
-    from ..model.predict import Predictor
+    from ..model.predict import Predictor  # deferred: would load PIL on import
 
     try:
         truth = None
@@ -82,15 +84,11 @@ def main(argv=None) -> int:
             bar.close()
         import resource
 
-        from ..platform_check import peak_memory
-
         # host peak RSS (KiB on Linux) whatever the device: what "memory stays flat with video length" is about
         result["memory"] = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                             "device": peak_memory()}
         write_json(cfg.out, result)
         if cfg.plot:
-            from .plot import plot_timeline
-
             plot_timeline(result, cfg.plot)
     except KeyboardInterrupt:
         print("error: interrupted; nothing written", file=sys.stderr)

@@ -19,16 +19,21 @@ import numpy as np
 
 from ..cli import setting
 from ..data.errors import FrameError
-from ..data.pose_estimate import (PoseEstimateConfig, estimate_recording, parse_roi, sniff_keypoint_file,
-                                  track_from_keypoint_file)
+from ..data.pose_estimate import (
+    PoseEstimateConfig,
+    estimate_recording,
+    parse_roi,
+    sniff_keypoint_file,
+    track_from_keypoint_file,
+)
+from ..data.video import iter_video
 from ..io_utils import one_line
 from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_ID
+from ..metrics import segment_scores
 from ..prompt import frame_cells
 from ..schema import CLIP_FRAMES, CLIP_SECONDS, FPS
 from .merge import NO_WORKER, MergeConfig, mark_no_worker, merge_windows
-from .windows import (Window, expected_windows, iter_windows, stride_ticks, track_windows,
-                      worker_share_per_second)
-from ..metrics import segment_scores
+from .windows import Window, expected_windows, iter_windows, stride_ticks, track_windows, worker_share_per_second
 
 FORMAT = "openpack-vlm-timeline"
 VERSION = 1
@@ -311,7 +316,6 @@ def probe_seconds(path: str | Path) -> float | None:
 
 def analyse_video(predictor, path: str | Path, cfg: TimelineConfig | None = None, **kw) -> dict:
     """The timeline of a camera file, decoded one window at a time (``video.iter_video``)."""
-    from ..data.video import iter_video
 
     cfg = cfg or TimelineConfig()
     path = Path(path)

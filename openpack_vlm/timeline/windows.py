@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.pose_estimate import KEYPOINT_HZ
+from ..data.skeleton import PoseRender
+from ..data.sources import PoseFrameSource
 from ..data.video import MIN_CLIP_FRAMES, to_clip
 from ..schema import CLIP_FRAMES, FPS
 
@@ -69,7 +72,6 @@ def session_windows(source, t0_ms: int, t1_ms: int, stride: int) -> Iterator[Win
     """Windows of a session, each rendered by the source as ONE clip (``source.clip(start, 125)``) — what the data
     pipeline gives a training clip (the skeleton renderer sizes its view per clip; skeleton clips carry their joints'
     motion for the frame sampler, as in data/pipeline.py) — on ``iter_windows``' grid."""
-    from ..data.sources import PoseFrameSource
 
     n_ticks = int((t1_ms - t0_ms) * FPS // 1000)
     starts = [w * stride for w in range(max(0, (n_ticks - CLIP_FRAMES) // stride + 1))]
@@ -90,8 +92,6 @@ def track_windows(track, stride: int, render: dict | None = None) -> Iterator[Wi
     """Windows of a recording's keypoint track (skeleton runs; ``data.pose_estimate.KeypointTrack``), each rendered as
     one training clip with its joints' motion (``session_windows`` over the track's PoseFrameSource). A recording
     shorter than one window gives one window whose tail shows the last keypoint frame, as ``to_clip`` pads."""
-    from ..data.pose_estimate import KEYPOINT_HZ
-    from ..data.skeleton import PoseRender
 
     src = track.source(PoseRender.from_json(render) if render is not None else PoseRender())
     end_ms = int(track.ts_ms[-1]) + round(1000 / KEYPOINT_HZ)
