@@ -320,7 +320,7 @@ def test_keypoint_files_in(pose_run, run_dir, tiny_model_dir, synthetic_root, tm
     itself; a damaged file is a 422 naming the row; a camera-frame run refuses keypoint files (415)."""
     from fastapi.testclient import TestClient
 
-    from openpack_vlm.data.pose_estimate import track_from_keypoint_file
+    from openpack_vlm.data.keypoint_files import track_from_keypoint_file
     from openpack_vlm.serving.app import create_app
     from openpack_vlm.serving.settings import ServeConfig
 

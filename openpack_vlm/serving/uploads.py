@@ -21,13 +21,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..data.errors import FrameError
+from ..data.keypoint_files import sniff_keypoint_file, track_from_keypoint_file
 from ..data.pose_estimate import (
     KEYPOINT_HZ,
     NoWorkerError,
     PoseUnavailableError,
     estimate_video,
-    sniff_keypoint_file,
-    track_from_keypoint_file,
 )
 from ..data.skeleton import PoseRender
 from ..data.video import MIN_CLIP_FRAMES, decode_video, to_clip

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cli import build_parser, parse, setting
-from ..data.pose_estimate import sniff_keypoint_file
+from ..data.keypoint_files import sniff_keypoint_file
 from ..io_utils import one_line, read_json, write_json
 from ..platform_check import peak_memory
 from .analyse import TimelineConfig, TimelineError, analyse_video, probe_seconds

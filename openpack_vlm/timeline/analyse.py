@@ -19,12 +19,11 @@ import numpy as np
 
 from ..cli import setting
 from ..data.errors import FrameError
+from ..data.keypoint_files import sniff_keypoint_file, track_from_keypoint_file
 from ..data.pose_estimate import (
     PoseEstimateConfig,
     estimate_recording,
     parse_roi,
-    sniff_keypoint_file,
-    track_from_keypoint_file,
 )
 from ..data.video import iter_video
 from ..io_utils import one_line
