@@ -22,7 +22,8 @@ REAL = REPO / "tests" / "data" / "openpack-keypoints" / "U0102-S0100-mmpose-100f
 
 def compare(root: Path | None = None) -> list[dict]:
     from openpack_vlm.data import openpack
-    from openpack_vlm.testing.synthetic import SyntheticConfig, calibration_table, pose_stats, write_synthetic_root
+    from openpack_vlm.testing.synthetic import SyntheticConfig, write_synthetic_root
+    from openpack_vlm.testing.worker import calibration_table, pose_stats
 
     real = pose_stats(*openpack.keypoints_from_json(REAL))
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,7 @@ def bones(k: np.ndarray) -> dict[str, float]:
 
 def summary(ts: np.ndarray, k: np.ndarray) -> dict:
     from openpack_vlm.data.skeleton import MIN_SCORE, render_pose_clip, token_coverage
-    from openpack_vlm.testing.synthetic import pose_stats
+    from openpack_vlm.testing.worker import pose_stats
 
     st = pose_stats(ts, k)
     upper = k[:, :13, 2]

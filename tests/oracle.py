@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from openpack_vlm.testing.synthetic import BOX_CYCLE, OP_COLORS, PANEL_BOX
+from openpack_vlm.testing.worker import BOX_CYCLE, OP_COLORS, PANEL_BOX
 from openpack_vlm.labels import ID_TO_NAME, NULL_ID, OPERATION_NAMES
 from openpack_vlm.schema import Prediction
 

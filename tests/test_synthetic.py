@@ -13,6 +13,7 @@ import pytest
 
 from openpack_vlm.data import openpack as op
 from openpack_vlm.testing import synthetic as sy
+from openpack_vlm.testing import worker as wk
 from openpack_vlm.labels import NULL_ID, OPERATION_IDS
 
 FIXTURE_SIZE = (320, 180)  # tests/conftest.py::synthetic_root
@@ -29,8 +30,8 @@ def _strip_null_ends(tl):
 
 # --------------------------------------------------------------------------------------- the shared fixture root
 def test_fixture_root_lists_users_and_sessions(synthetic_root):
-    assert op.list_users(synthetic_root) == list(sy.DEFAULT_USERS)
-    for u in sy.DEFAULT_USERS:
+    assert op.list_users(synthetic_root) == list(wk.DEFAULT_USERS)
+    for u in wk.DEFAULT_USERS:
         assert op.list_sessions(synthetic_root, u) == ["S0100"]
         streams = op.available_streams(synthetic_root, u, "S0100")
         assert all(streams[k] is not None for k in ("rgb", "kpt_json", "kpt_csv")) and streams["video"] is None
@@ -103,12 +104,12 @@ def test_keypoint_cue_position_per_operation(synthetic_root):
         tl = op.load_timeline(synthetic_root, u, "S0100")
         pelvis = k[:, 11:13, :2].mean(1)
         for seg in tl:
-            m = (ts >= seg.start_ms + sy.WALK_S * 1000 + 100) & (ts < seg.end_ms)
+            m = (ts >= seg.start_ms + wk.WALK_S * 1000 + 100) & (ts < seg.end_ms)
             if m.sum() >= 5:
                 found.setdefault(seg.op_id, []).append(pelvis[m].mean(0))
     assert len(found) >= 9
     for op_id, centres in found.items():
-        err = np.abs(np.mean(centres, 0) - np.array(sy.OP_POSITIONS[op_id]))
+        err = np.abs(np.mean(centres, 0) - np.array(wk.OP_POSITIONS[op_id]))
         assert err.max() < 8.0, (op_id, err)
 
 
@@ -126,35 +127,35 @@ def test_rgb_frames_carry_the_operation_colour(synthetic_root):
         h, w = img.shape[:2]
         patch = img[int(0.06 * h):int(0.2 * h), int(0.05 * w):int(0.12 * w), ::-1].reshape(-1, 3)
         med = np.median(patch, 0)
-        assert np.abs(med - sy.OP_COLORS[int(labels[i])]).max() <= 12, (i, labels[i], med)
+        assert np.abs(med - wk.OP_COLORS[int(labels[i])]).max() <= 12, (i, labels[i], med)
         seen.add(int(labels[i]))
     assert len(seen) >= 8
 
 
 def test_colours_and_places_are_distinct():
-    cols = np.array(list(sy.OP_COLORS.values()), float)
-    assert set(sy.OP_COLORS) == set(OPERATION_IDS) == set(sy.OP_POSITIONS) == set(sy.OP_ARM_POSES) == set(sy.OP_MOTION)
+    cols = np.array(list(wk.OP_COLORS.values()), float)
+    assert set(wk.OP_COLORS) == set(OPERATION_IDS) == set(wk.OP_POSITIONS) == set(wk.OP_ARM_POSES) == set(wk.OP_MOTION)
     assert min(np.linalg.norm(a - b) for a, b in combinations(cols, 2)) > 60
     # places stay around the packing table, as the real worker does (operations differ by the arms and the hands'
     # motion, not by where they are done): x within the real sample's +-150 px spread of its centre
-    pos = np.array(list(sy.OP_POSITIONS.values()))
+    pos = np.array(list(wk.OP_POSITIONS.values()))
     assert pos[:, 0].min() >= 380 and pos[:, 0].max() <= 900 and np.ptp(pos[:, 1]) <= 40
-    arms = {op: (np.array(sy.OP_ARM_POSES[op]).ravel().tolist(), sy.OP_MOTION[op]) for op in sy.OP_ARM_POSES}
+    arms = {op: (np.array(wk.OP_ARM_POSES[op]).ravel().tolist(), wk.OP_MOTION[op]) for op in wk.OP_ARM_POSES}
     assert len({str(v) for v in arms.values()}) == len(arms)  # every operation has its own arms + hand motion
-    assert all(abs(c - np.array(sy.BACKGROUND)).max() > 25 for c in cols)
+    assert all(abs(c - np.array(wk.BACKGROUND)).max() > 25 for c in cols)
 
 
 # ------------------------------------------------------------------------------- fitted on the real session
 def test_constants_are_fitted_on_the_real_sample(real_root):
     tl = [s for s in op.load_timeline(real_root, "U0209", "S0500") if s.op_id != NULL_ID]
-    for op_id, (mean, std) in sy.REAL_DURATIONS_S.items():
+    for op_id, (mean, std) in wk.REAL_DURATIONS_S.items():
         d = np.array([s.duration_ms for s in tl if s.op_id == op_id]) / 1000
         assert abs(d.mean() - mean) < 0.001 and abs(d.std(ddof=1) - std) < 0.001
     raw = pd.read_csv(op.operations_csv(real_root, "U0209", "S0500"))
     boxes = [g["id"].tolist() for _, g in raw.groupby("box", sort=True)]
     assert len(boxes) == 20
-    assert sum(b[-1] == 900 for b in boxes) / 20 == sy.P_BACK_TABLE
-    for pair, p in sy.REPEATS.items():
+    assert sum(b[-1] == 900 for b in boxes) / 20 == wk.P_BACK_TABLE
+    for pair, p in wk.REPEATS.items():
         n = sum(any(b[i:i + 4] == list(pair) * 2 for i in range(len(b))) for b in boxes)
         assert n / 20 == p
     grammar = _box_grammar()
@@ -167,28 +168,28 @@ def _box_grammar() -> re.Pattern:
 
 def test_generated_boxes_follow_the_real_order():
     rng = np.random.default_rng(1)
-    seqs = [sy.box_sequence(rng) for _ in range(2000)]
+    seqs = [wk.box_sequence(rng) for _ in range(2000)]
     grammar = _box_grammar()
     assert all(grammar.fullmatch(" ".join(map(str, b))) for b in seqs)
-    assert abs(np.mean([b[-1] == 900 for b in seqs]) - sy.P_BACK_TABLE) < 0.04
-    assert abs(np.mean([b[:4] == [100, 200, 100, 200] for b in seqs]) - sy.REPEATS[(100, 200)]) < 0.03
+    assert abs(np.mean([b[-1] == 900 for b in seqs]) - wk.P_BACK_TABLE) < 0.04
+    assert abs(np.mean([b[:4] == [100, 200, 100, 200] for b in seqs]) - wk.REPEATS[(100, 200)]) < 0.03
 
 
 def test_durations_follow_the_fitted_lognormal():
-    cfg = sy.SyntheticConfig(duration_scale=0.5, min_op_seconds=1.01)
+    cfg = wk.SyntheticConfig(duration_scale=0.5, min_op_seconds=1.01)
     rng = np.random.default_rng(0)
     for op_id in (200, 600, 700):
-        d = np.array([sy._draw_duration(rng, op_id, cfg) for _ in range(4000)])
-        mean, std = sy.REAL_DURATIONS_S[op_id]
+        d = np.array([wk._draw_duration(rng, op_id, cfg) for _ in range(4000)])
+        mean, std = wk.REAL_DURATIONS_S[op_id]
         assert abs(d.mean() / (0.5 * mean) - 1) < 0.06, op_id
         assert d.min() >= 1.01
 
 
 # ------------------------------------------------------------------------------- determinism, options, CLI
 def test_deterministic_and_independent_of_the_user_list(tmp_path):
-    a = sy.write_synthetic_root(tmp_path / "a", sy.SyntheticConfig(**{**SMALL, "users": ("U0101", "U0102")}))
-    b = sy.write_synthetic_root(tmp_path / "b", sy.SyntheticConfig(**{**SMALL, "users": ("U0102",)}))
-    c = sy.write_synthetic_root(tmp_path / "c", sy.SyntheticConfig(**{**SMALL, "users": ("U0102",), "seed": 1}))
+    a = sy.write_synthetic_root(tmp_path / "a", wk.SyntheticConfig(**{**SMALL, "users": ("U0101", "U0102")}))
+    b = sy.write_synthetic_root(tmp_path / "b", wk.SyntheticConfig(**{**SMALL, "users": ("U0102",)}))
+    c = sy.write_synthetic_root(tmp_path / "c", wk.SyntheticConfig(**{**SMALL, "users": ("U0102",), "seed": 1}))
     for f in (op.operations_csv, op.operations_1hz_csv, op.keypoints_json, op.preprocessed_csv):
         assert f(a, "U0102", "S0100").read_bytes() == f(b, "U0102", "S0100").read_bytes()
         assert f(a, "U0102", "S0100").read_bytes() != f(c, "U0102", "S0100").read_bytes()
@@ -197,19 +198,19 @@ def test_deterministic_and_independent_of_the_user_list(tmp_path):
 
 
 def test_layout_switches_and_precedence(tmp_path):
-    only_pre = sy.write_synthetic_root(tmp_path / "pre", sy.SyntheticConfig(
+    only_pre = sy.write_synthetic_root(tmp_path / "pre", wk.SyntheticConfig(
         **SMALL, write_interval=False, write_1hz=False, write_kpt_json=False))
     assert not (only_pre / "U0101").exists() and op.list_users(only_pre) == ["U0101"]
     assert op.timeline_source(only_pre, "U0101", "S0100") == op.preprocessed_csv(only_pre, "U0101", "S0100")
     assert op.load_keypoints(only_pre, "U0101", "S0100")[1].shape[1:] == (17, 3)
-    only_1hz = sy.write_synthetic_root(tmp_path / "hz", sy.SyntheticConfig(
+    only_1hz = sy.write_synthetic_root(tmp_path / "hz", wk.SyntheticConfig(
         **SMALL, write_interval=False, write_preprocessed=False))
     assert op.timeline_source(only_1hz, "U0101", "S0100") == op.operations_1hz_csv(only_1hz, "U0101", "S0100")
     assert op.available_streams(only_1hz, "U0101", "S0100")["kpt_csv"] is None
 
 
 def test_real_size_rgb_and_rewrite(tmp_path):
-    cfg = sy.SyntheticConfig(users=("U0105",), session_seconds=12.0)
+    cfg = wk.SyntheticConfig(users=("U0105",), session_seconds=12.0)
     root = sy.write_synthetic_root(tmp_path, cfg)
     ts, paths = op.rgb_frames(root, "U0105", "S0100")
     assert cv2.imread(str(paths[len(paths) // 2])).shape == (720, 1280, 3)  # real Kinect size by default
@@ -228,8 +229,9 @@ def test_cli(tmp_path, capsys):
     assert sy.main(["--out", str(out), "--users", "bob"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad user id 'bob'" in err
-    with pytest.raises(SystemExit):
-        sy.main(["--out", str(out), "--rgb-size", "big"])
+    assert sy.main(["--out", str(out), "--rgb-size", "big"]) == 2
+    assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
+    assert sy.main(["--users", "U0107"]) == 2 and "exactly one of --out" in capsys.readouterr().err
 
 
 def test_synthetic_pose_is_calibrated_to_the_real_keypoints(synthetic_root):
@@ -247,7 +249,7 @@ def test_synthetic_pose_is_calibrated_to_the_real_keypoints(synthetic_root):
     out = [r for r in rows if not r["ok"]]
     assert not out, f"synthetic pose drifted from the real sample: {out}"
     # and the check can fail: the old generator's body (1.5x too large, never a low score) is out
-    from openpack_vlm.testing.synthetic import calibration_table
+    from openpack_vlm.testing.worker import calibration_table
 
     real = {r["stat"]: r["real"] for r in rows}
     bad = dict(real, box_h_px=real["box_h_px"] * 1.5, **{"score_below_0.3": 0.0})

@@ -18,7 +18,6 @@ It is an estimate (+-15 %); ``train_summary.json`` holds the measured ``torch.cu
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cli import build_parser, parse, setting
 from ..prompt import build_messages, target_text
 from ..testing.tiny import QWEN2VL_CHAT_TEMPLATE, real_processor
 
@@ -414,12 +414,18 @@ def build_random_2b(out_dir: Path, tiny_dir: Path, dtype, device: str = "cuda", 
     return out_dir
 
 
+@dataclass
+class VramRunConfig:
+    """``python -m openpack_vlm.model.vram``'s settings (the flags are generated from these fields)."""
+
+    config: str | None = setting(None, "config.json or model dir (default: Qwen2-VL-2B-Instruct values)")
+    batch: int = setting(2, "clips per device step")
+    frames: int = setting(8, "frames per clip (K)")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m openpack_vlm.model.vram", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=None, help="config.json or model dir (default: Qwen2-VL-2B-Instruct values)")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--frames", type=int, default=8)
-    a = p.parse_args(argv)
+    parser = build_parser(VramRunConfig, prog="python -m openpack_vlm.model.vram", description=__doc__.split("\n\n")[0])
+    a, _ = parse(parser, argv)
     try:
         rows = vram_table(a.config, batch=a.batch, frames=a.frames)
         vision_rows = vram_table(a.config, batch=a.batch, frames=a.frames, vision_lora=True)
