@@ -8,8 +8,11 @@ dataclass's ``__post_init__``, whose ValueError the scripts print as one line (e
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import MISSING, fields
 from typing import Any
+
+from .io_utils import one_line
 
 
 def setting(default: Any = MISSING, help: str = "", choices: list | None = None, default_factory: Any = MISSING,
@@ -45,3 +48,15 @@ def parse(parser, argv=None):
     config = out[0]
     extras = out[1] if len(out) > 1 else argparse.Namespace()
     return config, extras
+
+
+def run_command(config_cls, argv, job, errors: tuple, prog: str | None = None, description: str | None = None):
+    """The shape of a phase's ``main``: its flags into settings (``build_parser``), then ``job(settings)``; an
+    expected error (one of ``errors``) is printed as one line on stderr. Returns (settings, result), or (settings,
+    None) after such an error (the command exits 1)."""
+    cfg, _ = parse(build_parser(config_cls, prog=prog, description=description), argv)
+    try:
+        return cfg, job(cfg)
+    except errors as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return cfg, None

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..cli import build_parser, parse, setting
+from ..cli import run_command, setting
 from ..io_utils import atomic_path, one_line, read_json, write_json
 
 ZENODO_URL = "https://zenodo.org"
@@ -220,13 +220,9 @@ def download(cfg: DownloadConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = build_parser(DownloadConfig, prog="python -m openpack_vlm.data.download",
-                          description=__doc__.split("\n")[0])
-    cfg, _ = parse(parser, argv)
-    try:
-        done = download(cfg)
-    except (DownloadError, OSError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+    cfg, done = run_command(DownloadConfig, argv, download, (DownloadError, OSError),
+                            prog="python -m openpack_vlm.data.download", description=__doc__.split("\n")[0])
+    if done is None:
         return 1
     for key, d in done.items():
         print(f"{key}: {'downloaded and unpacked' if d['fetched'] else 'already there'} -> {d['path']}")

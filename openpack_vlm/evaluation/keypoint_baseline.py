@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..cli import build_parser, parse, setting
+from ..cli import run_command, setting
 from ..data import openpack
 from ..data.clips import frame_labels
-from ..io_utils import one_line
 from ..labels import NAME_TO_ID, NULL_ID, OPERATION_IDS
 from ..metrics import evaluate_predictions
 from ..schema import CLIP_FRAMES
@@ -222,13 +220,9 @@ def run(cfg: BaselineConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = build_parser(BaselineConfig, prog="python -m openpack_vlm.evaluation.keypoint_baseline",
-                          description=__doc__.split("\n")[0])
-    cfg, _ = parse(parser, argv)
-    try:
-        r = run(cfg)
-    except (BaselineError, OSError, ValueError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+    cfg, r = run_command(BaselineConfig, argv, run, (BaselineError, OSError, ValueError),
+                         prog="python -m openpack_vlm.evaluation.keypoint_baseline", description=__doc__.split("\n")[0])
+    if r is None:
         return 1
     iv = r["intervals"]
     print(f"keypoint baseline on {r['n_clips']} {cfg.split} clips (trained on {r['train_clips']} clips in "

@@ -67,12 +67,12 @@ class TrainConfig:
     lora_r: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA alpha (2r, the usual QLoRA scaling)")
     lora_dropout: float = setting(0.05, "LoRA dropout")
-    vision_lora: bool = setting(False, "also LoRA on the vision tower's attention + MLP and the merger "
-                                "(2U1's --vision_lora; for skeleton frames, far from the photos the tower saw); "
-                                "recorded in run.json's training section")
     modules_to_save: list[str] | None = setting(
         None, f"modules trained in full besides LoRA; unset = none, {list(TINY_RECIPE['modules_to_save'])} for the "
         "tiny model (for 2B lm_head would be 233M params + Adam states: never); the flag alone = none", nargs="*")
+    vision_lora: bool = setting(False, "also LoRA on the vision tower's attention + MLP and the merger "
+                                "(2U1's --vision_lora; for skeleton frames, far from the photos the tower saw); "
+                                "recorded in run.json's training section")
     per_device_train_batch_size: int = setting(2, "clips per step per GPU (2 x 8 frames x 144 visual tokens ~ 2.8k "
                                                "tokens: fits a T4 in 4-bit)", aliases=["--batch-size"])
     gradient_accumulation_steps: int = setting(8, "effective batch = this x batch size x GPUs (16 clips per GPU)",
