@@ -10,12 +10,12 @@ install:
 	bash scripts/install.sh
 
 # the README's full suite (what CI runs through .ci/run), one process per core (pytest-xdist; tests/conftest.py builds
-# each shared fixture once for all workers and hands the long tests out first; 2 cores: 11.3 min instead of 19)
+# each shared fixture once for all workers and hands the long tests out first; clean clone, 2 cores: 11.8 min, was 19)
 test: install
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=15
 
 # the development loop: everything but the tests marked slow (training runs, real servers, notebook, demo), in one
-# process per core (2 cores: 3.3 min); no install
+# process per core (2 cores: 3.1 min); no install
 test-fast:
 	$(PY) -m pytest -q -m "not slow" -n auto --dist worksteal --durations=10
 
