@@ -23,13 +23,14 @@ The pre-training, once, cached like the tiny models:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..cli import build_parser, parse, setting
 from ..io_utils import atomic_path
 from .tiny import TINY_PRETRAINED_ID as PRETRAINED_ID
 from .tiny import cache_dir, cached_build, real_processor, tiny_cached
@@ -147,15 +148,21 @@ def pretrained_cached() -> Path:
     return cached_build(PRETRAINED_DIRNAME, lambda meta: meta["pretrained"]["version"] == PRETRAIN_VERSION, build)
 
 
+@dataclass
+class PretrainRunConfig:
+    """``python -m openpack_vlm.testing.pretrain``'s settings (the flags are generated from these fields)."""
+
+    out: str | None = setting(None, "folder to write (default: the cache, replacing what is there)")
+    steps: int = setting(STEPS, "pre-training steps of 32 frames")
+    objective: str = setting("token", "read-out from every token (the default base) or from the frame's mean token "
+                                      "(ablation)", choices=["token", "mean"])
+    cached: bool = setting(False, "only make sure the cached copy exists (what the model id tiny-pretrained loads); "
+                                  "prints its folder")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m openpack_vlm.testing.pretrain", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=None, help="folder to write (default: the cache, replacing what is there)")
-    ap.add_argument("--steps", type=int, default=STEPS, help="pre-training steps of 32 frames")
-    ap.add_argument("--objective", default="token", choices=["token", "mean"],
-                    help="read-out from every token (the default base) or from the frame's mean token (ablation)")
-    ap.add_argument("--cached", action="store_true", help="only make sure the cached copy exists (what the model id "
-                    "tiny-pretrained loads); prints its folder")
-    a = ap.parse_args(argv)
+    a, _ = parse(build_parser(PretrainRunConfig, prog="python -m openpack_vlm.testing.pretrain",
+                              description=__doc__.split("\n\n")[0]), argv)
     if a.cached:
         path = pretrained_cached()
         meta = json.loads((path / "openpack_tiny.json").read_text())["pretrained"]
