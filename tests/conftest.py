@@ -174,7 +174,9 @@ def tiny_real_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def run_dir(pipeline_out, tiny_model_dir, tmp_path_factory) -> Path:
-    """A real (short) training run: R/adapter, R/grammar.json (copied from D/grammar.json), R/config.json."""
+    """A real (short) training run: R/adapter, R/grammar.json (copied from D/grammar.json), R/config.json. Shared by
+    every worker, and ``eval_out`` records its evaluation in R/run.json: a test that evaluates it again works on a
+    copy."""
     from openpack_vlm.model import train
 
     def build(folder: Path) -> Path:

@@ -164,8 +164,12 @@ def test_confusion_and_failure_modes_point_at_real_clips(eval_out):
 
 
 def test_given_fuse_weight_and_no_free_text(pipeline_out, tiny_model_dir, run_dir, eval_out, tmp_path, capsys):
+    import shutil
+
+    # a copy: evaluate records its weight in R/run.json, and run_dir is shared with the tests that read eval_out's
+    own_run = shutil.copytree(run_dir, tmp_path / "R")
     rc = _evaluate_cli().main(["--data", str(pipeline_out), "--out", str(tmp_path / "E"), "--model",
-                               str(tiny_model_dir), "--adapter", str(run_dir), "--quantization", "none",
+                               str(tiny_model_dir), "--adapter", str(own_run), "--quantization", "none",
                                "--n-clips", "2", "--fuse-weight", "1.0", "--no-free-text", "--n-boot", "50",
                                "--batch-clips", "1", "--no_keypoint_baseline", "--no_timeline"])
     assert rc == 0
