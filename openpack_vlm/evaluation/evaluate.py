@@ -283,10 +283,10 @@ def _metrics(cfg: EvalConfig, systems: dict[str, list[dict]], runs: dict[str, li
     return metrics
 
 
-def _baselines(data: Path, truths: list[dict], systems: dict[str, list[dict]], grammar) -> dict:
+def _baselines(majority: tuple[int, int, str], truths: list[dict], systems: dict[str, list[dict]], grammar) -> dict:
     """No-model baselines on the same clips: the train split's majority class with the whole-clip span, the
     whole-clip span alone, and the grammar's next op given the fine-tuned / the true dominant op."""
-    maj_op, maj_next, maj_src = train_majority(data)
+    maj_op, maj_next, maj_src = majority
     whole = (0, CLIP_FRAMES - 1)
     out = {
         "majority_class": _headline(evaluate_predictions(
@@ -350,7 +350,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     except ModelLoadError as e:
         raise EvalError(str(e)) from None
     rows = select_clips(data, cfg.split, None if cfg.all_clips else cfg.n_clips)
-    train_majority(data)  # the majority baseline's train manifest: fail before the model loads
+    majority = train_majority(data)  # read before the model loads: a missing train manifest fails fast
     predictor, base, answer_only, pcfg = _load(cfg, data)
     out.mkdir(parents=True, exist_ok=True)
     recs, runs = _answer_split(cfg, data, rows, predictor, base, answer_only)
@@ -363,7 +363,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     per_class = {name: per_class_scores([r["true_op"] for r in systems[name]], [r["pred_op"] for r in systems[name]])
                  for name in ("base_model", "finetuned_model")}
     metrics = _metrics(cfg, systems, runs)
-    baselines = _baselines(data, truths, systems, predictor.grammar)
+    baselines = _baselines(majority, truths, systems, predictor.grammar)
 
     cms = {name: confusion_matrix([r["true_op"] for r in systems[name]], [r["pred_op"] for r in systems[name]])
            for name in ("base_model", "finetuned_model")}

@@ -29,7 +29,7 @@ from ..schema import FPS, Prediction
 from .guard import REQUEST_ID, RequestGuard
 from .guard import error as guard_error
 from .metrics import ServiceMetrics
-from .openapi import API_DESCRIPTION, COMMON_RESPONSES, ERROR_RESPONSES, _to_clip_rule
+from .openapi import API_DESCRIPTION, COMMON_RESPONSES, ERROR_RESPONSES, to_clip_rule
 from .page import page_html, page_js
 from .settings import ServeConfig
 from .state import ModelState, PredictorFactory, get_model, get_settings, load_predictor
@@ -266,7 +266,7 @@ def create_app(cfg: ServeConfig | None = None, predictor_factory: PredictorFacto
     app = FastAPI(
         title="openpack-vlm",
         version=__import__("openpack_vlm").__version__,
-        description=API_DESCRIPTION.replace("{to_clip_rule}", _to_clip_rule()),
+        description=API_DESCRIPTION.replace("{to_clip_rule}", to_clip_rule()),
         lifespan=lifespan,
         docs_url="/docs" if cfg.docs else None,
         redoc_url=None,

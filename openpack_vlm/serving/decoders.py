@@ -146,6 +146,9 @@ def _failure(description: tuple, timeout_s: float, memory_mb: int, path: str | N
     return UploadError(422, "undecodable", f"video could not be decoded ({description[1]}: {why})")
 
 
+REPLACED_ON = ("dead", "timeout", "memory")  # failures after which a process is not trusted with the next upload
+
+
 class _Worker:
     """One decoder process, spawned once and reused: a task queue in, a message queue out, a free-block queue (streams)
     and its shared-memory blocks."""
@@ -212,6 +215,12 @@ class _Worker:
         if self.next(START_S)[0] != "done":  # the next upload's DECODE_TIMEOUT_S is not spent on its imports
             log.error("decoder process restart failed")
 
+    def failed(self, description: tuple, timeout_s: float, path: str | None = None) -> UploadError:
+        """A task's failure as the upload's error; a crashed, hung or out-of-memory process is replaced first."""
+        if description[0] in REPLACED_ON:
+            self.restart()
+        return _failure(description, timeout_s, self.memory_mb, path)
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop the process: it gets ``timeout`` s to finish its current file, then it is killed, so a hung decode
         can never hold up the server's shutdown."""
@@ -271,9 +280,7 @@ class DecoderPool:
         kind, payload = worker.next(self.timeout_s if timeout is None else timeout)
         if kind == "done":
             return payload
-        if payload[0] in ("dead", "timeout", "memory"):
-            worker.restart()
-        raise _failure(payload, self.timeout_s, self.memory_mb, path)
+        raise worker.failed(payload, self.timeout_s, path)
 
     def run(self, fn, *args):
         """``fn(*args)`` in a decoder process (blocking for a free one)."""
@@ -344,7 +351,7 @@ class DecoderPool:
                     kind, payload = worker.next(max(0.01, deadline - time.monotonic()))
                     if kind != "message":
                         break
-                if kind == "failed" and payload[0] in ("dead", "timeout", "memory"):
+                if kind == "failed" and payload[0] in REPLACED_ON:
                     worker.restart()
             while True:  # leftover free-block tokens of this stream
                 try:
@@ -374,9 +381,7 @@ class Stream:
         self.finished = True
         if kind == "done":
             return None
-        if payload[0] in ("dead", "timeout", "memory"):
-            self.worker.restart()
-        raise _failure(payload, self.pool.timeout_s, self.pool.memory_mb, self.path)
+        raise self.worker.failed(payload, self.pool.timeout_s, self.path)
 
     def frames(self, block: int) -> np.ndarray:
         return np.ndarray(CLIP_SHAPE, np.uint8, buffer=self.worker.shm[block].buf).copy()

@@ -47,7 +47,7 @@ normalised clip the model was shown.
 """
 
 
-def _to_clip_rule() -> str:
+def to_clip_rule() -> str:
     """video.to_clip's own statement of the rule, quoted: the API docs cannot drift from the code."""
 
     doc = (to_clip.__doc__ or "").strip()

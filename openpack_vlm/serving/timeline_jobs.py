@@ -89,7 +89,6 @@ class WindowStream:
         self.cfg = cfg
         self.info: tuple | None = None
         self.pose: dict | None = None  # skeleton runs: the track's summary, per-second worker shares, progress
-        self.stream = None
         self.stream = self._cancellable(pool.stream, _stream_windows, (str(path), stride, cfg, frames, render), stop,
                                         str(path))
 
@@ -130,8 +129,7 @@ class WindowStream:
             yield Window(index, start_tick, frames, padded, motion=motion)
 
     def close(self) -> None:
-        if self.stream is not None:
-            self.stream.close()
+        self.stream.close()
 
 
 # ------------------------------------------------------------------------------------------------------- jobs
