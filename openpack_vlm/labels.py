@@ -1,14 +1,14 @@
 """OpenPack operation classes: the one source of truth for IDs, names and accepted aliases.
 
-The class set comes from openpack-toolkit's ``OPENPACK_OPERATIONS`` (10 operations) plus OpenPack's Null class
-(8100). Everything else in the package imports names from here.
+The class set is openpack-toolkit's ``OPENPACK_OPERATIONS`` (10 operations + OpenPack's Null class, 8100), written
+out here rather than imported: importing ``openpack_toolkit`` loads sklearn, scipy and pandas (~1.2 s), and every
+process that reads a label would pay it — the server, each decoder process, every CLI. tests/test_openpack_toolkit.py
+fails when this table and the installed toolkit's differ. Everything else in the package imports names from here.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from openpack_toolkit import OPENPACK_OPERATIONS
 
 NULL_ID = 8100
 NULL_NAME = "Null"
@@ -20,15 +20,12 @@ class Operation:
     name: str
 
 
-def _build() -> tuple[Operation, ...]:
-    ops = [Operation(int(lab.id), str(lab.name)) for lab in OPENPACK_OPERATIONS]
-    if not any(o.id == NULL_ID for o in ops):
-        ops.append(Operation(NULL_ID, NULL_NAME))
-    return tuple(ops)
-
-
-#: The 10 OpenPack operations + Null, in ID order.
-OPERATIONS: tuple[Operation, ...] = _build()
+#: The 10 OpenPack operations + Null, in ID order (openpack_toolkit.OPENPACK_OPERATIONS, toolkit 1.1.0).
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(100, "Picking"), Operation(200, "Relocate Item Label"), Operation(300, "Assemble Box"),
+    Operation(400, "Insert Items"), Operation(500, "Close Box"), Operation(600, "Attach Box Label"),
+    Operation(700, "Scan Label"), Operation(800, "Attach Shipping Label"), Operation(900, "Put on Back Table"),
+    Operation(1000, "Fill out Order"), Operation(NULL_ID, NULL_NAME))
 OPERATION_IDS: tuple[int, ...] = tuple(o.id for o in OPERATIONS)
 OPERATION_NAMES: tuple[str, ...] = tuple(o.name for o in OPERATIONS)
 ID_TO_NAME: dict[int, str] = {o.id: o.name for o in OPERATIONS}

@@ -1,4 +1,5 @@
-"""labels.py: the class set is openpack-toolkit's, aliases and the assignment crosswalk resolve, bad names fail."""
+"""labels.py: the class set is openpack-toolkit's (labels.py writes it out; checked here against the installed
+toolkit), aliases and the assignment crosswalk resolve, bad names fail."""
 from __future__ import annotations
 
 import numpy as np

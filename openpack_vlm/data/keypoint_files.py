@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..labels import ID_TO_NAME
 from .errors import FrameError
 from .letterbox import KINECT_H, KINECT_W
 from .pose_estimate import KeypointTrack
@@ -33,8 +34,7 @@ def track_from_keypoint_file(path: str | os.PathLike) -> tuple[KeypointTrack, li
     """An OpenPack keypoint file -> its ``KeypointTrack`` (times from its first frame: 0 ms) and, for a Zenodo CSV
     with its ``operation`` column, the true timeline as segments ``{start_s, end_s, operation}`` (else None).
     Accepts a time slice of either. ``FrameError`` (one line) naming the problem for anything else."""
-    from ..labels import ID_TO_NAME  # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
-    # deferred: would load pandas on import
+    # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
     from .openpack import (
         OpenPackError,
         keypoints_from_json,

@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import FrameError, VideoDecodeError
 from .letterbox import KINECT_H, KINECT_W, Letterbox
+from .video import decode_video, iter_video
 
 KEYPOINT_HZ = 15  # OpenPack's Kinect keypoint rate (frames per second)
 POSE_SIDE = 640  # px: the square frames the estimator gets (1280x720 -> 640x360 content: MediaPipe crops the person
@@ -353,7 +354,6 @@ def video_size(path: str | os.PathLike) -> tuple[int, int]:
 def estimate_video(path: str | os.PathLike, cfg: PoseEstimateConfig = PoseEstimateConfig(),
                    max_seconds: float | None = None, size: tuple[int, int] | None = None) -> KeypointTrack:
     """A video file -> its ``KeypointTrack`` (frames at 15 Hz by timestamp, as ``video.decode_video`` picks them)."""
-    from .video import decode_video  # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
 
     w, h = size or video_size(path)
     t0 = time.perf_counter()
@@ -389,7 +389,6 @@ def iter_video_keypoints(path: str | os.PathLike, cfg: PoseEstimateConfig = Pose
     """A long recording's keypoints in chunks of ``chunk_s`` seconds (bounded memory: 20 s of 640-px frames at 15 Hz
     is 370 MB; only the keypoints are kept). The crop search, if needed, runs
     on the first chunk and its crop serves the whole recording."""
-    from .video import iter_video  # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
 
     w, h = size or video_size(path)
     per = max(1, int(chunk_s * KEYPOINT_HZ))
