@@ -352,6 +352,27 @@ def test_person_render_rules():
         skeleton.render_pose_clip(np.zeros((4, 5, 3)))
 
 
+def test_only_the_sampled_skeleton_frames_are_rendered_and_they_are_the_clips():
+    """The data pipeline renders only the K frames the sampler keeps (``draw`` / ``PoseFrameSource.sampled_clip``):
+    the same pixels as the whole clip's frames at those positions — the window is still sized by the whole clip,
+    which a window sized by the drawn frames alone would not give on real keypoints (checked: it differs here)."""
+    from openpack_vlm.contract import SamplingConfig
+    from openpack_vlm.data.sampling import sample_clip
+
+    k = _real_kpts()
+    whole = skeleton.render_pose_clip(k[:75], np.arange(8, 75))
+    draw = [0, 5, 30, 66]
+    assert np.array_equal(skeleton.render_pose_clip(k[:75], np.arange(8, 75), draw=draw), whole[draw])
+    assert not np.array_equal(skeleton.render_pose_clip(k[:75], np.arange(8, 75)[draw]), whole[draw])
+    ts = 1_000_000 + np.round(np.arange(100) * 1000 / 15).astype(np.int64)
+    src = sources.PoseFrameSource(ts, k)
+    cfg = SamplingConfig(k=8)
+    frames, shown, motion = src.sampled_clip(int(ts[0]), cfg, n=110)
+    clip, motion_all = src.clip_and_motion(int(ts[0]), n=110)
+    assert shown == sample_clip(clip, cfg, motion=motion_all) and len(shown) == 8 and np.array_equal(motion, motion_all)
+    assert np.array_equal(frames, clip[shown])
+
+
 # ------------------------------------------------------------------------------------------------------------ time bar
 def test_time_bar_shows_the_frame_time_and_survives_the_jpeg_round_trip():
     from openpack_vlm.data.shards import jpeg_round_trip

@@ -297,4 +297,7 @@ def test_bench_script_all_three_sources(repo_root, tmp_path, capsys):
     assert res["rgb"]["frame_size"] == "1280x720" and res["rgb"]["jpeg_reduce"] == 2
     assert "path_over_decode" in res["video"] and set(res["targets_met"]) == {
         "rgb_path_ge_50pct_of_decode", "video_path_ge_50pct_of_decode", "pose_ge_100x_realtime", "sampling_le_10pct"}
-    assert "targets:" in capsys.readouterr().out
+    assert res["pose_whole_clip"]["source_frames"] == res["pose"]["source_frames"]
+    assert res["pose_speedup_vs_whole_clip"] > 0
+    out = capsys.readouterr().out
+    assert "targets:" in out and "rendering only the sampled frames is" in out

@@ -66,14 +66,17 @@ def process_session(task: SessionTask) -> SessionResult:
             t = time.perf_counter()
             if isinstance(src, PoseFrameSource):
                 # skeleton frames: joint speed finds boundaries better than pixel differences of the rendering
-                # (scripts/compare_sampling.py: 3.18 vs 3.80 frames from a boundary to the nearest sampled frame)
-                frames, motion = src.clip_and_motion(spec.t0_ms)
+                # (scripts/compare_sampling.py: 3.18 vs 3.80 frames from a boundary to the nearest sampled frame);
+                # the sampler needs no pixels, so only the K kept frames are rendered (sampling counts as frames)
+                frames, idx, motion = src.sampled_clip(spec.t0_ms, scfg)
+                t1 = t2 = time.perf_counter()
             else:
-                frames, motion = src.clip(spec.t0_ms), None
-            t1 = time.perf_counter()
-            idx = sample_clip(frames, scfg, motion=motion)
-            t2 = time.perf_counter()
-            shown = [draw_time_bar(frames[i], i) if task.time_bar else frames[i] for i in idx]
+                clip, motion = src.clip(spec.t0_ms), None
+                t1 = time.perf_counter()
+                idx = sample_clip(clip, scfg)
+                t2 = time.perf_counter()
+                frames = clip[idx]
+            shown = [draw_time_bar(f, i) if task.time_bar else f for f, i in zip(frames, idx)]
             jpegs = [encode_jpeg(Image.fromarray(f), task.jpeg_quality) for f in shown]
             t3 = time.perf_counter()
         except (FrameError, VideoDecodeError, OSError, ValueError) as e:

@@ -157,16 +157,22 @@ def clip_window(kpts: np.ndarray, frames: list[int] | np.ndarray | None = None, 
 
 
 def render_pose_clip(kpts: np.ndarray, frames: list[int] | np.ndarray | None = None, cfg: PoseRender = PoseRender(),
-                     size: int = SIZE, frame_w: int = KINECT_W, frame_h: int = KINECT_H) -> np.ndarray:
+                     size: int = SIZE, frame_w: int = KINECT_W, frame_h: int = KINECT_H,
+                     draw: list[int] | np.ndarray | None = None) -> np.ndarray:
     """Keypoint frames ``kpts`` (N,17,3) -> the clip showing ``frames`` (indices into kpts, default all), rendered as
-    ``cfg`` says: (len(frames), size, size, 3) uint8. Trails use the keypoint frames before each shown frame."""
+    ``cfg`` says: (len(frames), size, size, 3) uint8. Trails use the keypoint frames before each shown frame.
+
+    ``draw`` (positions in ``frames``) renders only those frames of the clip, (len(draw), size, size, 3): the same
+    pixels as ``render_pose_clip(kpts, frames, ...)[draw]`` — the window is still sized by all of ``frames`` — for a
+    caller that keeps only the sampled frames (the data pipeline: 8 of 125)."""
     kpts = np.asarray(kpts, dtype=np.float64)
     if kpts.ndim != 3 or kpts.shape[1:] != (17, 3):
         raise FrameError(f"keypoints must be (N,17,3), got {kpts.shape}")
-    idx = np.arange(len(kpts)) if frames is None else np.asarray(frames, dtype=np.int64)
+    clip_idx = np.arange(len(kpts)) if frames is None else np.asarray(frames, dtype=np.int64)
+    idx = clip_idx if draw is None else clip_idx[np.asarray(draw, dtype=np.int64)]
     if cfg.mode == "frame":
         return np.stack([render_pose(kpts[i], size, frame_w, frame_h, cfg.min_score) for i in idx])
-    centre, ww, wh = clip_window(kpts, idx, cfg, frame_w, frame_h)
+    centre, ww, wh = clip_window(kpts, clip_idx, cfg, frame_w, frame_h)
     score = np.nan_to_num(kpts[..., 2], nan=0.0)
     ok = (score >= cfg.min_score) & np.all(np.isfinite(kpts[..., :2]), axis=-1)
     hip = ok[:, 11] & ok[:, 12]  # joint 17: the hip centre, for the body's trail
