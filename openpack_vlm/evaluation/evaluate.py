@@ -80,6 +80,7 @@ class EvalConfig:
                                   "closed set); the same answers as 1, faster on a GPU")
     keypoint_baseline: bool = setting(True, "also train and score the keypoint baseline (evaluation/keypoint_baseline.py; "
                                             "needs the OpenPack root named in D/summary.json; ~1 min on a CPU)")
+    keypoint_epochs: int = setting(80, "keypoint baseline: passes over the train split (its --epochs)")
     timeline: bool = setting(True, "also analyse whole sessions of the split as timelines (sliding windows, merged) and "
                                    "score them with OpenPack's segmentation metric (macro-F1 at 1 Hz); needs the "
                                    "OpenPack root named in D/summary.json")
@@ -309,7 +310,8 @@ def _baselines(majority: tuple[int, int, str], truths: list[dict], systems: dict
 def _keypoint_baseline(cfg: EvalConfig, data: Path) -> dict:
     try:
         return run_baseline(BaselineConfig(data=str(data), split=cfg.split, n_clips=cfg.n_clips,
-                                           all_clips=cfg.all_clips, n_boot=cfg.n_boot, seed=cfg.seed))
+                                           all_clips=cfg.all_clips, epochs=cfg.keypoint_epochs, n_boot=cfg.n_boot,
+                                           seed=cfg.seed))
     except BaselineError as e:
         log.warning("keypoint baseline skipped: %s", e)
         return {"skipped": str(e)}
