@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -82,12 +83,16 @@ def test_pipeline_writes_the_contract_training_carries_it(pipeline_out, tiny_mod
 
 # ---------------------------------------------------------------------------------------------- evaluate → serve
 @pytest.fixture(scope="module")
-def evaluated(pipeline_out, tiny_model_dir, tmp_path_factory):
-    run = _train(pipeline_out, tmp_path_factory.mktemp("run") / "R", tiny_model_dir, steps=3)
+def evaluated(pipeline_out, tiny_model_dir, run_dir, tmp_path_factory):
+    """evaluate.py on a copy of ``run_dir`` (it records its tuned weight in the run's run.json; the shared run_dir
+    must not change under other tests), without the baseline and timeline stages these tests do not read."""
+    run = tmp_path_factory.mktemp("run") / "R"
+    shutil.copytree(run_dir, run)
     out = tmp_path_factory.mktemp("eval") / "E"
     rc = _cli("evaluate").main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny_model_dir),
                                 "--adapter", str(run / "adapter"), "--quantization", "none", "--n_clips", "3",
-                                "--val_clips", "6", "--n_boot", "50", "--no_free_text"])
+                                "--val_clips", "6", "--n_boot", "50", "--no_free_text", "--no_keypoint_baseline",
+                                "--no_timeline"])
     assert rc == 0
     return run, out
 

@@ -259,7 +259,9 @@ def test_keypoint_baseline_is_scored_beside_the_vlm(eval_out, pipeline_out, caps
     assert kp["n_clips"] == r["n_clips"] == N_CLIPS and kp["train_clips"] > 50
     for k in ("OCA", "tIoU@0.5", "AA@1"):
         assert 0.0 <= kp[k] <= 1.0 and kp["intervals"][k][0] <= kp[k] <= kp["intervals"][k][1]
-    assert kb.main(["--data", str(pipeline_out), "--n_clips", str(N_CLIPS), "--n_boot", "200"]) == 0
+    # the CLI trained as evaluate trained it (eval_out sets the baseline's epochs through --keypoint_epochs)
+    assert kb.main(["--data", str(pipeline_out), "--n_clips", str(N_CLIPS), "--n_boot", "200",
+                    "--epochs", str(kp["config"]["epochs"])]) == 0
     out = capsys.readouterr().out
     assert f"OCA {kp['OCA']:.3f}" in out and f"AA@1 {kp['AA@1']:.3f}" in out  # deterministic: same seed, same clips
     # per-frame answers give a valid span; features do not depend on where the body is or how big it is
