@@ -21,9 +21,9 @@ from openpack_vlm.schema import Prediction
 @pytest.mark.slow
 def test_short_demo_chain_runs_end_to_end(tmp_path, repo_root):
     out = tmp_path / "demo"
-    # the wiring, not the numbers: 20 steps, 5 test clips, 4 val clips, a 60-s timeline
+    # the wiring, not the numbers: 20 steps, 5 test clips, 4 val clips, a 60-s timeline, 10 baseline epochs
     env = dict(os.environ, PYTHON=sys.executable, STEPS="20", N_CLIPS="5",
-               EVAL_FLAGS="--val_clips 4 --timeline_max_seconds 60 --n_boot 200")
+               EVAL_FLAGS="--val_clips 4 --timeline_max_seconds 60 --n_boot 200 --keypoint_epochs 10")
     proc = subprocess.run(["bash", str(repo_root / "scripts" / "demo.sh"), str(out)], cwd=repo_root, env=env,
                           capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -67,7 +67,7 @@ def test_qwen25vl_trains_evaluates_and_serves_through_the_same_code(tiny25_dir, 
     out = tmp_path / "E"
     assert evaluate.main(["--data", str(pipeline_out), "--out", str(out), "--model", str(tiny25_dir), "--adapter",
                           str(run / "adapter"), "--quantization", "none", "--n_clips", "2", "--val_clips", "2",
-                          "--n_boot", "20", "--no_free_text"]) == 0
+                          "--n_boot", "20", "--no_free_text", "--no_keypoint_baseline", "--no_timeline"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["n_clips"] == 2 and set(results["finetuned_model"]) == {"OCA", "tIoU@0.5", "AA@1"}
     video = make_video(tmp_path / "clip.mp4", seconds=3.0)
