@@ -36,8 +36,8 @@ def pytest_configure(config):
 
 #: rough seconds of the longest tests (2 cores): only the ORDER of the run uses them (longest first, spread over the
 #: workers); a stale number costs balance, never a result
-HEAVY_S = {"test_demo.py::test_short_demo_chain": 90, "test_learning.py::test_positive_control": 130,
-           "test_learning.py::test_negative_control": 130, "test_qwen25vl.py::test_qwen25vl_trains": 60,
+HEAVY_S = {"test_demo.py::test_short_demo_chain": 90, "test_learning.py::test_positive_control": 95,
+           "test_learning.py::test_negative_control": 95, "test_qwen25vl.py::test_qwen25vl_trains": 35,
            "test_train.py::test_finetuned_beats_untrained": 50, "test_notebook.py::test_notebook_runs": 32,
            "test_hub.py::test_loaded_by_id": 26, "test_ddp.py::": 25}
 

@@ -3,7 +3,7 @@ clips): synthetic keypoints -> skeleton frames -> data_pipeline.py -> LoRA on ti
 vision tower pre-trained on a separate corpus) -> evaluate.py with the keypoint baseline. It checks the wiring: every
 file, the run contract's settings, the provenance, the schema of every stored answer, the printed table.
 
-Whether the recipe LEARNS is checked at CI size by tests/test_learning.py (positive and shuffled-label controls, ~3 min
+Whether the recipe LEARNS is checked at CI size by tests/test_learning.py (positive and shuffled-label controls, ~2 min
 each); the full demo (1,200 steps, 30 clips, ~12 min) runs as ``make results``, whose committed results.json is held
 to the learning bar below (a file check) and reproduced by ``scripts/compare_results.py`` (ARCHITECTURE.md §3)."""
 from __future__ import annotations
