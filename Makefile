@@ -10,7 +10,7 @@ install:
 	bash scripts/install.sh
 
 # the README's full suite (what CI runs through .ci/run), one process per core (pytest-xdist; tests/conftest.py builds
-# each shared fixture once for all workers and hands the long tests out first; clean clone, 2 cores: 11.6 min, was 19)
+# each shared fixture once for all workers and hands the long tests out first; clean clone, 2 cores: 9.3 min, was 19)
 test: install
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=15
 
