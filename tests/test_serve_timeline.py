@@ -125,7 +125,7 @@ def test_health_and_predict_answer_while_a_job_runs_then_delete_cancels(tmp_path
     slow = SlowOracle(delay=0.5)
     with _client(tmp_path, slow, timeline_batch_windows=1) as client:
         _ready(client)
-        job = _post(client, videos["s120"]).json()
+        job = _post(client, videos["long"]).json()  # 75 s, 29 windows at 0.5 s each: still running when asked
         for _ in range(100):  # wait until windows are being answered
             if client.get(f"/timeline/{job['job_id']}").json()["progress"]["windows_done"] >= 2:
                 break
@@ -151,7 +151,7 @@ def test_health_and_predict_answer_while_a_job_runs_then_delete_cancels(tmp_path
 def test_a_job_nobody_asks_about_is_abandoned(tmp_path, videos):
     with _client(tmp_path, SlowOracle(delay=0.3), timeline_batch_windows=1, timeline_abandon_s=1.0) as client:
         _ready(client)
-        job = _post(client, videos["s120"]).json()
+        job = _post(client, videos["long"]).json()  # 75 s at 64x36: 29 windows, cheap to decode
         time.sleep(3.0)  # nobody polls
         st = client.get(f"/timeline/{job['job_id']}").json()
         assert st["state"] == "cancelled" and "TIMELINE_ABANDON_S=1" in st["error"]["detail"]
