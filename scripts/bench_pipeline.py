@@ -28,7 +28,7 @@ from tqdm import tqdm
 from openpack_vlm.contract import SamplingConfig
 from openpack_vlm.data import openpack
 from openpack_vlm.data.clips import ClipConfig, make_clips
-from openpack_vlm.data.sampling import motion_from_keypoints, sample_clip, sample_from_motion
+from openpack_vlm.data.sampling import sample_clip, sample_from_motion
 from openpack_vlm.data.shards import encode_jpeg
 from openpack_vlm.data.sources import VideoFrameSource, open_source
 from openpack_vlm.data.timegrid import resample_indices, tick_times
@@ -68,11 +68,11 @@ def run_path(src, specs, only_sampled: bool = False) -> dict:
     for s in specs:
         a = time.perf_counter()
         if only_sampled:
-            ticks = src.source_indices(s.t0_ms)
-            idx = sample_from_motion(motion_from_keypoints(src.kpts[ticks]), SamplingConfig())
+            clip = src.skeleton_clip(s.t0_ms)  # the keypoints' motion, nothing drawn yet
+            idx = sample_from_motion(clip.motion, SamplingConfig())
             t["sampling"] += time.perf_counter() - a
             a = time.perf_counter()
-            frames = src.render_indices(ticks, draw=idx)
+            frames = clip.frames(idx)
             t["frames"] += time.perf_counter() - a
         else:
             clip = src.clip(s.t0_ms)

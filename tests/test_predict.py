@@ -3,6 +3,7 @@ grammar fusion, adapter + grammar loading, input errors, thread safety."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,6 +291,31 @@ def test_predict_clip_samples_like_training(predictor):
         predictor.predict_clip(frames[:100], "c")
     with pytest.raises(PredictError, match="uint8"):
         predictor.predict_clip(frames.astype(np.float32), "c")
+
+
+def test_a_skeleton_clip_is_drawn_only_where_it_is_sampled_and_answers_as_drawn(predictor):
+    """Timeline windows of keypoints reach the predictor undrawn (``SkeletonClip``): it samples on the joints' motion
+    and draws only those frames — the same frames, indices and answer as the whole clip drawn first (with the time
+    bar as well); a clip of the wrong length is refused."""
+    from openpack_vlm.data.openpack import keypoints_from_json
+    from openpack_vlm.data.sources import PoseFrameSource
+
+    real = Path(__file__).resolve().parent / "data" / "openpack-keypoints" / "U0102-S0100-mmpose-100frames.json"
+    ts, k = keypoints_from_json(real)  # 100 real keypoint frames (6.6 s at 15 Hz)
+    clip = PoseFrameSource(ts, k).skeleton_clip(int(ts[0]))
+    whole = np.asarray(clip)
+    assert whole.shape == clip.shape == (125, 336, 336, 3) and whole.dtype == np.uint8
+    for p in (predictor, Predictor(predictor.model, predictor.processor,
+                                   config=PredictConfig(free_text=False, time_bar=True))):
+        shown, idx = p.sampled_frames(clip)
+        shown_whole, idx_whole = p.sampled_frames(whole, clip.motion)
+        assert idx == idx_whole and len(idx) == 8
+        assert all((np.asarray(a) == np.asarray(b)).all() for a, b in zip(shown, shown_whole))
+    a, b = predictor.predict_clip(clip, "c", clip.motion), predictor.predict_clip(whole, "c", clip.motion)
+    assert a.prediction == b.prediction and a.scores["frame_indices"] == b.scores["frame_indices"]
+    short = PoseFrameSource(ts, k).skeleton_clip(int(ts[0]), n=100)
+    with pytest.raises(PredictError, match="125 frames"):
+        predictor.sampled_frames(short)
 
 
 @pytest.mark.parametrize(

@@ -219,6 +219,35 @@ def render_pose_clip(kpts: np.ndarray, frames: list[int] | np.ndarray | None = N
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class SkeletonClip:
+    """A skeleton clip not drawn yet: the keypoint frames its window, trails and smoothing look at, which of them each
+    of its ticks shows, and the joints' motion the frame sampler reads (``sources.PoseFrameSource.skeleton_clip``).
+    The sampler needs no pixels, so a caller that keeps K frames renders only those: ``frames(draw)`` (the same pixels
+    as the whole clip's frames at those positions). ``np.asarray(clip)`` renders every frame."""
+
+    kpts: np.ndarray  # (N, 17, 3) keypoint frames around the clip
+    ticks: np.ndarray  # (T,) index into kpts shown at each output tick
+    render: PoseRender
+    size: int
+    motion: np.ndarray  # (T,) the joints' motion per tick
+
+    def __len__(self) -> int:
+        return len(self.ticks)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.ticks), self.size, self.size, 3)
+
+    def frames(self, draw: list[int] | np.ndarray | None = None) -> np.ndarray:
+        """The frames at positions ``draw`` of the clip (default: all), (len(draw), size, size, 3) uint8."""
+        return render_pose_clip(self.kpts, self.ticks, self.render, self.size, draw=draw)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        f = self.frames()
+        return f if dtype is None else f.astype(dtype)
+
+
 def token_coverage(frames: np.ndarray, cell: int = 28, threshold: int = 8) -> float:
     """Mean share of a frame's visual tokens (cell x cell px patches: 28 = Qwen2-VL's 14 px patch x 2x2 merge, 144 at
     336 px) in which some pixel is brighter than ``threshold`` (i.e. the skeleton touches it)."""

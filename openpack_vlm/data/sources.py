@@ -28,7 +28,7 @@ from . import openpack
 from .errors import CorruptFrameError, FrameError, VideoDecodeError
 from .letterbox import SIZE, Letterbox, letterbox
 from .sampling import motion_from_keypoints, sample_from_motion
-from .skeleton import PoseRender, render_pose_clip
+from .skeleton import PoseRender, SkeletonClip
 from .timegrid import MAX_GAP_MS, resample_indices, tick_times
 
 
@@ -165,30 +165,31 @@ class PoseFrameSource(FrameSource):
         return resample_indices(self.ts_ms, ticks, self.max_gap_ms, "keypoints")
 
     def clip(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS) -> np.ndarray:
-        return self.render_indices(self.source_indices(t0_ms, n, fps))
+        return self.skeleton_clip(t0_ms, n, fps).frames()
 
-    def render_indices(self, idx: np.ndarray, draw: list[int] | None = None) -> np.ndarray:
-        """The skeleton frames showing keypoint frames ``idx`` (one clip: one window, trails from earlier frames);
-        ``draw``: only those positions of the clip (``render_pose_clip``)."""
+    def skeleton_clip(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS, hold_last: bool = False
+                      ) -> SkeletonClip:
+        """The clip starting at ``t0_ms``, not drawn yet (``skeleton.SkeletonClip``: one window, trails from the
+        keypoint frames before each shown one, the joints' motion for the frame sampler)."""
+        idx = self.source_indices(t0_ms, n, fps, hold_last)
         lo = max(0, int(idx.min()) - self.render.trail - self.render.smooth)  # trails and smoothing look around
         hi = min(len(self.kpts), int(idx.max()) + self.render.smooth + 1)
-        return render_pose_clip(self.kpts[lo:hi], idx - lo, self.render, self.size, draw=draw)
+        return SkeletonClip(self.kpts[lo:hi], idx - lo, self.render, self.size, motion_from_keypoints(self.kpts[idx]))
 
     def clip_and_motion(self, t0_ms: int, n: int = CLIP_FRAMES, fps: int = FPS, hold_last: bool = False
                         ) -> tuple[np.ndarray, np.ndarray]:
         """The clip and the joints' motion the frame sampler uses for skeleton clips (training, timeline, serving)."""
-        idx = self.source_indices(t0_ms, n, fps, hold_last)
-        return self.render_indices(idx), motion_from_keypoints(self.kpts[idx])
+        sc = self.skeleton_clip(t0_ms, n, fps, hold_last)
+        return sc.frames(), sc.motion
 
     def sampled_clip(self, t0_ms: int, cfg: SamplingConfig, n: int = CLIP_FRAMES, fps: int = FPS
                      ) -> tuple[np.ndarray, list[int], np.ndarray]:
         """Only the frames the sampler keeps: (frames (K,H,W,3), their positions in the clip, the joints' motion) —
         the same pixels as ``clip_and_motion`` then ``sample_clip``, without rendering the clip's other frames (the
         motion comes from the keypoints, so the sampler needs no pixels)."""
-        idx = self.source_indices(t0_ms, n, fps)
-        motion = motion_from_keypoints(self.kpts[idx])
-        shown = sample_from_motion(motion, cfg)
-        return self.render_indices(idx, draw=shown), shown, motion
+        sc = self.skeleton_clip(t0_ms, n, fps)
+        shown = sample_from_motion(sc.motion, cfg)
+        return sc.frames(shown), shown, sc.motion
 
 
 SOURCE_KINDS = ("auto", "rgb", "pose")

@@ -50,8 +50,9 @@ import numpy as np
 
 from ..contract import RUN_FILE, RunContract, assumed_contract, find_run
 from ..data.letterbox import SIZE
-from ..data.sampling import SamplingConfig, sample_clip
+from ..data.sampling import SamplingConfig, sample_clip, sample_from_motion
 from ..data.shards import jpeg_round_trip
+from ..data.skeleton import SkeletonClip
 from ..data.timebar import draw_time_bar
 from ..grammar import Grammar, argmax_id, fuse
 from ..labels import ID_TO_NAME, NAME_TO_ID, NULL_NAME, OPERATION_IDS, OPERATION_NAMES
@@ -419,17 +420,26 @@ class Predictor(CachedScorer):
         """How skeleton frames are drawn for this model (the run contract's ``data.pose_render``); None for camera."""
         return self.contract.data.pose_render if self.input_frames == "pose" else None
 
-    def sampled_frames(self, frames: np.ndarray, motion: np.ndarray | None = None) -> tuple[list, list[int]]:
+    def sampled_frames(self, frames: np.ndarray | SkeletonClip, motion: np.ndarray | None = None
+                       ) -> tuple[list, list[int]]:
         """The frames the model sees of a (125, H, W, 3) uint8 clip, and their indices (``predict_clip``'s choice;
         ``motion``: the clip's per-frame motion when it is known from elsewhere — keypoints, as the data pipeline
-        samples skeleton clips — instead of pixel differences)."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[0] != CLIP_FRAMES or frames.shape[-1] != 3:
-            raise PredictError(f"clip must be ({CLIP_FRAMES}, H, W, 3) frames, got shape {frames.shape}")
-        if frames.dtype != np.uint8:
-            raise PredictError(f"clip frames must be uint8, got {frames.dtype}")
-        idx = sample_clip(frames, self.config.sampling, motion=motion)
-        shown = [draw_time_bar(frames[i], i) if self.config.time_bar else frames[i] for i in idx]
+        samples skeleton clips — instead of pixel differences). A ``SkeletonClip`` (timeline windows of keypoints)
+        is sampled on its joints' motion and only the chosen frames are drawn, as the data pipeline does."""
+        if isinstance(frames, SkeletonClip):
+            if len(frames) != CLIP_FRAMES:
+                raise PredictError(f"clip must be {CLIP_FRAMES} frames, got {len(frames)}")
+            idx = sample_from_motion(frames.motion if motion is None else motion, self.config.sampling)
+            chosen = list(frames.frames(idx))
+        else:
+            frames = np.asarray(frames)
+            if frames.ndim != 4 or frames.shape[0] != CLIP_FRAMES or frames.shape[-1] != 3:
+                raise PredictError(f"clip must be ({CLIP_FRAMES}, H, W, 3) frames, got shape {frames.shape}")
+            if frames.dtype != np.uint8:
+                raise PredictError(f"clip frames must be uint8, got {frames.dtype}")
+            idx = sample_clip(frames, self.config.sampling, motion=motion)
+            chosen = [frames[i] for i in idx]
+        shown = [draw_time_bar(f, i) if self.config.time_bar else f for f, i in zip(chosen, idx)]
         q = self.config.jpeg_quality
         return [f if q is None else jpeg_round_trip(f, q) for f in shown], idx
 

@@ -76,7 +76,7 @@ def _stream_windows(path: str, stride: int, cfg: ServeConfig, frames: str = "rgb
         block = io.take_block()
         if block is None:  # the job was cancelled
             return
-        io.frames_in(block)[...] = win.frames
+        io.frames_in(block)[...] = np.asarray(win.frames)  # a skeleton window drawn whole: the server samples it
         io.emit("window", win.index, win.start_tick, win.padded, block, win.motion)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.pose_estimate import KEYPOINT_HZ
-from ..data.skeleton import PoseRender
+from ..data.skeleton import PoseRender, SkeletonClip
 from ..data.sources import PoseFrameSource
 from ..data.video import MIN_CLIP_FRAMES, to_clip
 from ..schema import CLIP_FRAMES, FPS
@@ -26,7 +26,7 @@ from ..schema import CLIP_FRAMES, FPS
 class Window:
     index: int
     start_tick: int  # first frame of the window in the recording (25-fps ticks)
-    frames: np.ndarray  # (125, H, W, 3) uint8
+    frames: np.ndarray | SkeletonClip  # (125, H, W, 3) uint8; a skeleton clip is drawn when (and where) it is used
     padded: int = 0  # frames repeated at the end (a recording shorter than 5 s)
     motion: np.ndarray | None = None  # per-frame motion known from keypoints (skeleton sessions), else None
 
@@ -71,7 +71,8 @@ def expected_windows(n_ticks: int, stride: int, n: int = CLIP_FRAMES) -> int:
 def session_windows(source, t0_ms: int, t1_ms: int, stride: int) -> Iterator[Window]:
     """Windows of a session, each rendered by the source as ONE clip (``source.clip(start, 125)``) — what the data
     pipeline gives a training clip (the skeleton renderer sizes its view per clip; skeleton clips carry their joints'
-    motion for the frame sampler, as in data/pipeline.py) — on ``iter_windows``' grid."""
+    motion for the frame sampler, as in data/pipeline.py, and are drawn only where the predictor samples them:
+    ``SkeletonClip``) — on ``iter_windows``' grid."""
 
     n_ticks = int((t1_ms - t0_ms) * FPS // 1000)
     starts = [w * stride for w in range(max(0, (n_ticks - CLIP_FRAMES) // stride + 1))]
@@ -81,11 +82,11 @@ def session_windows(source, t0_ms: int, t1_ms: int, stride: int) -> Iterator[Win
         raise ValueError(f"session span of {n_ticks / FPS:.1f} s is shorter than one {CLIP_FRAMES / FPS:g}-s window")
     for i, s in enumerate(starts):
         t = t0_ms + round(s * 1000 / FPS)
-        if isinstance(source, PoseFrameSource):
-            frames, motion = source.clip_and_motion(t, n=CLIP_FRAMES)
+        if isinstance(source, PoseFrameSource):  # drawn later, only the frames the predictor samples
+            clip = source.skeleton_clip(t, n=CLIP_FRAMES)
+            yield Window(i, s, clip, motion=clip.motion)
         else:
-            frames, motion = source.clip(t, n=CLIP_FRAMES), None
-        yield Window(i, s, frames, motion=motion)
+            yield Window(i, s, source.clip(t, n=CLIP_FRAMES))
 
 
 def track_windows(track, stride: int, render: dict | None = None) -> Iterator[Window]:
@@ -101,8 +102,8 @@ def track_windows(track, stride: int, render: dict | None = None) -> Iterator[Wi
         return
     if n_ticks < MIN_CLIP_FRAMES:
         raise ValueError(f"recording of {n_ticks / FPS:.1f} s is shorter than {MIN_CLIP_FRAMES / FPS:g} s")
-    frames, motion = src.clip_and_motion(0, hold_last=True)
-    yield Window(0, 0, frames, CLIP_FRAMES - n_ticks, motion=motion)
+    clip = src.skeleton_clip(0, hold_last=True)
+    yield Window(0, 0, clip, CLIP_FRAMES - n_ticks, motion=clip.motion)
 
 
 def worker_share_per_second(track) -> np.ndarray:
