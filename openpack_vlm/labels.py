@@ -2,8 +2,8 @@
 
 The class set is openpack-toolkit's ``OPENPACK_OPERATIONS`` (10 operations + OpenPack's Null class, 8100), written
 out here rather than imported: importing ``openpack_toolkit`` loads sklearn, scipy and pandas (~1.2 s), and every
-process that reads a label would pay it — the server, each decoder process, every CLI. tests/test_openpack_toolkit.py
-fails when this table and the installed toolkit's differ. Everything else in the package imports names from here.
+process that reads a label would pay it — the server, each decoder process, every CLI. tests/test_labels.py fails
+when this table and the installed toolkit's differ. Everything else in the package imports names from here.
 """
 from __future__ import annotations
 

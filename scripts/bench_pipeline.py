@@ -62,7 +62,7 @@ def write_bench_root(root: Path, user: str, session: str, seconds: float) -> Non
 
 def run_path(src, specs, only_sampled: bool = False) -> dict:
     """The pipeline's per-clip work; seconds per stage. ``only_sampled`` (skeleton clips, what the pipeline does:
-    ``PoseFrameSource.sampled_clip`` step by step): motion from the keypoints, the sampler, then only the K kept frames
+    ``SkeletonClip.sampled`` step by step): motion from the keypoints, the sampler, then only the K kept frames
     rendered; else the whole clip, the sampler on it, its K frames."""
     t = {"frames": 0.0, "sampling": 0.0, "encode": 0.0}
     for s in specs:

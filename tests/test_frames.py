@@ -354,7 +354,7 @@ def test_person_render_rules():
 
 
 def test_only_the_sampled_skeleton_frames_are_rendered_and_they_are_the_clips():
-    """The data pipeline renders only the K frames the sampler keeps (``draw`` / ``PoseFrameSource.sampled_clip``):
+    """The data pipeline renders only the K frames the sampler keeps (``draw`` / ``SkeletonClip.sampled``):
     the same pixels as the whole clip's frames at those positions — the window is still sized by the whole clip,
     which a window sized by the drawn frames alone would not give on real keypoints (checked: it differs here)."""
     from openpack_vlm.contract import SamplingConfig
@@ -368,7 +368,9 @@ def test_only_the_sampled_skeleton_frames_are_rendered_and_they_are_the_clips():
     ts = 1_000_000 + np.round(np.arange(100) * 1000 / 15).astype(np.int64)
     src = sources.PoseFrameSource(ts, k)
     cfg = SamplingConfig(k=8)
-    frames, shown, motion = src.sampled_clip(int(ts[0]), cfg, n=110)
+    sk = src.skeleton_clip(int(ts[0]), n=110)
+    frames, shown = sk.sampled(cfg)
+    motion = sk.motion
     clip, motion_all = src.clip_and_motion(int(ts[0]), n=110)
     assert shown == sample_clip(clip, cfg, motion=motion_all) and len(shown) == 8 and np.array_equal(motion, motion_all)
     assert np.array_equal(frames, clip[shown])

@@ -68,7 +68,9 @@ def process_session(task: SessionTask) -> SessionResult:
                 # skeleton frames: joint speed finds boundaries better than pixel differences of the rendering
                 # (scripts/compare_sampling.py: 3.18 vs 3.80 frames from a boundary to the nearest sampled frame);
                 # the sampler needs no pixels, so only the K kept frames are rendered (sampling counts as frames)
-                frames, idx, motion = src.sampled_clip(spec.t0_ms, scfg)
+                clip = src.skeleton_clip(spec.t0_ms)
+                frames, idx = clip.sampled(scfg)
+                motion = clip.motion
                 t1 = t2 = time.perf_counter()
             else:
                 clip, motion = src.clip(spec.t0_ms), None

@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import FrameError
 from .letterbox import KINECT_H, KINECT_W, SIZE, Letterbox
+from .sampling import SamplingConfig, sample_from_motion
 
 # COCO-17: 0 nose, 1/2 eyes, 3/4 ears, 5/6 shoulders, 7/8 elbows, 9/10 wrists, 11/12 hips, 13/14 knees, 15/16 ankles
 LEFT, RIGHT, CENTRE = (255, 140, 0), (0, 150, 255), (200, 200, 200)  # RGB: left warm, right cool, torso grey
@@ -242,6 +243,12 @@ class SkeletonClip:
     def frames(self, draw: list[int] | np.ndarray | None = None) -> np.ndarray:
         """The frames at positions ``draw`` of the clip (default: all), (len(draw), size, size, 3) uint8."""
         return render_pose_clip(self.kpts, self.ticks, self.render, self.size, draw=draw)
+
+    def sampled(self, cfg: SamplingConfig, motion: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+        """The frames the sampler keeps and their positions in the clip: ``sample_from_motion`` on the joints' motion
+        (or ``motion``), then only those frames drawn — what the data pipeline stores and the predictor shows."""
+        idx = sample_from_motion(self.motion if motion is None else motion, cfg)
+        return self.frames(idx), idx
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         f = self.frames()

@@ -21,13 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..contract import SamplingConfig
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
 from . import openpack
 from .errors import CorruptFrameError, FrameError, VideoDecodeError
 from .letterbox import SIZE, Letterbox, letterbox
-from .sampling import motion_from_keypoints, sample_from_motion
+from .sampling import motion_from_keypoints
 from .skeleton import PoseRender, SkeletonClip
 from .timegrid import MAX_GAP_MS, resample_indices, tick_times
 
@@ -181,15 +180,6 @@ class PoseFrameSource(FrameSource):
         """The clip and the joints' motion the frame sampler uses for skeleton clips (training, timeline, serving)."""
         sc = self.skeleton_clip(t0_ms, n, fps, hold_last)
         return sc.frames(), sc.motion
-
-    def sampled_clip(self, t0_ms: int, cfg: SamplingConfig, n: int = CLIP_FRAMES, fps: int = FPS
-                     ) -> tuple[np.ndarray, list[int], np.ndarray]:
-        """Only the frames the sampler keeps: (frames (K,H,W,3), their positions in the clip, the joints' motion) —
-        the same pixels as ``clip_and_motion`` then ``sample_clip``, without rendering the clip's other frames (the
-        motion comes from the keypoints, so the sampler needs no pixels)."""
-        sc = self.skeleton_clip(t0_ms, n, fps)
-        shown = sample_from_motion(sc.motion, cfg)
-        return sc.frames(shown), shown, sc.motion
 
 
 SOURCE_KINDS = ("auto", "rgb", "pose")

@@ -50,7 +50,7 @@ import numpy as np
 
 from ..contract import RUN_FILE, RunContract, assumed_contract, find_run
 from ..data.letterbox import SIZE
-from ..data.sampling import SamplingConfig, sample_clip, sample_from_motion
+from ..data.sampling import SamplingConfig, sample_clip
 from ..data.shards import jpeg_round_trip
 from ..data.skeleton import SkeletonClip
 from ..data.timebar import draw_time_bar
@@ -429,8 +429,7 @@ class Predictor(CachedScorer):
         if isinstance(frames, SkeletonClip):
             if len(frames) != CLIP_FRAMES:
                 raise PredictError(f"clip must be {CLIP_FRAMES} frames, got {len(frames)}")
-            idx = sample_from_motion(frames.motion if motion is None else motion, self.config.sampling)
-            chosen = list(frames.frames(idx))
+            chosen, idx = frames.sampled(self.config.sampling, motion)
         else:
             frames = np.asarray(frames)
             if frames.ndim != 4 or frames.shape[0] != CLIP_FRAMES or frames.shape[-1] != 3:
