@@ -173,6 +173,22 @@ def test_stream_splits_readers_disjointly_and_covers_all(data_dir):
     assert one != all_ids and sorted(one) == sorted(all_ids)  # shuffled
 
 
+
+def test_stream_decodes_only_the_clips_it_yields(data_dir, monkeypatch):
+    """The shuffle buffer holds JPEG bytes: a reader decodes the clips it yields, not the other readers' share nor a
+    whole buffer before its first clip (the same clips, in the same order, as decoding on entry)."""
+    paths = shard_paths(data_dir / "train")[:1]  # one shard, two readers: split by sample
+    decoded = []
+    real = TD.decode_sample
+    monkeypatch.setattr(TD, "decode_sample", lambda s: decoded.append(1) or real(s))
+    stream = iter(TD.ShardStream(paths, buffer=8, seed=0, rank=1, world_size=2, passes=1))
+    first, frames = next(stream)
+    assert len(decoded) == 1 and len(frames) == len(first.frame_indices)
+    rest = [r.clip_id for r, _ in stream]
+    assert len(decoded) == 1 + len(rest)
+    mine = [r.clip_id for j, (r, _) in enumerate(iter_samples(paths)) if j % 2 == 1]
+    assert sorted([first.clip_id] + rest) == sorted(mine)
+
 # ----------------------------------------------------------------------------------------- only LoRA, resume, outputs
 def _snapshot(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
