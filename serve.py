@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 
-from openpack_vlm.serving.app import create_app
 from openpack_vlm.serving.cli import build_parser, healthcheck, main  # noqa: F401 - the CLI (also `openpack-serve`)
 from openpack_vlm.serving.settings import ServeConfig
 
@@ -31,6 +30,8 @@ def __getattr__(name: str):
     if name != "app":
         raise AttributeError(f"module 'serve' has no attribute {name!r}")
     if _APP is None:
+        from openpack_vlm.serving.app import create_app  # here: `serve.py --healthcheck` (Docker) imports no app
+
         try:
             _APP = create_app(ServeConfig.from_env())
         except ValueError as exc:  # bad setting: one line, no traceback

@@ -97,6 +97,21 @@ def test_serve_healthcheck_fails_on_closed_port(capsys):
     assert "did not answer" in capsys.readouterr().err
 
 
+def test_healthcheck_and_the_app_import_only_what_they_use(repo_root):
+    """Docker runs ``serve.py --healthcheck`` every 30 s beside the model: it loads no app, torch or fastapi (2.2 s of
+    CPU each time when it did). The app itself loads no openpack_toolkit (sklearn, scipy: ~1 s at every start);
+    the toolkit is read when a dataset's files are."""
+    import subprocess
+    import sys
+
+    code = ("import sys, serve; rc = serve.main(['--healthcheck', '--port', '1']); "
+            "print(rc, sorted(m for m in ('torch', 'fastapi', 'openpack_vlm.serving.app') if m in sys.modules)); "
+            "import openpack_vlm.serving.app; "
+            "print(sorted(m for m in ('openpack_toolkit', 'sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines() == ["1 []", "[]"], out.stdout + out.stderr
+
+
 def test_importing_serve_loads_no_model(monkeypatch):
     import importlib
 

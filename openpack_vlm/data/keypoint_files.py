@@ -34,7 +34,7 @@ def track_from_keypoint_file(path: str | os.PathLike) -> tuple[KeypointTrack, li
     """An OpenPack keypoint file -> its ``KeypointTrack`` (times from its first frame: 0 ms) and, for a Zenodo CSV
     with its ``operation`` column, the true timeline as segments ``{start_s, end_s, operation}`` (else None).
     Accepts a time slice of either. ``FrameError`` (one line) naming the problem for anything else."""
-    # deferred: would load openpack_toolkit, pandas, scipy, sklearn on import
+    # deferred: would load pandas (~0.2 s) in every decoder process that imports this
     from .openpack import (
         OpenPackError,
         keypoints_from_json,

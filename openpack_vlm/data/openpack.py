@@ -38,6 +38,8 @@ line naming the expected path or the bad column/row.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
 import re
@@ -47,12 +49,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from openpack_toolkit.configs.datasets.annotations import (
-    OPENPACK_OPERATIONS_1HZ_ANNOTATION,
-    OPENPACK_OPERATIONS_ANNOTATION,
-)
-from openpack_toolkit.configs.datasets.streams import KINECT_2D_KPT_STREAM
-from openpack_toolkit.data import load_keypoints as _optk_load_keypoints
 
 from ..labels import ID_TO_NAME, NULL_ID
 from .timegrid import at_or_before
@@ -73,11 +69,13 @@ _FRAME_RE = re.compile(r"^(\d{8}_\d{6}_\d{3})\.jpg$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 
-# Path templates. The toolkit's configs give the annotation and keypoint locations; it has none for the masked RGB
-# frames, the users' videos or the preprocessed keypoint CSVs, which are written here in the same template syntax.
-_T_OPS = OPENPACK_OPERATIONS_ANNOTATION.path
-_T_OPS_1HZ = OPENPACK_OPERATIONS_1HZ_ANNOTATION.path
-_T_KPT = KINECT_2D_KPT_STREAM.path
+# Path templates. The toolkit's configs give the annotation and keypoint locations (named here, read on first use:
+# importing openpack_toolkit loads sklearn, scipy and pandas, ~1.2 s, which the server and every CLI that imports this
+# module would pay before touching a dataset); it has none for the masked RGB frames, the users' videos or the
+# preprocessed keypoint CSVs, which are written here in the same template syntax.
+_T_OPS = ("openpack_toolkit.configs.datasets.annotations", "OPENPACK_OPERATIONS_ANNOTATION")
+_T_OPS_1HZ = ("openpack_toolkit.configs.datasets.annotations", "OPENPACK_OPERATIONS_1HZ_ANNOTATION")
+_T_KPT = ("openpack_toolkit.configs.datasets.streams", "KINECT_2D_KPT_STREAM")
 _T_ACTIVITY_1S = ("${path.openpack.rootdir}/${user.name}/annotation/activity-1s", "${session}.csv")  # v0.3.0
 _T_RGB = ("${path.openpack.rootdir}/${user.name}/kinect/color-masked/frames", "${session}")
 _T_VIDEO = ("${path.openpack.rootdir}/${user.name}/video", "${session}.mp4")
@@ -108,8 +106,17 @@ class Segment:
 
 
 # ----------------------------------------------------------------------------------------------------------- paths
+@functools.cache
+def _toolkit_location(module: str, name: str):
+    """The toolkit config ``module.name``'s ``DataLocation`` (``.dir``, ``.fname``)."""
+    return getattr(importlib.import_module(module), name).path
+
+
 def template_path(template, root: str | Path, user: str, session: str) -> Path:
-    """Fill an openpack-toolkit ``DataLocation`` (or a ``(dir, fname)`` pair) for one user/session."""
+    """Fill an openpack-toolkit ``DataLocation``, or a ``(dir, fname)`` pair of this module's, for one user/session;
+    a ``(module, name)`` pair of the toolkit's configs names its ``DataLocation``."""
+    if isinstance(template, tuple) and template[0].startswith("openpack_toolkit."):
+        template = _toolkit_location(*template)
     d, f = (template.dir, template.fname) if hasattr(template, "dir") else template
     subs = {"${path.openpack.rootdir}": str(root), "${user.name}": user, "${session}": session}
     for k, v in subs.items():
@@ -444,8 +451,11 @@ def _sorted_unique(ts: np.ndarray, kpts: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def keypoints_from_json(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """mmpose keypoint JSON through ``openpack_toolkit.data.load_keypoints`` -> ts (N,) int64, kpts (N,17,3) f32."""
+    # deferred: importing openpack_toolkit loads sklearn, scipy and pandas (~1.2 s; see _T_OPS)
+    from openpack_toolkit.data import load_keypoints
+
     try:
-        ts, x = _optk_load_keypoints(path)  # x: (3, N, 17) for 17x[x,y,s] entries; (51, N) for flat lists
+        ts, x = load_keypoints(path)  # x: (3, N, 17) for 17x[x,y,s] entries; (51, N) for flat lists
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise OpenPackError(f"{path}: {_locate_bad_annotation(path)}") from None
     x = np.asarray(x)

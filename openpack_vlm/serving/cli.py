@@ -7,7 +7,6 @@ import logging
 import sys
 
 from ..platform_check import Platform
-from .app import create_app
 from .settings import ServeConfig
 
 
@@ -53,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem and cfg.device != "cpu":  # a GPU torch cannot use: say so now, not as a CPU server minutes later
         print(f"serve.py: {problem} (DEVICE=cpu serves on the CPU anyway)", file=sys.stderr)
         return 1
+    # deferred: the app's routes load torch, fastapi and the frame code (~1 s); Docker's HEALTHCHECK runs
+    # `serve.py --healthcheck` every 30 s beside the model, and a refused start should not pay for them either
+    from .app import create_app
+
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"serve.py: {platform.summary()}", flush=True)
     print(f"serve.py: model {cfg.model_id} adapter={cfg.adapter_path} on http://{cfg.host}:{cfg.port} "
