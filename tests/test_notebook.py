@@ -93,7 +93,11 @@ def test_notebook_environment_check_stops_on_an_old_driver(driver, ok, tmp_path)
     if not (torch.version.cuda or "").startswith("13."):
         pytest.skip(f"this check is about the pinned CUDA 13 torch; installed: {torch.__version__}")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = nb.cells[1].source + "\n" + nb.cells[2].source  # parameters + install/check cell
+    check, imports, _ = nb.cells[2].source.partition("\nimport torch, transformers, peft\n")
+    assert imports, "the install cell no longer imports torch, transformers, peft after its check"
+    # parameters + the install/check cell up to its check: the imports after it (~6 s of CPU) are what
+    # test_notebook_runs executes
+    code = nb.cells[1].source + "\n" + check
     _fake_nvidia_smi(tmp_path / "bin", driver)
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
