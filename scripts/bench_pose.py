@@ -7,7 +7,9 @@ Frames: the real face-masked OpenPack Kinect frames of tests/data/openpack-rgb-m
 resized to each size, cycled to 75 frames (5 s at the 15-Hz keypoint rate). Printed per size: ms per frame when
 tracking (MediaPipe's video mode: the detector runs only when the track is lost) and when detecting on every frame,
 fps, and the ratios to the targets (< 1 = met). Then ``uploads.decode_clip`` on a 5-s H.264 file of those frames:
-camera frames (rgb) vs skeletons (pose: decode at 15 Hz + keypoints + render), seconds and their ratio.
+camera frames (rgb) vs skeletons (pose: decode at 15 Hz + keypoints), seconds and their ratio; then the skeleton
+frames the model gets: the K sampled frames drawn (what the server does) vs the whole 125-frame clip drawn and then
+sampled (what it did), ms and ratio, and the bytes the decoder process hands the server for each.
 """
 from __future__ import annotations
 
@@ -83,6 +85,9 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from media import write_video
 
+    import pickle
+
+    from openpack_vlm.data.sampling import SamplingConfig, sample_from_motion
     from openpack_vlm.serving.settings import ServeConfig
     from openpack_vlm.serving.uploads import decode_clip
 
@@ -102,6 +107,24 @@ def main(argv=None) -> int:
                                                              "pose_detail": got.pose}
             print(f"  decode_clip, 5-s H.264 {w}x{h} at 30 fps: camera frames {rgb:.2f} s, skeletons {pose:.2f} s "
                   f"(x{pose / rgb:.1f}; of it keypoints {got.pose['pose_s']:.2f} s)")
+            sampled, whole = [], []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                frames, idx = got.clip.sampled(SamplingConfig())
+                sampled.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                drawn = np.asarray(got.clip)
+                old = drawn[sample_from_motion(got.motion, SamplingConfig())]
+                whole.append(time.perf_counter() - t0)
+            assert np.array_equal(frames, old)  # the same pixels either way
+            new_s, old_s = min(sampled), min(whole)
+            sent_new, sent_old = len(pickle.dumps(got.clip)), drawn.nbytes
+            report["sizes"][f"{w}x{h}"]["skeleton_frames"] = {
+                "drawn_where_sampled_ms": round(new_s * 1000, 1), "drawn_whole_ms": round(old_s * 1000, 1),
+                "speedup": round(old_s / new_s, 1), "sent_bytes": sent_new, "sent_bytes_drawn_whole": sent_old}
+            print(f"  skeleton frames for the model: {len(idx)} sampled frames drawn {new_s * 1000:.1f} ms vs the "
+                  f"whole clip drawn, then sampled {old_s * 1000:.1f} ms (x{old_s / new_s:.1f}); decoder -> server "
+                  f"{sent_new / 1e3:.0f} KB vs {sent_old / 1e6:.1f} MB (x{sent_old / sent_new:.0f})")
     if args.json:
         from openpack_vlm.evaluation.report import git_provenance
         from openpack_vlm.io_utils import write_json

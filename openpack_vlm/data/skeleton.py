@@ -250,6 +250,12 @@ class SkeletonClip:
         idx = sample_from_motion(self.motion if motion is None else motion, cfg)
         return self.frames(idx), idx
 
+    def __getitem__(self, i) -> np.ndarray:
+        """Frame ``i`` drawn (an int), or the frames at positions ``i`` (a list / array of ints)."""
+        if np.ndim(i) == 0:
+            return self.frames([int(i)])[0]
+        return self.frames(np.asarray(i, dtype=np.int64))
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         f = self.frames()
         return f if dtype is None else f.astype(dtype)

@@ -189,7 +189,8 @@ async def predict(
         model_s = float(result.scores.get("seconds", call))  # the Predictor times its own model calls
         request.app.state.metrics.model_seconds.observe(model_s)
         request.app.state.metrics.queue_seconds.observe(timing["queue"])
-        timing["sample"] = call - model_s  # frame choice + JPEG round trip + image conversion (predict_clip)
+        timing["sample"] = call - model_s  # frame choice (+ drawing them, for skeletons) + JPEG round trip + image
+        # conversion (predict_clip)
         timing["model"] = model_s
         pred = result.prediction
         if pred.clip_id != cid:

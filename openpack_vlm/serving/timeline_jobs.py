@@ -4,7 +4,8 @@ A job's way: the upload is saved (``save_upload``, its own size cap) → a job t
 server's decoder pool (``decoders.DecoderPool.stream``: up to ``MAX_TIMELINE_JOBS`` of them, started on the first job
 and kept) that probes the file (415/422 as for /predict, ``MAX_TIMELINE_SECONDS``) and decodes it one window at a time
 (``timeline.windows.iter_windows`` over ``video.iter_video``); each 125-frame window comes back through one of the
-process's two shared-memory blocks (it waits for a free one, so at most two windows are in flight) → the job thread
+process's two shared-memory blocks (it waits for a free one, so at most two windows are in flight; a skeleton window
+holds its block as a token and travels as its keypoints, drawn in the server where the sampler looks) → the job thread
 answers ``TIMELINE_BATCH_WINDOWS`` windows at a time with the shared Predictor (thread-safe; a /predict request waits
 for at most one batch) → ``timeline.analyse`` merges them. Memory per job: two slots + one batch of windows, whatever
 the video's length. The process has /predict's limits (address-space cap, per-window timeout) and the same mapping of
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.pose_estimate import KEYPOINT_HZ, PoseUnavailableError, estimate_recording
+from ..data.skeleton import SkeletonClip
 from ..data.video import iter_video
 from ..io_utils import one_line
 from ..schema import CLIP_FRAMES, FPS
@@ -73,11 +75,13 @@ def _stream_windows(path: str, stride: int, cfg: ServeConfig, frames: str = "rgb
     for win in wins:
         if win.start_tick + CLIP_FRAMES - win.padded > limit + 1:
             raise UploadError(422, "too_long", f"video is longer than MAX_TIMELINE_SECONDS={max_seconds:g} s")
-        block = io.take_block()
+        block = io.take_block()  # also for a skeleton window: the two blocks bound the windows in flight
         if block is None:  # the job was cancelled
             return
-        io.frames_in(block)[...] = np.asarray(win.frames)  # a skeleton window drawn whole: the server samples it
-        io.emit("window", win.index, win.start_tick, win.padded, block, win.motion)
+        sketch = win.frames if isinstance(win.frames, SkeletonClip) else None  # sent as keypoints, drawn where sampled
+        if sketch is None:
+            io.frames_in(block)[...] = win.frames
+        io.emit("window", win.index, win.start_tick, win.padded, block, win.motion, sketch)
 
 
 class WindowStream:
@@ -123,8 +127,8 @@ class WindowStream:
             if msg[0] == "pose":
                 self.pose = {**(self.pose or {}), "worker_share": msg[1], "summary": msg[2], "truth": msg[3]}
                 continue
-            _, index, start_tick, padded, block, motion = msg
-            frames = self.stream.frames(block)
+            _, index, start_tick, padded, block, motion, sketch = msg
+            frames = self.stream.frames(block) if sketch is None else sketch
             self.stream.release(block)
             yield Window(index, start_tick, frames, padded, motion=motion)
 

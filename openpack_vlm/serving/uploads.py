@@ -4,9 +4,9 @@ One upload's way: multipart ``file`` → streamed into a temp file under a size 
 recognised by its bytes (``probe_upload``: 415 not a video, 422 empty / damaged / too long / too large frames) →
 decoded to 25 fps, 336×336 (``video.decode_video``) → normalised to the 125-frame clip (``video.to_clip``).
 A skeleton run (run contract ``data.frames == "pose"``) takes the other branch of ``decode_clip``: keypoints
-estimated at 15 Hz (``data.pose_estimate``; 422 ``no_worker`` when too few frames show one) and rendered as the
-data pipeline renders OpenPack's (``KeypointTrack.source`` = ``sources.PoseFrameSource``), with their motion for the
-frame sampler.
+estimated at 15 Hz (``data.pose_estimate``; 422 ``no_worker`` when too few frames show one) as a
+``skeleton.SkeletonClip`` (``KeypointTrack.source`` = ``sources.PoseFrameSource``): the predictor samples it on the
+joints' motion and draws the frames it keeps as the data pipeline renders OpenPack's.
 Every refusal is an ``UploadError`` (status, stable code, one-line detail) that the app turns into a JSON body.
 """
 from __future__ import annotations
@@ -186,7 +186,7 @@ class DecodedClip:
     """What the model gets from one upload: the 125-frame clip it samples from, and for skeleton runs the motion the
     sampler uses (keypoint speed, as in training) and the pose stage's report."""
 
-    clip: Any  # (125, 336, 336, 3) uint8
+    clip: Any  # (125, 336, 336, 3) uint8; skeletons: a SkeletonClip (keypoints, drawn where indexed or sampled)
     info: UploadInfo
     n_frames: int  # frames decoded (25 fps for camera frames, 15 Hz keypoint frames for skeletons)
     frames: str = "rgb"  # what the clip shows: "rgb" camera frames | "pose" rendered skeletons
@@ -268,11 +268,11 @@ def decode_clip(path: Path, cfg: ServeConfig, frames: str = "rgb", render: dict 
             f"MIN_WORKER_SHARE={pose_cfg.min_found_share:g}; this model was trained on skeletons of a packing "
             "worker and does not guess without one")))
     src = track.source(PoseRender.from_json(render) if render is not None else PoseRender())
-    try:
-        clip, motion = src.clip_and_motion(0, hold_last=True)
+    try:  # not drawn here: the predictor samples on the joints' motion and draws the K frames it keeps
+        clip = src.skeleton_clip(0, hold_last=True)
     except FrameError as exc:
         raise UploadError(422, "undecodable", one_line(exc)) from None
-    return DecodedClip(clip, info, n, "pose", motion, track.summary() | track.stats)
+    return DecodedClip(clip, info, n, "pose", clip.motion, track.summary() | track.stats)
 
 
 def decode_upload(path: Path, cfg: ServeConfig, info: UploadInfo | None = None) -> tuple[Any, UploadInfo, int]:
