@@ -272,6 +272,9 @@ def client(tiny_model_dir, upload_dir, gate):
 
     with TestClient(create_app(cfg, predictor_factory=gated_load)) as c:
         yield c
+        # under xdist this module's tests are spread over workers: one that ran none of the tests opening the gate
+        # would otherwise wait out the held load at shutdown (ModelState.close: 60 s)
+        gate.set()
 
 
 @pytest.fixture(scope="module")
