@@ -61,22 +61,30 @@ def _err(resp, status: int, code: str, *words: str) -> dict:
     return body
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """One app with the default settings and a 3-s clip, for the tests that need nothing else (a server per test
+    costs a decoder process and the model's load each)."""
+    d = tmp_path_factory.mktemp("plain")
+    video = make_video(d / "v.mp4", seconds=3.0).read_bytes()
+    (d / "uploads").mkdir()
+    with _client(_cfg(d / "uploads")) as c:
+        _ready(c)
+        yield c, video
+    assert list((d / "uploads").iterdir()) == []  # every upload was removed, refused or answered
+
+
 # ------------------------------------------------------------------------------------------------ input → 4xx
 @pytest.mark.parametrize("stride", ["inf", "-inf", "1e400", "nan", "0", "6", "abc"])
-def test_timeline_stride_out_of_range_is_422_not_500(tmp_path, stride):
-    video = make_video(tmp_path / "v.mp4", seconds=3.0)
-    with _client(_cfg(tmp_path)) as c:
-        _ready(c)
-        r = c.post("/timeline", files={"file": ("v.mp4", video.read_bytes(), "video/mp4")}, data={"stride": stride})
-        _err(r, 422, "bad_request", "stride")
+def test_timeline_stride_out_of_range_is_422_not_500(plain, stride):
+    c, video = plain
+    r = c.post("/timeline", files={"file": ("v.mp4", video, "video/mp4")}, data={"stride": stride})
+    _err(r, 422, "bad_request", "stride")
 
 
-def test_an_internal_error_is_a_generic_500_with_a_request_id(tmp_path, caplog):
-    video = make_video(tmp_path / "v.mp4", seconds=3.0)
-    with _client(_cfg(tmp_path)) as c:
-        _ready(c)
-        r = c.post("/predict", files={"file": ("v.mp4", video.read_bytes(), "video/mp4")},
-                   headers={"X-Request-ID": "abc-123"})
+def test_an_internal_error_is_a_generic_500_with_a_request_id(plain, caplog):
+    c, video = plain
+    r = c.post("/predict", files={"file": ("v.mp4", video, "video/mp4")}, headers={"X-Request-ID": "abc-123"})
     body = _err(r, 500, "internal", "abc-123")
     assert "secret" not in r.text and "RuntimeError" not in r.text  # the detail is in the log only
     assert "secret internal detail" in caplog.text and "abc-123" in caplog.text
