@@ -14,10 +14,12 @@ install:
 test: install
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=15
 
-# the development loop: everything but the tests marked slow (training runs, real servers, notebook, demo), in one
-# process per core (2 cores: 2.5 min at a5db0ce, ~4.4 CPU-min of work); no install
+# the development loop: everything but the tests marked slow (training runs, real servers, notebook, demo); no
+# install. One process more than cores (the serving tests wait on decoder processes, timeouts and sleeps, and a third
+# process uses that time), each test file on one process (a file's heavy imports — the Qwen2-VL model code, gradio,
+# mediapipe — load in one process, not in every one). 2 cores: see docs/measurements.md
 test-fast:
-	$(PY) -m pytest -q -m "not slow" -n auto --dist worksteal --durations=10
+	$(PY) -m pytest -q -m "not slow" -n $$(( $$(nproc) + 1 )) --dist loadfile --durations=10
 
 # synthetic keypoints -> skeleton frames -> data_pipeline.py -> tiny-real LoRA run -> evaluate.py, into out/demo (fresh each time)
 demo: install
