@@ -2,6 +2,7 @@
 errors, and a CPU end-to-end run whose fine-tuned model beats the untrained one on held-out clips."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -15,7 +16,15 @@ from openpack_vlm.model import train as T
 from openpack_vlm.model import train_data as TD
 from openpack_vlm.labels import NAME_TO_ID, OPERATION_NAMES
 from openpack_vlm.prompt import target_text
-from openpack_vlm.data.shards import ClipRecord, ShardWriter, encode_jpeg, iter_samples, shard_paths
+from openpack_vlm.data.shards import (
+    ClipRecord,
+    ShardWriter,
+    encode_jpeg,
+    iter_raw_samples,
+    iter_samples,
+    sample_jpegs,
+    shard_paths,
+)
 
 torch.set_num_threads(1)
 
@@ -57,6 +66,11 @@ def fake_data(root: Path, n_train: int = 48, n_test: int = 16) -> Path:
     write_fake_split(root / "test", n_test, seed=2)
     (root / "grammar.json").write_text(json.dumps({"fake": True}))
     return root
+
+
+def records(paths) -> list[ClipRecord]:
+    """The shards' records in order, frames left undecoded (for tests that read ids and answers only)."""
+    return [sample_jpegs(s)[0] for s in iter_raw_samples(paths)]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +122,7 @@ def _check_label_mask(samples, processor, patches_per_frame: int) -> None:
 
 
 def test_labels_cover_exactly_the_answer_and_im_end(data_dir, processor):
-    samples = list(iter_samples(shard_paths(data_dir / "train")))[:3]
+    samples = list(itertools.islice(iter_samples(shard_paths(data_dir / "train")), 3))
     _check_label_mask(samples, processor, 16)  # 8 frames x (4x4 patches of 14 px at 56x56)
 
 
@@ -119,7 +133,7 @@ def test_labels_cover_exactly_the_answer_and_im_end_real_tokenizer(data_dir, tin
 
     processor = load_processor(str(tiny_real_model_dir))
     assert len(processor.tokenizer) == 151657 and processor.tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
-    samples = list(iter_samples(shard_paths(data_dir / "train")))[:2]
+    samples = list(itertools.islice(iter_samples(shard_paths(data_dir / "train")), 2))
     _check_label_mask(samples, processor, 576)
     answer = processor.tokenizer(target_text(samples[0][0].truth) + "<|im_end|>", add_special_tokens=False)
     assert 35 <= len(answer["input_ids"]) <= 60
@@ -132,9 +146,9 @@ def test_collator_text_is_the_pipelines_chat_pair(pipeline_out, processor):
         d = json.loads(line)
         pairs[d["clip_id"]] = d["messages"]
     col = TD.Collator(processor)
-    samples = list(iter_samples(shard_paths(pipeline_out / "train")))
-    assert len(samples) == len(pairs)
-    for rec, _ in samples[:20]:
+    recs = records(shard_paths(pipeline_out / "train"))
+    assert len(recs) == len(pairs)
+    for rec in recs[:20]:
         ours = col.texts([rec])[0]
         theirs = processor.apply_chat_template(pairs[rec.clip_id], tokenize=False)
         assert ours == theirs, rec.clip_id
@@ -151,7 +165,7 @@ def test_collator_rejects_text_without_answer(processor):
 def test_stream_splits_readers_disjointly_and_covers_all(data_dir):
     paths = shard_paths(data_dir / "train")
     assert len(paths) >= 2
-    all_ids = [r.clip_id for r, _ in iter_samples(paths)]
+    all_ids = [r.clip_id for r in records(paths)]
     for world in (2, len(paths) + 1):  # by shard, and by sample when readers outnumber shards
         seen = []
         for rank in range(world):
@@ -164,7 +178,7 @@ def test_stream_splits_readers_disjointly_and_covers_all(data_dir):
     from torch.utils.data import DataLoader
 
     for shards in (paths, paths[:1]):
-        shards_ids = [r.clip_id for r, _ in iter_samples(shards)]
+        shards_ids = [r.clip_id for r in records(shards)]
         dl = DataLoader(TD.make_stream(shards, buffer=4, seed=0, rank=0, world_size=1, passes=1),
                         batch_size=None, num_workers=2, collate_fn=lambda x: x)
         got = [r.clip_id for r, _ in dl]
@@ -186,7 +200,7 @@ def test_stream_decodes_only_the_clips_it_yields(data_dir, monkeypatch):
     assert len(decoded) == 1 and len(frames) == len(first.frame_indices)
     rest = [r.clip_id for r, _ in stream]
     assert len(decoded) == 1 + len(rest)
-    mine = [r.clip_id for j, (r, _) in enumerate(iter_samples(paths)) if j % 2 == 1]
+    mine = [r.clip_id for j, r in enumerate(records(paths)) if j % 2 == 1]
     assert sorted([first.clip_id] + rest) == sorted(mine)
 
 # ----------------------------------------------------------------------------------------- only LoRA, resume, outputs
@@ -463,7 +477,7 @@ def test_answer_only_loss_equals_the_models_full_loss(tiny_model_dir, tmp_path):
     data = write_smoke_shards(tmp_path / "data", n=4)
     model, proc = load_model(ModelConfig(model_id=str(tiny_model_dir), quantization="none", dtype="fp32",
                                          device="cpu", lora_dropout=0.0), for_training=True)
-    batch = TD.Collator(proc)(list(iter_samples(shard_paths(data / "train")))[:2])
+    batch = TD.Collator(proc)(list(itertools.islice(iter_samples(shard_paths(data / "train")), 2)))
     n_items = int((batch["labels"][:, 1:] != TD.IGNORE_INDEX).sum())
 
     def grads(loss):
