@@ -74,6 +74,14 @@ def videos(tmp_path_factory) -> dict[str, Path]:
             "grey": write_video(d / "grey.mp4", [np.full((480, 640, 3), 120, np.uint8)] * 75, fps=15)}
 
 
+
+@pytest.fixture(scope="module")
+def worker_track(videos):
+    """The keypoints estimated from the real-frame worker video (5 s): read, never changed, by the tests below."""
+    from openpack_vlm.data.pose_estimate import estimate_video
+
+    return estimate_video(videos["worker"], max_seconds=5.0)
+
 def test_estimator_finds_the_worker_on_real_openpack_frames():
     """COCO-17 keypoints in Kinect px: the upper body found with confident scores where the worker stands; COCO
     left/right are the subject's own. The worker faces the camera, but the face mask makes MediaPipe take the view
@@ -106,7 +114,7 @@ def test_to_kinect_letterboxes_any_frame_into_the_kinect_canvas():
     np.testing.assert_allclose(to_kinect(k, 1280, 720), k)
 
 
-def test_small_worker_is_found_by_the_crop_search(videos):
+def test_small_worker_is_found_by_the_crop_search(videos, worker_track):
     """A worker at ~22 % of the frame height is missed on the whole frame; the crop search finds and tracks it, and
     its keypoints land where the shrunk worker stands."""
     from openpack_vlm.data.pose_estimate import PoseEstimateConfig, estimate_video
@@ -116,7 +124,7 @@ def test_small_worker_is_found_by_the_crop_search(videos):
     assert not whole.searched and track.searched and track.roi is not None
     assert track.found_share >= 0.9 and whole.found_share < 0.5, (track.found_share, whole.found_share)
     assert track.kpts.shape == (75, 17, 3) and track.ts_ms[1] - track.ts_ms[0] in (66, 67)
-    full = estimate_video(videos["worker"], max_seconds=5.0)
+    full = worker_track
     seen = full.seen & track.seen
     # the small worker's shoulders = the full-size ones scaled by 0.5 about the canvas' placement of the shrunk frame
     want = full.kpts[seen][:, [5, 6], :2] * 0.5 + np.array([(1280 - 640) // 3, (720 - 360) // 2])
@@ -137,17 +145,16 @@ def test_roi_skips_the_search_and_bad_roi_is_refused():
         PoseEstimateConfig(min_found_share=1.5)
 
 
-def test_keypoints_render_like_openpack_keypoints(videos):
+def test_keypoints_render_like_openpack_keypoints(worker_track):
     """Estimated keypoints must give the model the same kind of picture as OpenPack's HRNet keypoints: the share of
     visual tokens the skeleton touches within 0.8-1.25x of the real keypoints' (measured 0.70 vs 0.62), scores
     above the renderer's min_score, and still frames that stay still (no jitter)."""
     from openpack_vlm.data.openpack import keypoints_from_json
-    from openpack_vlm.data.pose_estimate import estimate_video
     from openpack_vlm.data.skeleton import MIN_SCORE, render_pose_clip, token_coverage
 
     _, real = keypoints_from_json(Path(__file__).parent / "data" / "openpack-keypoints" /
                                   "U0102-S0100-mmpose-100frames.json")
-    track = estimate_video(videos["worker"], max_seconds=5.0)
+    track = worker_track
     shown = np.arange(0, 75, 9)
     cov_real = token_coverage(render_pose_clip(real[:75], shown))
     cov_est = token_coverage(render_pose_clip(track.kpts, shown))
@@ -172,10 +179,9 @@ def test_no_person_is_no_worker(videos, repo_root):
         assert "0%" in ei.value.detail or "MIN_WORKER_SHARE" in ei.value.detail
 
 
-def test_decode_clip_renders_the_skeleton_the_pipeline_would(videos):
+def test_decode_clip_renders_the_skeleton_the_pipeline_would(videos, worker_track):
     """Serving's skeleton clip is the data pipeline's rendering of the same keypoints: PoseFrameSource over the
     track, clip at t = 0, with the keypoints' motion for the sampler."""
-    from openpack_vlm.data.pose_estimate import estimate_video
     from openpack_vlm.data.skeleton import PoseRender
     from openpack_vlm.serving.settings import ServeConfig
     from openpack_vlm.serving.uploads import decode_clip
@@ -183,7 +189,7 @@ def test_decode_clip_renders_the_skeleton_the_pipeline_would(videos):
     got = decode_clip(videos["worker"], ServeConfig(), "pose", PoseRender().to_json())
     assert got.frames == "pose" and got.clip.shape == (125, 336, 336, 3) and got.motion.shape == (125,)
     assert got.pose["worker_share"] >= 0.9 and got.pose["crop_search"] is False
-    src = estimate_video(videos["worker"], max_seconds=5.0).source(PoseRender())
+    src = worker_track.source(PoseRender())
     clip, motion = src.clip_and_motion(0, n=125)  # 75 keypoint frames, 0-4933 ms: the last tick (4960 ms) shows 74
     np.testing.assert_array_equal(got.clip, clip)
     np.testing.assert_allclose(got.motion, motion)
