@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import itertools
 import os
 import shutil
 import sys
@@ -64,7 +65,7 @@ def pytest_collection_modifyitems(config, items):
     out, rest, left = [], iter(light), len(items)
     for i, chunk in enumerate(bins):
         size = left // (WORKERS - i)  # what worksteal sends worker i first
-        out += chunk + [next(rest) for _ in range(max(0, size - len(chunk)))]
+        out += chunk + list(itertools.islice(rest, max(0, size - len(chunk))))  # the light ones may run out
         left -= size
     items[:] = out + list(rest)
 
