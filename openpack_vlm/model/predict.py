@@ -397,7 +397,6 @@ class Predictor(CachedScorer):
 
     def _calibrated(self, dom_p: list[float]) -> list[float]:
         """The dominant distribution with the run's temperature (softmax(log p / T)); as is without one."""
-
         t = self.config.temperature
         if t is None or t == 1.0:
             return dom_p
@@ -424,8 +423,8 @@ class Predictor(CachedScorer):
                        ) -> tuple[list, list[int]]:
         """The frames the model sees of a (125, H, W, 3) uint8 clip, and their indices (``predict_clip``'s choice;
         ``motion``: the clip's per-frame motion when it is known from elsewhere — keypoints, as the data pipeline
-        samples skeleton clips — instead of pixel differences). A ``SkeletonClip`` (timeline windows of keypoints)
-        is sampled on its joints' motion and only the chosen frames are drawn, as the data pipeline does."""
+        samples skeleton clips — instead of pixel differences). A ``SkeletonClip`` (a skeleton upload or timeline
+        window) is sampled on its joints' motion and only the chosen frames are drawn, as in the data pipeline."""
         if isinstance(frames, SkeletonClip):
             if len(frames) != CLIP_FRAMES:
                 raise PredictError(f"clip must be {CLIP_FRAMES} frames, got {len(frames)}")
