@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import platform
 import sys
 import tempfile
@@ -84,8 +85,6 @@ def main(argv=None) -> int:
               f"(target {TIMELINE_TARGET_X}x: ratio {r['timeline_vs_target']})")
     sys.path.insert(0, str(REPO / "tests"))
     from media import write_video
-
-    import pickle
 
     from openpack_vlm.data.sampling import SamplingConfig, sample_from_motion
     from openpack_vlm.serving.settings import ServeConfig

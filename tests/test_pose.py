@@ -74,13 +74,13 @@ def videos(tmp_path_factory) -> dict[str, Path]:
             "grey": write_video(d / "grey.mp4", [np.full((480, 640, 3), 120, np.uint8)] * 75, fps=15)}
 
 
-
 @pytest.fixture(scope="module")
 def worker_track(videos):
     """The keypoints estimated from the real-frame worker video (5 s): read, never changed, by the tests below."""
     from openpack_vlm.data.pose_estimate import estimate_video
 
     return estimate_video(videos["worker"], max_seconds=5.0)
+
 
 def test_estimator_finds_the_worker_on_real_openpack_frames():
     """COCO-17 keypoints in Kinect px: the upper body found with confident scores where the worker stands; COCO
